@@ -1,0 +1,6 @@
+//! mesoblk-agent: runs on every machine, reports its cpus, mem, ports and block pools to the
+//! master, runs tasks, and provisions a ublk device per task through `ublk-target`.
+//!
+//! Being built under issue #6; nothing is exported yet.
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,213 @@
+//! The subcommands of `mesoblk-target`.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ublk_target::daemon::{self, DeviceRecord, RunDir};
+use ublk_target::spec::{BackendSpec, DeviceSpec};
+use ublk_target::sys::control::{self, ControlError, DeviceStatus};
+
+use crate::{AddArgs, BackendKind, Cli, Command, DelArgs, ServeArgs};
+
+/// How long `del` waits for a stopped device's server to exit.
+const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn run(cli: Cli) -> Result<()> {
+    let run_dir = RunDir::new(cli.run_dir);
+    match cli.command {
+        Command::Add(args) => add(args, &run_dir),
+        Command::Del(args) => del(&args, &run_dir),
+        Command::List { json } => list(json, &run_dir),
+        Command::Features { json } => features(json),
+        Command::Serve(args) => serve(args, &run_dir),
+    }
+}
+
+fn require_driver() -> Result<()> {
+    if !Path::new(control::CONTROL_PATH).exists() {
+        return Err(ControlError::NoControlDevice.into());
+    }
+    Ok(())
+}
+
+fn spec_from(args: &AddArgs) -> Result<DeviceSpec> {
+    let needs_path = matches!(args.backend, BackendKind::File | BackendKind::Blockdev);
+    let path = match (&args.path, needs_path) {
+        (Some(path), true) => path.clone(),
+        (None, true) => bail!("--path is required for the file and blockdev backends"),
+        (Some(_), false) => bail!("--path only applies to the file and blockdev backends"),
+        (None, false) => Default::default(),
+    };
+    let direct_io = args.direct_io.into();
+    let backend = match args.backend {
+        BackendKind::File => BackendSpec::File { path, direct_io },
+        BackendKind::Blockdev => BackendSpec::Blockdev { path, direct_io },
+        BackendKind::Ram => BackendSpec::Ram,
+        BackendKind::Null => BackendSpec::Null,
+    };
+    let max_io_bytes = u32::try_from(args.max_io_size).context("--max-io-size is too large")?;
+    Ok(DeviceSpec {
+        backend,
+        size: args.size,
+        id: args.id,
+        queues: args.queues,
+        depth: args.depth,
+        max_io_bytes,
+    })
+}
+
+fn add(args: AddArgs, run_dir: &RunDir) -> Result<()> {
+    let spec = spec_from(&args)?;
+    // Validate everything before touching the kernel, so a bad request leaves nothing behind.
+    spec.open()?;
+    require_driver()?;
+    if let Some(id) = spec.id {
+        if control::device_ids().contains(&id) {
+            bail!("ublk device {id} already exists");
+        }
+    }
+    if args.foreground {
+        return Ok(daemon::serve(&spec, run_dir, None, std::io::stdout())?);
+    }
+    let exe = std::env::current_exe().context("cannot locate the mesoblk-target executable")?;
+    let record = daemon::spawn(&exe, &spec, run_dir)?;
+    println!("{}\t{}", record.id, record.block_path.display());
+    Ok(())
+}
+
+fn del(args: &DelArgs, run_dir: &RunDir) -> Result<()> {
+    require_driver()?;
+    let status = control::status(args.id)?;
+    let block_path = format!("/dev/ublkb{}", args.id);
+    if !args.force && is_in_use(Path::new(&block_path)) {
+        bail!("{block_path} is in use (mounted or open); unmount it first or pass --force");
+    }
+    match control::stop(args.id) {
+        Ok(()) | Err(ControlError::UnknownDevice(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let pid = run_dir.read(args.id).map(|r| r.pid).or(u32::try_from(status.server_pid).ok());
+    if let Some(pid) = pid {
+        wait_for_exit(pid, SERVER_EXIT_TIMEOUT)
+            .with_context(|| format!("server {pid} of device {} did not exit", args.id))?;
+    }
+    // A server that exited cleanly deleted its device; one that crashed left it behind.
+    if control::device_ids().contains(&args.id) {
+        match control::delete(args.id) {
+            Ok(()) | Err(ControlError::UnknownDevice(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    run_dir.remove(args.id);
+    Ok(())
+}
+
+/// An exclusive open of a block device fails with EBUSY while it is mounted or held open
+/// exclusively (by a file system, LVM, another exclusive opener).
+fn is_in_use(block_path: &Path) -> bool {
+    match OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(block_path) {
+        Ok(_) => false,
+        Err(e) => e.raw_os_error() == Some(libc::EBUSY),
+    }
+}
+
+/// Waits until process `pid` is gone (or a zombie nobody reaps: orphaned servers are children of
+/// init, which in a minimal guest may never wait for them).
+fn wait_for_exit(pid: u32, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while process_alive(pid) {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state is the first field after the parenthesised command name.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
+#[derive(serde::Serialize)]
+struct ListedDevice {
+    #[serde(flatten)]
+    status: DeviceStatus,
+    block_path: String,
+    record: Option<DeviceRecord>,
+}
+
+fn list(json: bool, run_dir: &RunDir) -> Result<()> {
+    require_driver()?;
+    let devices: Vec<ListedDevice> = control::device_ids()
+        .into_iter()
+        .filter_map(|id| control::status(id).ok())
+        .map(|status| ListedDevice {
+            block_path: format!("/dev/ublkb{}", status.id),
+            record: run_dir.read(status.id),
+            status,
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&devices)?);
+        return Ok(());
+    }
+    println!("{:<4} {:<9} {:<14} {:>12} {:>3} {:>5} {:>8}  BACKEND", "ID", "STATE", "PATH", "SIZE", "Q", "DEPTH", "PID");
+    for device in devices {
+        let (size, backend) = match &device.record {
+            Some(record) => (record.spec.size.map_or("-".to_owned(), |s| s.to_string()), describe(&record.spec.backend)),
+            None => ("-".to_owned(), "(no record)".to_owned()),
+        };
+        let s = &device.status;
+        println!(
+            "{:<4} {:<9} {:<14} {:>12} {:>3} {:>5} {:>8}  {}",
+            s.id,
+            format!("{:?}", s.state).to_lowercase(),
+            device.block_path,
+            size,
+            s.queues,
+            s.depth,
+            s.server_pid,
+            backend
+        );
+    }
+    Ok(())
+}
+
+fn describe(backend: &BackendSpec) -> String {
+    match backend {
+        BackendSpec::File { path, .. } => format!("file {}", path.display()),
+        BackendSpec::Blockdev { path, .. } => format!("blockdev {}", path.display()),
+        BackendSpec::Ram => "ram".to_owned(),
+        BackendSpec::Null => "null".to_owned(),
+    }
+}
+
+fn features(json: bool) -> Result<()> {
+    let bits = control::driver_features()?;
+    let names = control::feature_names(bits);
+    if json {
+        println!("{}", serde_json::json!({ "bits": bits, "features": names }));
+    } else {
+        println!("ublk driver features 0x{bits:x}:");
+        for name in names {
+            println!("  {name}");
+        }
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs, run_dir: &RunDir) -> Result<()> {
+    let spec: DeviceSpec = serde_json::from_str(&args.spec).context("--spec is not a valid device spec")?;
+    if args.detach {
+        // A new session: the caller's terminal signals and exit must not reach the server.
+        nix::unistd::setsid().context("setsid")?;
+    }
+    daemon::serve(&spec, run_dir, args.log_file, std::io::stdout())?;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `mesoblk-target`: create, list and delete mesoblk ublk block devices.
+//!
+//! Each device is served by its own detached process (`mesoblk-target serve`), so `add` returns
+//! as soon as the device is live and one server crash affects one device only. Errors print one
+//! line on stderr and exit non-zero; nothing is left behind by a failed `add`.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ublk_target::backend::file::DirectIo;
+use ublk_target::daemon::DEFAULT_RUN_DIR;
+use ublk_target::spec::parse_size;
+
+/// Userspace block devices for mesoblk, served through Linux ublk.
+#[derive(Debug, Parser)]
+#[command(name = "mesoblk-target", version, about, propagate_version = true)]
+struct Cli {
+    /// Folder for device records and server logs.
+    #[arg(long, global = true, default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a device and return once /dev/ublkbN is live; prints its id and path.
+    Add(AddArgs),
+    /// Stop and delete a device.
+    Del(DelArgs),
+    /// List devices.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the running kernel's ublk driver supports.
+    Features {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve one device in this process (what `add` runs in the background).
+    #[command(hide = true)]
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    /// A regular file (--path).
+    File,
+    /// A block device (--path).
+    Blockdev,
+    /// Memory of the serving process (--size).
+    Ram,
+    /// Discards writes; for benchmarks (--size).
+    Null,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DirectIoArg {
+    /// O_DIRECT or fail.
+    Required,
+    /// O_DIRECT where supported, else buffered (logged).
+    Optional,
+    /// Buffered I/O.
+    Disabled,
+}
+
+impl From<DirectIoArg> for DirectIo {
+    fn from(arg: DirectIoArg) -> Self {
+        match arg {
+            DirectIoArg::Required => DirectIo::Required,
+            DirectIoArg::Optional => DirectIo::Optional,
+            DirectIoArg::Disabled => DirectIo::Disabled,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    /// Where the blocks live.
+    #[arg(long, value_enum)]
+    backend: BackendKind,
+    /// Backing file or block device (file and blockdev backends).
+    #[arg(long, value_name = "PATH")]
+    path: Option<PathBuf>,
+    /// Device size, e.g. 256M or 1G (default: the whole backing store).
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    size: Option<u64>,
+    /// Device id to use (default: the lowest free one).
+    #[arg(long, short = 'n', value_name = "ID")]
+    id: Option<u32>,
+    /// Hardware queues, one serving thread each.
+    #[arg(long, short = 'q', default_value_t = 1)]
+    queues: u16,
+    /// Requests in flight per queue.
+    #[arg(long, short = 'd', default_value_t = 128)]
+    depth: u16,
+    /// Largest single read or write.
+    #[arg(long, value_parser = parse_size, default_value = "512K", value_name = "BYTES")]
+    max_io_size: u64,
+    /// Direct-I/O policy for file and blockdev backends.
+    #[arg(long, value_enum, default_value = "optional")]
+    direct_io: DirectIoArg,
+    /// Serve in the foreground instead of in a background process.
+    #[arg(long)]
+    foreground: bool,
+}
+
+#[derive(Debug, Args)]
+struct DelArgs {
+    /// The device id (N in /dev/ublkbN).
+    #[arg(long, short = 'n', value_name = "ID")]
+    id: u32,
+    /// Delete even if the block device is mounted or open.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The device spec as JSON.
+    #[arg(long)]
+    spec: String,
+    /// Detach from the caller's session.
+    #[arg(long)]
+    detach: bool,
+    /// This server's log file, renamed to <run-dir>/<id>.log once the id is known.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesoblk-target: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}

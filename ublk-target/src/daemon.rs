@@ -1,0 +1,229 @@
+//! One serving process per device, and the records that let other processes find it.
+//!
+//! `spawn` starts `<exe> serve` as a detached process for one [`DeviceSpec`] and waits until the
+//! kernel has started the device (or the server reported why it could not). The server writes
+//! exactly one line to its stdout: `ready <record json>` or `error <message>`. Its logs go to
+//! `<run dir>/<id>.log`. A crash of one server therefore takes down only its own device.
+//!
+//! Each live device has a [`DeviceRecord`] at `<run dir>/<id>.json`, written by its server once
+//! the device is live and removed when the server exits cleanly.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::spec::{DeviceSpec, SpecError};
+use crate::sys::device::{self, DeviceError, StartedDevice};
+
+/// Default folder for device records and server logs.
+pub const DEFAULT_RUN_DIR: &str = "/run/mesoblk-target";
+/// How long `spawn` waits for a server to report (TCG guests are slow to start threads).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What is known about a running device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// ublk device id.
+    pub id: u32,
+    /// The block device node.
+    pub block_path: PathBuf,
+    /// Pid of the serving process.
+    pub pid: u32,
+    /// What the device was created from.
+    pub spec: DeviceSpec,
+}
+
+/// Why a device server could not be started or run.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The spec was rejected.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The kernel side failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The server reported an error before the device started.
+    #[error("{0}")]
+    Server(String),
+    /// The server went away without a word.
+    #[error("device server exited before the device started; see {0}")]
+    ServerDied(PathBuf),
+    /// The server did not report in time.
+    #[error("device server did not report within {0:?}; see {1}")]
+    Timeout(Duration, PathBuf),
+    /// Local file or process trouble.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// The folder holding device records and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunDir(PathBuf);
+
+impl RunDir {
+    /// A run dir at `path` (created on first write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        RunDir(path.into())
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The record file of device `id`.
+    pub fn record_path(&self, id: u32) -> PathBuf {
+        self.0.join(format!("{id}.json"))
+    }
+
+    /// The log file of device `id`.
+    pub fn log_path(&self, id: u32) -> PathBuf {
+        self.0.join(format!("{id}.log"))
+    }
+
+    /// Device `id`'s record, if its server left one.
+    pub fn read(&self, id: u32) -> Option<DeviceRecord> {
+        let text = std::fs::read_to_string(self.record_path(id)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Writes a record atomically (write to a temporary file, then rename).
+    pub fn write(&self, record: &DeviceRecord) -> Result<(), DaemonError> {
+        std::fs::create_dir_all(&self.0).map_err(io_error(format!("create {}", self.0.display())))?;
+        let path = self.record_path(record.id);
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(record).expect("records always serialise");
+        std::fs::write(&tmp, json).map_err(io_error(format!("write {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io_error(format!("rename to {}", path.display())))
+    }
+
+    /// Removes device `id`'s record; a missing record is fine.
+    pub fn remove(&self, id: u32) {
+        let _ = std::fs::remove_file(self.record_path(id));
+    }
+}
+
+/// Starts a detached `<exe> serve` for `spec` and returns once its device is live.
+pub fn spawn(exe: &Path, spec: &DeviceSpec, run_dir: &RunDir) -> Result<DeviceRecord, DaemonError> {
+    std::fs::create_dir_all(run_dir.path()).map_err(io_error(format!("create {}", run_dir.path().display())))?;
+    let pending_log = run_dir.path().join(format!("starting-{}.log", std::process::id()));
+    let log = std::fs::File::create(&pending_log).map_err(io_error(format!("create {}", pending_log.display())))?;
+    let spec_json = serde_json::to_string(spec).expect("specs always serialise");
+    let mut child = Command::new(exe)
+        .args(["serve", "--detach", "--spec"])
+        .arg(&spec_json)
+        .arg("--run-dir")
+        .arg(run_dir.path())
+        .arg("--log-file")
+        .arg(&pending_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(io_error(format!("start {}", exe.display())))?;
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(DaemonError::Timeout(READY_TIMEOUT, pending_log));
+        }
+    };
+    match line.trim_end().split_once(' ') {
+        Some(("ready", json)) => serde_json::from_str(json)
+            .map_err(|e| DaemonError::Server(format!("unreadable ready line from server: {e}"))),
+        Some(("error", message)) => {
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&pending_log);
+            Err(DaemonError::Server(message.to_owned()))
+        }
+        _ => {
+            let _ = child.wait();
+            Err(DaemonError::ServerDied(pending_log))
+        }
+    }
+}
+
+/// Serves `spec` in this process until the device is stopped or deleted. Once the device is
+/// live its record is written and `ready <record>` goes to `report`; if it cannot start,
+/// `error <message>` goes there instead. `log_file`, if given, is renamed to the device's log.
+pub fn serve(
+    spec: &DeviceSpec,
+    run_dir: &RunDir,
+    log_file: Option<PathBuf>,
+    mut report: impl Write + Send + Sync + 'static,
+) -> Result<(), DaemonError> {
+    let store = match spec.open() {
+        Ok(store) => store,
+        Err(e) => {
+            let _ = writeln!(report, "error {e}");
+            return Err(e.into());
+        }
+    };
+    let (record_dir, record_spec) = (run_dir.clone(), spec.clone());
+    let report = Arc::new(Mutex::new(Some(report)));
+    let ready_report = Arc::clone(&report);
+    let started_id = Arc::new(Mutex::new(None));
+    let record_id = Arc::clone(&started_id);
+    let on_started = move |started: StartedDevice| {
+        if let Ok(mut slot) = record_id.lock() {
+            *slot = Some(started.id);
+        }
+        let record = DeviceRecord {
+            id: started.id,
+            block_path: started.block_path,
+            pid: std::process::id(),
+            spec: record_spec,
+        };
+        if let Some(log) = &log_file {
+            let _ = std::fs::rename(log, record_dir.log_path(record.id));
+        }
+        let line = match record_dir.write(&record) {
+            Ok(()) => format!("ready {}", serde_json::to_string(&record).expect("records serialise")),
+            Err(e) => format!("error {e}"),
+        };
+        tracing::info!(id = record.id, path = %record.block_path.display(), "device live");
+        if let Some(mut out) = ready_report.lock().ok().and_then(|mut slot| slot.take()) {
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    };
+    let served = device::serve(&spec.device_options(), store, on_started);
+    if let Some(id) = started_id.lock().ok().and_then(|slot| *slot) {
+        run_dir.remove(id);
+        tracing::info!(id, "device stopped");
+    }
+    if let Some(mut out) = report.lock().ok().and_then(|mut slot| slot.take()) {
+        // Never reported ready: the device did not start.
+        let message = match &served {
+            Err(e) => e.to_string(),
+            Ok(()) => "device stopped before it started".to_owned(),
+        };
+        let _ = writeln!(out, "error {message}");
+    }
+    served.map_err(DaemonError::from)
+}

@@ -1,0 +1,22 @@
+//! ublk-target: mesoblk's userspace block device.
+//!
+//! The crate is layered so that almost all of it runs without ublk in the kernel:
+//! - [`request`]: decoding a ublk I/O descriptor into a validated [`request::Request`];
+//! - [`backend`]: where blocks live (file or block device through io_uring, RAM, null);
+//! - [`engine`]: running one request against a backend, producing ublk's result code;
+//! - [`spec`]: what a device is made of, validated before anything is created;
+//! - [`daemon`]: one serving process per device, and the records that let others find it;
+//! - [`sys`]: the kernel glue (libublk, raw io_uring, ioctls/statx), the only module that may
+//!   use `unsafe`.
+//!
+//! The `mesoblk-target` binary (src/bin) is the command-line front end.
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod daemon;
+pub mod engine;
+pub mod request;
+pub mod spec;
+#[allow(unsafe_code)]
+pub mod sys;

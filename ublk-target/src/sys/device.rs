@@ -1,0 +1,229 @@
+//! Serving one ublk device: ADD_DEV, parameters, one thread per hardware queue, START_DEV, and
+//! the per-tag loop that fetches a request, runs it through the engine and commits its result.
+//!
+//! Parameters are declared from the backend's capabilities so the kernel sends exactly what the
+//! backend can honour: a volatile write cache plus FUA when writes can sit in a cache (so the
+//! kernel sends FLUSH and FUA), a logical block size no smaller than the backend's direct-I/O
+//! alignment, and discard / write-zeroes limits (so the kernel sends those ops at all).
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use io_uring::squeue;
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::helpers::IoBuf;
+use libublk::io::{UblkDev, UblkQueue};
+use libublk::{sys as ublk_sys, BufDesc, UblkError, UblkFlags, UblkUringData};
+use thiserror::Error;
+
+use crate::backend::{AnyBackend, SharedStore, Submitter};
+use crate::engine::execute;
+use crate::request::{Geometry, Request, SECTOR_SHIFT};
+
+/// Largest DISCARD / WRITE_ZEROES the kernel may send in one request, in bytes. Bounded so one
+/// request cannot occupy a tag for long; the block layer splits bigger ones.
+const MAX_ZEROING_BYTES: u32 = 1 << 30;
+/// Seconds the queue loop sleeps in io_uring_enter when idle before re-checking for shutdown.
+const IDLE_WAIT_SECS: u64 = 20;
+
+/// How to create a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceOptions {
+    /// The device id to ask for; `None` lets the kernel pick the lowest free one.
+    pub id: Option<u32>,
+    /// Hardware queues, each served by its own thread.
+    pub queues: u16,
+    /// Requests in flight per queue.
+    pub depth: u16,
+    /// Largest read or write in bytes (the per-tag buffer size); a multiple of the page size.
+    pub max_io_bytes: u32,
+    /// A name recorded with the device.
+    pub name: String,
+}
+
+/// A device that the kernel has started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartedDevice {
+    /// Its ublk id (`N` in `/dev/ublkbN`).
+    pub id: u32,
+    /// The block device node.
+    pub block_path: PathBuf,
+}
+
+/// Why a device could not be created or served.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The kernel has no ublk driver loaded.
+    #[error("/dev/ublk-control is missing: the kernel has no ublk_drv (modprobe ublk_drv)")]
+    NoControlDevice,
+    /// The driver refused or failed a control command.
+    #[error("ublk {action} failed: {source}")]
+    Control {
+        /// What was being done.
+        action: &'static str,
+        /// libublk's error.
+        #[source]
+        source: UblkError,
+    },
+}
+
+/// Submits a backend's SQEs on the current queue thread's ublk ring (libublk keeps that ring in
+/// a thread-local), so backend I/O and ublk commands complete on one ring.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueRing;
+
+impl Submitter for QueueRing {
+    async fn submit(&self, sqe: squeue::Entry) -> i32 {
+        // libublk resolves this future only when the operation's CQE is reaped, which is the
+        // contract `Submitter` asks for; the engine keeps the request buffer borrowed until then.
+        libublk::uring_async::ublk_submit_sqe_async(sqe, UblkUringData::Target as u64)
+            .await
+            .unwrap_or(-libc::EIO)
+    }
+}
+
+/// Creates the device, serves it until it is stopped or deleted, and removes it on return.
+/// `on_started` runs once the block device exists.
+pub fn serve(
+    options: &DeviceOptions,
+    store: SharedStore,
+    on_started: impl FnOnce(StartedDevice) + Send + Sync + 'static,
+) -> Result<(), DeviceError> {
+    if !std::path::Path::new("/dev/ublk-control").exists() {
+        return Err(DeviceError::NoControlDevice);
+    }
+    let caps = store.capabilities();
+    let geometry = Geometry {
+        size: store.size(),
+        logical_block_size: caps.logical_block_size,
+        max_io_bytes: options.max_io_bytes,
+    };
+    let ctrl = UblkCtrlBuilder::default()
+        .name(&options.name)
+        .id(options.id.map_or(-1, |id| i32::try_from(id).unwrap_or(i32::MAX)))
+        .nr_queues(options.queues)
+        .depth(options.depth)
+        .io_buf_bytes(options.max_io_bytes)
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .build()
+        .map_err(|source| DeviceError::Control { action: "add", source })?;
+    let params = device_params(&geometry, caps.volatile_cache);
+    let init = move |dev: &mut UblkDev| {
+        dev.tgt.dev_size = geometry.size;
+        dev.tgt.params = params;
+        Ok(())
+    };
+    let queue = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &store, geometry);
+    let started = move |ctrl: &UblkCtrl| {
+        let id = ctrl.dev_info().dev_id;
+        on_started(StartedDevice { id, block_path: PathBuf::from(ctrl.get_bdev_path()) });
+    };
+    ctrl.run_target(init, queue, started)
+        .map_err(|source| DeviceError::Control { action: "start", source })?;
+    Ok(())
+}
+
+fn device_params(geometry: &Geometry, volatile_cache: bool) -> ublk_sys::ublk_params {
+    let block_shift = geometry.logical_block_size.trailing_zeros();
+    let attrs = if volatile_cache { ublk_sys::UBLK_ATTR_VOLATILE_CACHE | ublk_sys::UBLK_ATTR_FUA } else { 0 };
+    let shift = |v: u32| u8::try_from(v).expect("block shifts are at most 12");
+    let max_zeroing_sectors = MAX_ZEROING_BYTES >> SECTOR_SHIFT;
+    ublk_sys::ublk_params {
+        types: ublk_sys::UBLK_PARAM_TYPE_BASIC | ublk_sys::UBLK_PARAM_TYPE_DISCARD,
+        basic: ublk_sys::ublk_param_basic {
+            attrs,
+            logical_bs_shift: shift(block_shift),
+            physical_bs_shift: shift(block_shift.max(12)),
+            io_min_shift: shift(block_shift),
+            io_opt_shift: shift(block_shift.max(12)),
+            max_sectors: geometry.max_io_bytes >> SECTOR_SHIFT,
+            dev_sectors: geometry.size >> SECTOR_SHIFT,
+            ..Default::default()
+        },
+        discard: ublk_sys::ublk_param_discard {
+            discard_granularity: geometry.logical_block_size,
+            max_discard_sectors: max_zeroing_sectors,
+            max_write_zeroes_sectors: max_zeroing_sectors,
+            max_discard_segments: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// One hardware queue's thread: an async task per tag on a local executor, driven by the
+/// queue's io_uring.
+fn serve_queue(qid: u16, dev: &UblkDev, store: &SharedStore, geometry: Geometry) {
+    let queue = match UblkQueue::new(qid, dev) {
+        Ok(queue) => Rc::new(queue),
+        Err(e) => {
+            tracing::error!(qid, error = %e, "cannot set up queue");
+            return;
+        }
+    };
+    let backend = Rc::new(store.for_queue(QueueRing));
+    let executor = Rc::new(smol::LocalExecutor::new());
+    let tasks: Vec<_> = queue
+        .tags()
+        .map(|tag| {
+            let (queue, backend) = (Rc::clone(&queue), Rc::clone(&backend));
+            executor.spawn(async move {
+                match serve_tag(&queue, &backend, tag, geometry).await {
+                    Ok(()) | Err(UblkError::QueueIsDown) => {}
+                    Err(e) => tracing::error!(qid, tag, error = %e, "tag loop failed"),
+                }
+            })
+        })
+        .collect();
+    let exe = Rc::clone(&executor);
+    smol::block_on(executor.run(async move {
+        let run_ready = || while exe.try_tick() {};
+        let all_done = || tasks.iter().all(|task| task.is_finished());
+        if let Err(e) = libublk::wait_and_handle_io_events(&queue, Some(IDLE_WAIT_SECS), run_ready, all_done).await {
+            tracing::error!(qid, error = %e, "queue event loop failed");
+        }
+    }));
+}
+
+/// Fetches, executes and commits requests for one tag until the queue goes down.
+async fn serve_tag(
+    queue: &UblkQueue<'_>,
+    backend: &AnyBackend<QueueRing>,
+    tag: u16,
+    geometry: Geometry,
+) -> Result<(), UblkError> {
+    // The buffer outlives every command that refers to it: it is dropped only when this
+    // function returns, after the queue is down and no FETCH/COMMIT for this tag is pending.
+    let mut buf = IoBuf::<u8>::new(geometry.max_io_bytes as usize);
+    queue.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf)).await?;
+    loop {
+        let iod = queue.get_iod(tag);
+        let result = match Request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, &geometry) {
+            Ok(request) => execute(backend, &request, buf.as_mut_slice()).await,
+            Err(e) => {
+                tracing::warn!(tag, error = %e, "rejected request");
+                -e.errno()
+            }
+        };
+        queue.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), result).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_backends_declare_volatile_cache_and_fua() {
+        let geo = Geometry { size: 1 << 30, logical_block_size: 4096, max_io_bytes: 1 << 20 };
+        let params = device_params(&geo, true);
+        assert_eq!(params.basic.attrs, ublk_sys::UBLK_ATTR_VOLATILE_CACHE | ublk_sys::UBLK_ATTR_FUA);
+        assert_eq!(params.basic.logical_bs_shift, 12);
+        assert_eq!(params.basic.max_sectors, 2048);
+        assert_eq!(params.basic.dev_sectors, 1 << 21);
+        assert_ne!(params.discard.max_write_zeroes_sectors, 0, "else the kernel never sends WRITE_ZEROES");
+        assert_eq!(params.discard.max_discard_segments, 1);
+        assert_eq!(device_params(&geo, false).basic.attrs, 0);
+    }
+}

@@ -1,0 +1,136 @@
+//! Shared helpers of the kernel-tier tests: devices and mounts that clean up after themselves,
+//! commands that fail the test loudly, deterministic data patterns.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The CLI under test, built by cargo for this test run.
+pub const TARGET_BIN: &str = env!("CARGO_BIN_EXE_mesoblk-target");
+
+/// Fails the test (never skips it) unless this is root on a kernel with ublk.
+pub fn require_ublk() {
+    assert!(
+        Path::new("/dev/ublk-control").exists(),
+        "/dev/ublk-control is missing: kernel tests must run where ublk_drv is loaded (scripts/vm-run)"
+    );
+    assert!(nix_is_root(), "kernel tests must run as root");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// Runs a command and fails the test, with its output, if it does not succeed.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed with {}:\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `len` bytes of a deterministic pseudo-random pattern (xorshift), different per `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A device made with `mesoblk-target add`, deleted on drop if the test did not delete it.
+pub struct Device {
+    id: u32,
+    path: String,
+    run_dir: PathBuf,
+    deleted: bool,
+}
+
+impl Device {
+    /// Adds a device with extra `add` arguments; its records live under `work`.
+    pub fn add(work: &Path, args: &[&str]) -> Device {
+        let run_dir = work.join("run");
+        let output = run(TARGET_BIN, &[&["--run-dir", run_dir.to_str().unwrap(), "add"], args].concat());
+        let stdout = String::from_utf8(output.stdout).expect("utf-8 output");
+        let (id, path) = stdout.trim().split_once('\t').unwrap_or_else(|| panic!("unexpected add output {stdout:?}"));
+        let device = Device { id: id.parse().expect("numeric id"), path: path.to_owned(), run_dir, deleted: false };
+        assert!(Path::new(&device.path).exists(), "{} missing after add returned", device.path);
+        device
+    }
+
+    /// The device id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// `/dev/ublkbN`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Runs `mesoblk-target del` and returns its output, successful or not.
+    pub fn try_delete(&self) -> Output {
+        Command::new(TARGET_BIN)
+            .args(["--run-dir", self.run_dir.to_str().unwrap(), "del", "--id", &self.id.to_string()])
+            .output()
+            .expect("run mesoblk-target del")
+    }
+
+    /// Deletes the device, failing the test if that does not work.
+    pub fn delete(mut self) {
+        let output = self.try_delete();
+        assert!(output.status.success(), "del failed: {}", String::from_utf8_lossy(&output.stderr));
+        self.deleted = true;
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = Command::new(TARGET_BIN)
+                .args(["--run-dir", self.run_dir.to_str().unwrap(), "del", "--force", "--id", &self.id.to_string()])
+                .output();
+        }
+    }
+}
+
+/// A mounted file system, unmounted on drop.
+pub struct Mount {
+    dir: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `device` at `dir` (created if needed).
+    pub fn new(device: &str, dir: &Path) -> Mount {
+        std::fs::create_dir_all(dir).expect("create mountpoint");
+        run("mount", &[device, dir.to_str().unwrap()]);
+        Mount { dir: dir.to_owned() }
+    }
+
+    /// The mountpoint.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let status = Command::new("umount").arg(&self.dir).status();
+        if !matches!(status, Ok(s) if s.success()) && !std::thread::panicking() {
+            panic!("umount {} failed", self.dir.display());
+        }
+    }
+}
