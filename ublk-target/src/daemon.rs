@@ -106,7 +106,8 @@ impl RunDir {
 
     /// Writes a record atomically (write to a temporary file, then rename).
     pub fn write(&self, record: &DeviceRecord) -> Result<(), DaemonError> {
-        std::fs::create_dir_all(&self.0).map_err(io_error(format!("create {}", self.0.display())))?;
+        std::fs::create_dir_all(&self.0)
+            .map_err(io_error(format!("create {}", self.0.display())))?;
         let path = self.record_path(record.id);
         let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(record).expect("records always serialise");
@@ -122,9 +123,13 @@ impl RunDir {
 
 /// Starts a detached `<exe> serve` for `spec` and returns once its device is live.
 pub fn spawn(exe: &Path, spec: &DeviceSpec, run_dir: &RunDir) -> Result<DeviceRecord, DaemonError> {
-    std::fs::create_dir_all(run_dir.path()).map_err(io_error(format!("create {}", run_dir.path().display())))?;
-    let pending_log = run_dir.path().join(format!("starting-{}.log", std::process::id()));
-    let log = std::fs::File::create(&pending_log).map_err(io_error(format!("create {}", pending_log.display())))?;
+    std::fs::create_dir_all(run_dir.path())
+        .map_err(io_error(format!("create {}", run_dir.path().display())))?;
+    let pending_log = run_dir
+        .path()
+        .join(format!("starting-{}.log", std::process::id()));
+    let log = std::fs::File::create(&pending_log)
+        .map_err(io_error(format!("create {}", pending_log.display())))?;
     let spec_json = serde_json::to_string(spec).expect("specs always serialise");
     let mut child = Command::new(exe)
         .args(["serve", "--detach", "--spec"])
@@ -184,7 +189,9 @@ pub fn serve(
             return Err(e.into());
         }
     };
-    let (record_dir, record_spec) = (run_dir.clone(), spec.clone());
+    // Record the size actually served (file backends default to the whole store).
+    let record_spec = DeviceSpec { size: Some(store.size()), ..spec.clone() };
+    let record_dir = run_dir.clone();
     let report = Arc::new(Mutex::new(Some(report)));
     let ready_report = Arc::clone(&report);
     let started_id = Arc::new(Mutex::new(None));
@@ -203,7 +210,10 @@ pub fn serve(
             let _ = std::fs::rename(log, record_dir.log_path(record.id));
         }
         let line = match record_dir.write(&record) {
-            Ok(()) => format!("ready {}", serde_json::to_string(&record).expect("records serialise")),
+            Ok(()) => format!(
+                "ready {}",
+                serde_json::to_string(&record).expect("records serialise")
+            ),
             Err(e) => format!("error {e}"),
         };
         tracing::info!(id = record.id, path = %record.block_path.display(), "device live");

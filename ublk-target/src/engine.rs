@@ -18,7 +18,11 @@ pub async fn execute<B: Backend>(backend: &B, req: &Request, buf: &mut [u8]) -> 
         Op::Read => backend.read(req.offset, &mut buf[..len]).await,
         Op::Write => backend.write(req.offset, &buf[..len], req.fua).await,
         Op::Discard => backend.discard(req.offset, u64::from(req.len)).await,
-        Op::WriteZeroes => backend.write_zeroes(req.offset, u64::from(req.len), !req.no_unmap).await,
+        Op::WriteZeroes => {
+            backend
+                .write_zeroes(req.offset, u64::from(req.len), !req.no_unmap)
+                .await
+        }
         Op::Flush => unreachable!("is_flush covers Op::Flush"),
     };
     match outcome {
@@ -40,19 +44,34 @@ mod tests {
     use smol::block_on;
 
     fn req(op: Op, offset: u64, len: u32) -> Request {
-        Request { op, offset, len, fua: false, no_unmap: false }
+        Request {
+            op,
+            offset,
+            len,
+            fua: false,
+            no_unmap: false,
+        }
     }
 
     #[test]
     fn results_follow_the_ublk_convention() {
         let ram = RamBackend::new(1 << 20);
         let mut buf = vec![7u8; 8192];
-        assert_eq!(block_on(execute(&ram, &req(Op::Write, 4096, 8192), &mut buf)), 8192);
+        assert_eq!(
+            block_on(execute(&ram, &req(Op::Write, 4096, 8192), &mut buf)),
+            8192
+        );
         assert_eq!(block_on(execute(&ram, &req(Op::Flush, 0, 0), &mut buf)), 0);
         assert_eq!(block_on(execute(&ram, &req(Op::Write, 0, 0), &mut buf)), 0);
-        assert_eq!(block_on(execute(&ram, &req(Op::Discard, 4096, 4096), &mut buf)), 0);
+        assert_eq!(
+            block_on(execute(&ram, &req(Op::Discard, 4096, 4096), &mut buf)),
+            0
+        );
         let mut out = vec![1u8; 8192];
-        assert_eq!(block_on(execute(&ram, &req(Op::Read, 4096, 8192), &mut out)), 8192);
+        assert_eq!(
+            block_on(execute(&ram, &req(Op::Read, 4096, 8192), &mut out)),
+            8192
+        );
         assert!(out[..4096].iter().all(|&b| b == 0));
         assert!(out[4096..].iter().all(|&b| b == 7));
     }
@@ -61,6 +80,9 @@ mod tests {
     fn backend_errors_become_negative_errnos() {
         let ram = RamBackend::new(4096);
         let mut buf = vec![0u8; 8192];
-        assert_eq!(block_on(execute(&ram, &req(Op::Read, 0, 8192), &mut buf)), -libc::EIO);
+        assert_eq!(
+            block_on(execute(&ram, &req(Op::Read, 0, 8192), &mut buf)),
+            -libc::EIO
+        );
     }
 }

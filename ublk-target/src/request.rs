@@ -155,28 +155,57 @@ impl Request {
         let fua = op_flags & FLAG_FUA != 0;
         let no_unmap = op_flags & FLAG_NOUNMAP != 0;
         if op == Op::Flush {
-            return Ok(Request { op, offset: 0, len: 0, fua: false, no_unmap: false });
+            return Ok(Request {
+                op,
+                offset: 0,
+                len: 0,
+                fua: false,
+                no_unmap: false,
+            });
         }
-        let offset = start_sector.checked_shl(SECTOR_SHIFT).filter(|o| o >> SECTOR_SHIFT == start_sector);
+        let offset = start_sector
+            .checked_shl(SECTOR_SHIFT)
+            .filter(|o| o >> SECTOR_SHIFT == start_sector);
         let len = u64::from(nr_sectors) << SECTOR_SHIFT;
-        let out_of_range = || DecodeError::OutOfRange { offset: start_sector, len, size: geometry.size };
+        let out_of_range = || DecodeError::OutOfRange {
+            offset: start_sector,
+            len,
+            size: geometry.size,
+        };
         let offset = offset.ok_or_else(out_of_range)?;
         let end = offset.checked_add(len).ok_or_else(out_of_range)?;
         if end > geometry.size {
-            return Err(DecodeError::OutOfRange { offset, len, size: geometry.size });
+            return Err(DecodeError::OutOfRange {
+                offset,
+                len,
+                size: geometry.size,
+            });
         }
         let block = u64::from(geometry.logical_block_size);
         if offset % block != 0 || len % block != 0 {
-            return Err(DecodeError::Misaligned { offset, len, block: geometry.logical_block_size });
+            return Err(DecodeError::Misaligned {
+                offset,
+                len,
+                block: geometry.logical_block_size,
+            });
         }
         let is_data = matches!(op, Op::Read | Op::Write);
         if is_data && len > u64::from(geometry.max_io_bytes) {
-            return Err(DecodeError::TooLarge { len, max: geometry.max_io_bytes });
+            return Err(DecodeError::TooLarge {
+                len,
+                max: geometry.max_io_bytes,
+            });
         }
         // Discard and write-zeroes lengths are capped by the limits we declared to the kernel,
         // which fit in u32 sectors; data ops were just bounded by the buffer size.
         let len = u32::try_from(len).map_err(|_| DecodeError::TooLarge { len, max: u32::MAX })?;
-        Ok(Request { op, offset, len, fua, no_unmap })
+        Ok(Request {
+            op,
+            offset,
+            len,
+            fua,
+            no_unmap,
+        })
     }
 }
 
@@ -186,12 +215,25 @@ mod tests {
 
     use super::*;
 
-    const GEO: Geometry = Geometry { size: 1 << 30, logical_block_size: 4096, max_io_bytes: 1 << 20 };
+    const GEO: Geometry = Geometry {
+        size: 1 << 30,
+        logical_block_size: 4096,
+        max_io_bytes: 1 << 20,
+    };
 
     #[test]
     fn decodes_a_fua_write() {
         let req = Request::decode(u32::from(OP_WRITE) | FLAG_FUA, 8, 16, &GEO).unwrap();
-        assert_eq!(req, Request { op: Op::Write, offset: 4096, len: 8192, fua: true, no_unmap: false });
+        assert_eq!(
+            req,
+            Request {
+                op: Op::Write,
+                offset: 4096,
+                len: 8192,
+                fua: true,
+                no_unmap: false
+            }
+        );
         assert!(!req.is_flush());
     }
 
@@ -216,12 +258,24 @@ mod tests {
 
     #[test]
     fn rejects_what_the_device_does_not_serve() {
-        assert_eq!(Request::decode(4, 0, 8, &GEO), Err(DecodeError::UnsupportedOp(4)));
-        assert_eq!(Request::decode(13, 0, 8, &GEO).unwrap_err().errno(), libc::EOPNOTSUPP);
+        assert_eq!(
+            Request::decode(4, 0, 8, &GEO),
+            Err(DecodeError::UnsupportedOp(4))
+        );
+        assert_eq!(
+            Request::decode(13, 0, 8, &GEO).unwrap_err().errno(),
+            libc::EOPNOTSUPP
+        );
         let past_end = Request::decode(0, (1 << 30) >> 9, 8, &GEO).unwrap_err();
         assert_eq!(past_end.errno(), libc::EIO);
-        assert_eq!(Request::decode(0, 1, 8, &GEO).unwrap_err().errno(), libc::EINVAL);
-        assert_eq!(Request::decode(1, 0, 4096, &GEO).unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(
+            Request::decode(0, 1, 8, &GEO).unwrap_err().errno(),
+            libc::EINVAL
+        );
+        assert_eq!(
+            Request::decode(1, 0, 4096, &GEO).unwrap_err().errno(),
+            libc::EINVAL
+        );
     }
 
     #[test]

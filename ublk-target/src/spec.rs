@@ -121,12 +121,22 @@ impl DeviceSpec {
             if (min..=max).contains(&value) {
                 Ok(())
             } else {
-                Err(SpecError::OutOfRange { what, value, min, max })
+                Err(SpecError::OutOfRange {
+                    what,
+                    value,
+                    min,
+                    max,
+                })
             }
         };
         range("queue count", self.queues.into(), 1, MAX_QUEUES.into())?;
         range("queue depth", self.depth.into(), 1, MAX_DEPTH.into())?;
-        range("max I/O size", self.max_io_bytes.into(), PAGE_BYTES.into(), MAX_IO_BYTES.into())?;
+        range(
+            "max I/O size",
+            self.max_io_bytes.into(),
+            PAGE_BYTES.into(),
+            MAX_IO_BYTES.into(),
+        )?;
         if self.max_io_bytes % PAGE_BYTES != 0 {
             return Err(SpecError::IoSizeNotPageMultiple(self.max_io_bytes));
         }
@@ -137,7 +147,9 @@ impl DeviceSpec {
     pub fn open(&self) -> Result<SharedStore, SpecError> {
         self.check_limits()?;
         let store = match &self.backend {
-            BackendSpec::File { path, direct_io } => self.open_file(path, *direct_io, StoreKind::File)?,
+            BackendSpec::File { path, direct_io } => {
+                self.open_file(path, *direct_io, StoreKind::File)?
+            }
             BackendSpec::Blockdev { path, direct_io } => {
                 self.open_file(path, *direct_io, StoreKind::BlockDevice)?
             }
@@ -164,7 +176,12 @@ impl DeviceSpec {
         Ok(size)
     }
 
-    fn open_file(&self, path: &std::path::Path, direct: DirectIo, want: StoreKind) -> Result<SharedStore, SpecError> {
+    fn open_file(
+        &self,
+        path: &std::path::Path,
+        direct: DirectIo,
+        want: StoreKind,
+    ) -> Result<SharedStore, SpecError> {
         if let Some(size) = self.size {
             check_size(size, 512)?;
         }
@@ -196,9 +213,13 @@ fn check_size(size: u64, block: u32) -> Result<(), SpecError> {
 /// `K`, `M`, `G`, `T` (optionally followed by `i`/`iB`/`B`), e.g. `256M`, `1GiB`, `4096`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
-    let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
     let (digits, suffix) = trimmed.split_at(digits_end);
-    let number: u64 = digits.parse().map_err(|_| format!("invalid size {text:?}: expected e.g. 4096, 256M or 1G"))?;
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected e.g. 4096, 256M or 1G"))?;
     let shift = match suffix.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KI" | "KIB" => 10,
@@ -207,7 +228,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "T" | "TB" | "TI" | "TIB" => 40,
         other => return Err(format!("invalid size {text:?}: unknown unit {other:?}")),
     };
-    number.checked_mul(1u64 << shift).ok_or_else(|| format!("invalid size {text:?}: too large"))
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
 #[cfg(test)]
@@ -217,7 +240,14 @@ mod tests {
     use super::*;
 
     fn spec(backend: BackendSpec, size: Option<u64>) -> DeviceSpec {
-        DeviceSpec { backend, size, id: None, queues: 1, depth: 64, max_io_bytes: 512 << 10 }
+        DeviceSpec {
+            backend,
+            size,
+            id: None,
+            queues: 1,
+            depth: 64,
+            max_io_bytes: 512 << 10,
+        }
     }
 
     #[test]
@@ -235,38 +265,80 @@ mod tests {
     fn limits_match_the_kernel() {
         let mut s = spec(BackendSpec::Null, Some(1 << 20));
         s.depth = 4097;
-        assert!(matches!(s.check_limits(), Err(SpecError::OutOfRange { what: "queue depth", .. })));
+        assert!(matches!(
+            s.check_limits(),
+            Err(SpecError::OutOfRange {
+                what: "queue depth",
+                ..
+            })
+        ));
         s.depth = 128;
         s.max_io_bytes = 5000;
-        assert!(matches!(s.check_limits(), Err(SpecError::IoSizeNotPageMultiple(5000))));
+        assert!(matches!(
+            s.check_limits(),
+            Err(SpecError::IoSizeNotPageMultiple(5000))
+        ));
     }
 
     #[test]
     fn ram_needs_an_aligned_size() {
-        assert!(matches!(spec(BackendSpec::Ram, None).open(), Err(SpecError::SizeRequired("ram"))));
-        assert!(matches!(spec(BackendSpec::Ram, Some(1000)).open(), Err(SpecError::BadSize { .. })));
-        assert_eq!(spec(BackendSpec::Ram, Some(1 << 20)).open().unwrap().size(), 1 << 20);
+        assert!(matches!(
+            spec(BackendSpec::Ram, None).open(),
+            Err(SpecError::SizeRequired("ram"))
+        ));
+        assert!(matches!(
+            spec(BackendSpec::Ram, Some(1000)).open(),
+            Err(SpecError::BadSize { .. })
+        ));
+        assert_eq!(
+            spec(BackendSpec::Ram, Some(1 << 20)).open().unwrap().size(),
+            1 << 20
+        );
     }
 
     #[test]
     fn file_backend_checks_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("backing");
-        let file = |path: &std::path::Path| BackendSpec::File { path: path.to_owned(), direct_io: DirectIo::Optional };
+        let file = |path: &std::path::Path| BackendSpec::File {
+            path: path.to_owned(),
+            direct_io: DirectIo::Optional,
+        };
         let missing = spec(file(&path), Some(1 << 20)).open().unwrap_err();
         assert!(missing.to_string().contains("does not exist"), "{missing}");
-        std::fs::File::create(&path).unwrap().write_all(&vec![0u8; 1 << 20]).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&vec![0u8; 1 << 20])
+            .unwrap();
         let too_big = spec(file(&path), Some(2 << 20)).open().unwrap_err();
-        assert!(too_big.to_string().contains("smaller than the requested"), "{too_big}");
+        assert!(
+            too_big.to_string().contains("smaller than the requested"),
+            "{too_big}"
+        );
         let whole = spec(file(&path), None).open().unwrap();
         assert_eq!(whole.size(), 1 << 20);
-        let wrong = spec(BackendSpec::Blockdev { path: path.clone(), direct_io: DirectIo::Optional }, None);
-        assert!(matches!(wrong.open(), Err(SpecError::WrongStoreKind { .. })));
+        let wrong = spec(
+            BackendSpec::Blockdev {
+                path: path.clone(),
+                direct_io: DirectIo::Optional,
+            },
+            None,
+        );
+        assert!(matches!(
+            wrong.open(),
+            Err(SpecError::WrongStoreKind { .. })
+        ));
     }
 
     #[test]
     fn specs_round_trip_through_json() {
-        let s = spec(BackendSpec::File { path: "/x".into(), direct_io: DirectIo::Required }, Some(4096));
+        let s = spec(
+            BackendSpec::File {
+                path: "/x".into(),
+                direct_io: DirectIo::Required,
+            },
+            Some(4096),
+        );
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<DeviceSpec>(&json).unwrap(), s);
     }

@@ -15,9 +15,14 @@ fn ext4_on_a_file_backed_device_keeps_data_across_remount() {
     kernel::require_ublk();
     let work = tempfile::tempdir().expect("tempdir");
     let backing = work.path().join("backing.img");
-    std::fs::File::create(&backing).and_then(|f| f.set_len(256 << 20)).expect("backing file");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(256 << 20))
+        .expect("backing file");
 
-    let device = Device::add(work.path(), &["--backend", "file", "--path", backing.to_str().unwrap()]);
+    let device = Device::add(
+        work.path(),
+        &["--backend", "file", "--path", backing.to_str().unwrap()],
+    );
     run("mkfs.ext4", &["-q", "-F", device.path()]);
 
     let mountpoint = work.path().join("mnt");
@@ -26,7 +31,8 @@ fn ext4_on_a_file_backed_device_keeps_data_across_remount() {
         let mount = Mount::new(device.path(), &mountpoint);
         std::fs::write(mount.dir().join("payload.bin"), &data).expect("write payload");
         std::fs::create_dir(mount.dir().join("nested")).expect("mkdir");
-        std::fs::write(mount.dir().join("nested/small.txt"), b"mesoblk\n").expect("write small file");
+        std::fs::write(mount.dir().join("nested/small.txt"), b"mesoblk\n")
+            .expect("write small file");
     }
     // Unmounting dropped every cached page of this file system: what we read next comes back
     // through the ublk server from the backing file.
@@ -35,14 +41,23 @@ fn ext4_on_a_file_backed_device_keeps_data_across_remount() {
         let read_back = std::fs::read(mount.dir().join("payload.bin")).expect("read payload");
         assert_eq!(read_back.len(), data.len());
         assert!(read_back == data, "payload differs after remount");
-        assert_eq!(std::fs::read(mount.dir().join("nested/small.txt")).unwrap(), b"mesoblk\n");
+        assert_eq!(
+            std::fs::read(mount.dir().join("nested/small.txt")).unwrap(),
+            b"mesoblk\n"
+        );
     }
     run("fsck.ext4", &["-n", "-f", device.path()]);
 
     let id = device.id();
     device.delete();
-    assert!(!Path::new(&format!("/dev/ublkb{id}")).exists(), "block device still present");
-    assert!(!Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists(), "ublk device not deleted");
+    assert!(
+        !Path::new(&format!("/dev/ublkb{id}")).exists(),
+        "block device still present"
+    );
+    assert!(
+        !Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists(),
+        "ublk device not deleted"
+    );
 }
 
 #[test]
@@ -55,11 +70,25 @@ fn deleting_a_mounted_device_is_refused_until_unmounted() {
     std::fs::write(mount.dir().join("f"), b"still here").unwrap();
 
     let refused = device.try_delete();
-    assert!(!refused.status.success(), "deleting a mounted device succeeded");
+    assert!(
+        !refused.status.success(),
+        "deleting a mounted device succeeded"
+    );
     let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(message.contains("in use"), "unexpected refusal message: {message}");
-    assert_eq!(message.trim_end().lines().count(), 1, "error is not one line: {message}");
-    assert_eq!(std::fs::read(mount.dir().join("f")).unwrap(), b"still here", "refusal disturbed the mount");
+    assert!(
+        message.contains("in use"),
+        "unexpected refusal message: {message}"
+    );
+    assert_eq!(
+        message.trim_end().lines().count(),
+        1,
+        "error is not one line: {message}"
+    );
+    assert_eq!(
+        std::fs::read(mount.dir().join("f")).unwrap(),
+        b"still here",
+        "refusal disturbed the mount"
+    );
 
     drop(mount);
     device.delete();

@@ -133,7 +133,10 @@ impl FileStore {
     /// Opens `path` read-write. `size` defaults to the whole store and must fit inside it and be
     /// a multiple of its block size.
     pub fn open(path: &Path, size: Option<u64>, direct: DirectIo) -> Result<FileStore, OpenError> {
-        let io_err = |source| OpenError::Io { path: path.to_owned(), source };
+        let io_err = |source| OpenError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => OpenError::NotFound(path.to_owned()),
             _ => io_err(e),
@@ -147,16 +150,34 @@ impl FileStore {
         let capacity = probe::store_size(&file, kind == StoreKind::BlockDevice).map_err(io_err)?;
         let block_size = store_block_size(&file, kind, is_direct).map_err(io_err)?;
         if !(512..=4096).contains(&block_size) {
-            return Err(OpenError::UnsupportedBlockSize { path: path.to_owned(), block: block_size });
+            return Err(OpenError::UnsupportedBlockSize {
+                path: path.to_owned(),
+                block: block_size,
+            });
         }
         let size = size.unwrap_or(capacity - capacity % u64::from(block_size));
         if size > capacity {
-            return Err(OpenError::TooSmall { path: path.to_owned(), have: capacity, need: size });
+            return Err(OpenError::TooSmall {
+                path: path.to_owned(),
+                have: capacity,
+                need: size,
+            });
         }
         if size == 0 || size % u64::from(block_size) != 0 {
-            return Err(OpenError::Misaligned { path: path.to_owned(), size, block: block_size });
+            return Err(OpenError::Misaligned {
+                path: path.to_owned(),
+                size,
+                block: block_size,
+            });
         }
-        Ok(FileStore { file, path: path.to_owned(), kind, size, direct: is_direct, block_size })
+        Ok(FileStore {
+            file,
+            path: path.to_owned(),
+            kind,
+            size,
+            direct: is_direct,
+            block_size,
+        })
     }
 
     /// The path it was opened from.
@@ -181,7 +202,13 @@ impl FileStore {
 }
 
 fn open_with_policy(path: &Path, policy: DirectIo) -> std::io::Result<(File, bool)> {
-    let open = |flags| OpenOptions::new().read(true).write(true).custom_flags(flags).open(path);
+    let open = |flags| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags)
+            .open(path)
+    };
     match policy {
         DirectIo::Disabled => Ok((open(0)?, false)),
         DirectIo::Required => Ok((open(libc::O_DIRECT)?, true)),
@@ -207,7 +234,9 @@ fn store_block_size(file: &File, kind: StoreKind, direct: bool) -> std::io::Resu
     // kernels report nothing, and the file system's block size is the safe answer there.
     Ok(match probe::dio_offset_align(file)? {
         Some(align) => align.max(512),
-        None => u32::try_from(probe::fs_block_size(file)?).unwrap_or(4096).clamp(512, 4096),
+        None => u32::try_from(probe::fs_block_size(file)?)
+            .unwrap_or(4096)
+            .clamp(512, 4096),
     })
 }
 
@@ -236,7 +265,12 @@ impl<S: Submitter> FileBackend<S> {
         total: usize,
         make_sqe: impl Fn(usize) -> squeue::Entry,
     ) -> Result<(), IoError> {
-        let fail = |errno| IoError { op, offset, len: total as u64, errno };
+        let fail = |errno| IoError {
+            op,
+            offset,
+            len: total as u64,
+            errno,
+        };
         let mut done = 0usize;
         let mut retries = 0u32;
         while done < total {
@@ -253,27 +287,52 @@ impl<S: Submitter> FileBackend<S> {
     }
 
     /// Runs one non-transfer op (fsync, fallocate), resubmitting on `EAGAIN`/`EINTR`.
-    async fn run(&self, op: Op, offset: u64, len: u64, make_sqe: impl Fn() -> squeue::Entry) -> Result<(), IoError> {
+    async fn run(
+        &self,
+        op: Op,
+        offset: u64,
+        len: u64,
+        make_sqe: impl Fn() -> squeue::Entry,
+    ) -> Result<(), IoError> {
         for _ in 0..=MAX_RETRIES {
             match self.ring.submit(make_sqe()).await {
                 n if n >= 0 => return Ok(()),
                 n if is_retryable(n) => continue,
-                n => return Err(IoError { op, offset, len, errno: -n }),
+                n => {
+                    return Err(IoError {
+                        op,
+                        offset,
+                        len,
+                        errno: -n,
+                    })
+                }
             }
         }
-        Err(IoError { op, offset, len, errno: libc::EIO })
+        Err(IoError {
+            op,
+            offset,
+            len,
+            errno: libc::EIO,
+        })
     }
 
     async fn fallocate(&self, op: Op, offset: u64, len: u64, mode: i32) -> Result<(), IoError> {
-        self.run(op, offset, len, || opcode::Fallocate::new(self.fd(), len).offset(offset).mode(mode).build())
-            .await
+        self.run(op, offset, len, || {
+            opcode::Fallocate::new(self.fd(), len)
+                .offset(offset)
+                .mode(mode)
+                .build()
+        })
+        .await
     }
 
     /// Zeroes a range, preferring `modes` in order and writing zeroes when none is supported.
     async fn zero(&self, op: Op, offset: u64, len: u64, modes: &[i32]) -> Result<(), IoError> {
         for &mode in modes {
             match self.fallocate(op, offset, len, mode).await {
-                Err(e) if matches!(e.errno, libc::EOPNOTSUPP | libc::EINVAL | libc::ENODEV) => continue,
+                Err(e) if matches!(e.errno, libc::EOPNOTSUPP | libc::EINVAL | libc::ENODEV) => {
+                    continue
+                }
                 other => return other,
             }
         }
@@ -287,7 +346,8 @@ impl<S: Submitter> FileBackend<S> {
         let mut done = 0u64;
         while done < len {
             let piece = (len - done).min(chunk as u64) as usize;
-            self.write(offset + done, &zeroes.as_slice()[..piece], false).await?;
+            self.write(offset + done, &zeroes.as_slice()[..piece], false)
+                .await?;
             done += piece as u64;
         }
         Ok(())
@@ -297,7 +357,11 @@ impl<S: Submitter> FileBackend<S> {
 /// A file store sits behind the page cache or a device cache until fdatasync, so it always has a
 /// volatile cache to declare.
 pub(super) fn capabilities(store: &FileStore) -> Capabilities {
-    Capabilities { volatile_cache: true, logical_block_size: store.block_size, stores_data: true }
+    Capabilities {
+        volatile_cache: true,
+        logical_block_size: store.block_size,
+        stores_data: true,
+    }
 }
 
 fn is_retryable(res: i32) -> bool {
@@ -320,7 +384,9 @@ impl<S: Submitter> Backend for FileBackend<S> {
             // `done < total`, so the pointer stays inside `buf`, which this future borrows
             // until the transfer completes.
             let ptr = base.wrapping_add(done);
-            opcode::Read::new(self.fd(), ptr, (total - done) as u32).offset(offset + done as u64).build()
+            opcode::Read::new(self.fd(), ptr, (total - done) as u32)
+                .offset(offset + done as u64)
+                .build()
         })
         .await
     }
@@ -340,13 +406,23 @@ impl<S: Submitter> Backend for FileBackend<S> {
     }
 
     async fn flush(&self) -> Result<(), IoError> {
-        self.run(Op::Flush, 0, 0, || opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build())
-            .await
+        self.run(Op::Flush, 0, 0, || {
+            opcode::Fsync::new(self.fd())
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+        })
+        .await
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
         let punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-        self.zero(Op::Discard, offset, len, &[punch, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE]).await
+        self.zero(
+            Op::Discard,
+            offset,
+            len,
+            &[punch, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE],
+        )
+        .await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {

@@ -22,7 +22,11 @@ impl Backend for NullBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { volatile_cache: false, logical_block_size: 512, stores_data: false }
+        Capabilities {
+            volatile_cache: false,
+            logical_block_size: 512,
+            stores_data: false,
+        }
     }
 
     async fn read(&self, _offset: u64, _buf: &mut [u8]) -> Result<(), IoError> {

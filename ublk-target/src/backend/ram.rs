@@ -39,7 +39,12 @@ impl RamBackend {
 
     /// Calls `visit(chunk_index, offset_in_chunk, range_in_request)` for each chunk piece of
     /// the byte range `offset..offset+len`.
-    fn for_each_piece(&self, offset: u64, len: u64, mut visit: impl FnMut(u64, usize, std::ops::Range<usize>)) {
+    fn for_each_piece(
+        &self,
+        offset: u64,
+        len: u64,
+        mut visit: impl FnMut(u64, usize, std::ops::Range<usize>),
+    ) {
         let mut done = 0u64;
         while done < len {
             let pos = offset + done;
@@ -47,7 +52,11 @@ impl RamBackend {
             let piece = (CHUNK_BYTES - in_chunk).min(len - done);
             let start = usize::try_from(done).expect("request length fits usize");
             let end = start + usize::try_from(piece).expect("piece fits usize");
-            visit(pos / CHUNK_BYTES, usize::try_from(in_chunk).expect("fits"), start..end);
+            visit(
+                pos / CHUNK_BYTES,
+                usize::try_from(in_chunk).expect("fits"),
+                start..end,
+            );
             done += piece;
         }
     }
@@ -55,7 +64,12 @@ impl RamBackend {
     fn check_range(&self, op: Op, offset: u64, len: u64) -> Result<(), IoError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
-            _ => Err(IoError { op, offset, len, errno: libc::EIO }),
+            _ => Err(IoError {
+                op,
+                offset,
+                len,
+                errno: libc::EIO,
+            }),
         }
     }
 
@@ -77,7 +91,11 @@ impl Backend for RamBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { volatile_cache: false, logical_block_size: 512, stores_data: true }
+        Capabilities {
+            volatile_cache: false,
+            logical_block_size: 512,
+            stores_data: true,
+        }
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
@@ -97,7 +115,8 @@ impl Backend for RamBackend {
         self.check_range(Op::Write, offset, buf.len() as u64)?;
         self.for_each_piece(offset, buf.len() as u64, |index, at, range| {
             let mut chunk = self.chunk(index);
-            let data = chunk.get_or_insert_with(|| vec![0u8; CHUNK_BYTES as usize].into_boxed_slice());
+            let data =
+                chunk.get_or_insert_with(|| vec![0u8; CHUNK_BYTES as usize].into_boxed_slice());
             let input = &buf[range];
             data[at..at + input.len()].copy_from_slice(input);
         });

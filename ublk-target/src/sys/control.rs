@@ -93,16 +93,29 @@ fn open(id: u32) -> Result<UblkCtrl, ControlError> {
         UblkError::UringIOError(errno) if errno == -libc::ENODEV || errno == -libc::ENOENT => {
             ControlError::UnknownDevice(id)
         }
-        source => ControlError::Command { action: "open", id, source },
+        source => ControlError::Command {
+            action: "open",
+            id,
+            source,
+        },
     })
 }
 
 /// Ids of every ublk device the kernel knows, ascending.
 pub fn device_ids() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/sys/class/ublk-char") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/sys/class/ublk-char") else {
+        return Vec::new();
+    };
     let mut ids: Vec<u32> = entries
         .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.strip_prefix("ublkc")?.parse().ok())
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("ublkc")?
+                .parse()
+                .ok()
+        })
         .collect();
     ids.sort_unstable();
     ids
@@ -124,13 +137,25 @@ pub fn status(id: u32) -> Result<DeviceStatus, ControlError> {
 
 /// Stops device `id`: its block device disappears and its server's queues wind down.
 pub fn stop(id: u32) -> Result<(), ControlError> {
-    open(id)?.kill_dev().map_err(|source| ControlError::Command { action: "stop", id, source })?;
+    open(id)?
+        .kill_dev()
+        .map_err(|source| ControlError::Command {
+            action: "stop",
+            id,
+            source,
+        })?;
     Ok(())
 }
 
 /// Deletes device `id` from the kernel (stopping it first if needed).
 pub fn delete(id: u32) -> Result<(), ControlError> {
-    open(id)?.del_dev().map_err(|source| ControlError::Command { action: "delete", id, source })?;
+    open(id)?
+        .del_dev()
+        .map_err(|source| ControlError::Command {
+            action: "delete",
+            id,
+            source,
+        })?;
     Ok(())
 }
 
@@ -147,27 +172,47 @@ pub fn driver_features() -> Result<u64, ControlError> {
 /// Names of the `UBLK_F_*` feature bits, in bit order.
 pub const FEATURE_NAMES: &[(u64, &str)] = &[
     (ublk_sys::UBLK_F_SUPPORT_ZERO_COPY as u64, "zero_copy"),
-    (ublk_sys::UBLK_F_URING_CMD_COMP_IN_TASK as u64, "uring_cmd_comp_in_task"),
+    (
+        ublk_sys::UBLK_F_URING_CMD_COMP_IN_TASK as u64,
+        "uring_cmd_comp_in_task",
+    ),
     (ublk_sys::UBLK_F_NEED_GET_DATA as u64, "need_get_data"),
     (ublk_sys::UBLK_F_USER_RECOVERY as u64, "user_recovery"),
-    (ublk_sys::UBLK_F_USER_RECOVERY_REISSUE as u64, "user_recovery_reissue"),
+    (
+        ublk_sys::UBLK_F_USER_RECOVERY_REISSUE as u64,
+        "user_recovery_reissue",
+    ),
     (ublk_sys::UBLK_F_UNPRIVILEGED_DEV as u64, "unprivileged_dev"),
     (ublk_sys::UBLK_F_CMD_IOCTL_ENCODE as u64, "cmd_ioctl_encode"),
     (ublk_sys::UBLK_F_USER_COPY as u64, "user_copy"),
     (ublk_sys::UBLK_F_ZONED as u64, "zoned"),
-    (ublk_sys::UBLK_F_USER_RECOVERY_FAIL_IO as u64, "user_recovery_fail_io"),
+    (
+        ublk_sys::UBLK_F_USER_RECOVERY_FAIL_IO as u64,
+        "user_recovery_fail_io",
+    ),
     (ublk_sys::UBLK_F_UPDATE_SIZE as u64, "update_size"),
     (ublk_sys::UBLK_F_AUTO_BUF_REG as u64, "auto_buf_reg"),
     (ublk_sys::UBLK_F_QUIESCE as u64, "quiesce"),
     (ublk_sys::UBLK_F_PER_IO_DAEMON as u64, "per_io_daemon"),
-    (ublk_sys::UBLK_F_BUF_REG_OFF_DAEMON as u64, "buf_reg_off_daemon"),
+    (
+        ublk_sys::UBLK_F_BUF_REG_OFF_DAEMON as u64,
+        "buf_reg_off_daemon",
+    ),
 ];
 
 /// The names of the features set in `bits`, plus `unknown_bit_N` for bits this build cannot name.
 pub fn feature_names(bits: u64) -> Vec<String> {
-    let known: u64 = FEATURE_NAMES.iter().map(|(bit, _)| bit).fold(0, |acc, bit| acc | bit);
-    let named = FEATURE_NAMES.iter().filter(|(bit, _)| bits & bit != 0).map(|(_, name)| (*name).to_owned());
-    let unknown = (0..64).filter(|n| bits & !known & (1 << n) != 0).map(|n| format!("unknown_bit_{n}"));
+    let known: u64 = FEATURE_NAMES
+        .iter()
+        .map(|(bit, _)| bit)
+        .fold(0, |acc, bit| acc | bit);
+    let named = FEATURE_NAMES
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, name)| (*name).to_owned());
+    let unknown = (0..64)
+        .filter(|n| bits & !known & (1 << n) != 0)
+        .map(|n| format!("unknown_bit_{n}"));
     named.chain(unknown).collect()
 }
 
@@ -178,7 +223,10 @@ mod tests {
     #[test]
     fn feature_bits_are_named_in_order() {
         let bits = (1 << 3) | (1 << 7) | (1 << 40);
-        assert_eq!(feature_names(bits), ["user_recovery", "user_copy", "unknown_bit_40"]);
+        assert_eq!(
+            feature_names(bits),
+            ["user_recovery", "user_copy", "unknown_bit_40"]
+        );
     }
 
     #[test]

@@ -101,13 +101,18 @@ pub fn serve(
     };
     let ctrl = UblkCtrlBuilder::default()
         .name(&options.name)
-        .id(options.id.map_or(-1, |id| i32::try_from(id).unwrap_or(i32::MAX)))
+        .id(options
+            .id
+            .map_or(-1, |id| i32::try_from(id).unwrap_or(i32::MAX)))
         .nr_queues(options.queues)
         .depth(options.depth)
         .io_buf_bytes(options.max_io_bytes)
         .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
         .build()
-        .map_err(|source| DeviceError::Control { action: "add", source })?;
+        .map_err(|source| DeviceError::Control {
+            action: "add",
+            source,
+        })?;
     let params = device_params(&geometry, caps.volatile_cache);
     let init = move |dev: &mut UblkDev| {
         dev.tgt.dev_size = geometry.size;
@@ -117,16 +122,26 @@ pub fn serve(
     let queue = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &store, geometry);
     let started = move |ctrl: &UblkCtrl| {
         let id = ctrl.dev_info().dev_id;
-        on_started(StartedDevice { id, block_path: PathBuf::from(ctrl.get_bdev_path()) });
+        on_started(StartedDevice {
+            id,
+            block_path: PathBuf::from(ctrl.get_bdev_path()),
+        });
     };
     ctrl.run_target(init, queue, started)
-        .map_err(|source| DeviceError::Control { action: "start", source })?;
+        .map_err(|source| DeviceError::Control {
+            action: "start",
+            source,
+        })?;
     Ok(())
 }
 
 fn device_params(geometry: &Geometry, volatile_cache: bool) -> ublk_sys::ublk_params {
     let block_shift = geometry.logical_block_size.trailing_zeros();
-    let attrs = if volatile_cache { ublk_sys::UBLK_ATTR_VOLATILE_CACHE | ublk_sys::UBLK_ATTR_FUA } else { 0 };
+    let attrs = if volatile_cache {
+        ublk_sys::UBLK_ATTR_VOLATILE_CACHE | ublk_sys::UBLK_ATTR_FUA
+    } else {
+        0
+    };
     let shift = |v: u32| u8::try_from(v).expect("block shifts are at most 12");
     let max_zeroing_sectors = MAX_ZEROING_BYTES >> SECTOR_SHIFT;
     ublk_sys::ublk_params {
@@ -180,7 +195,10 @@ fn serve_queue(qid: u16, dev: &UblkDev, store: &SharedStore, geometry: Geometry)
     smol::block_on(executor.run(async move {
         let run_ready = || while exe.try_tick() {};
         let all_done = || tasks.iter().all(|task| task.is_finished());
-        if let Err(e) = libublk::wait_and_handle_io_events(&queue, Some(IDLE_WAIT_SECS), run_ready, all_done).await {
+        if let Err(e) =
+            libublk::wait_and_handle_io_events(&queue, Some(IDLE_WAIT_SECS), run_ready, all_done)
+                .await
+        {
             tracing::error!(qid, error = %e, "queue event loop failed");
         }
     }));
@@ -196,17 +214,22 @@ async fn serve_tag(
     // The buffer outlives every command that refers to it: it is dropped only when this
     // function returns, after the queue is down and no FETCH/COMMIT for this tag is pending.
     let mut buf = IoBuf::<u8>::new(geometry.max_io_bytes as usize);
-    queue.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf)).await?;
+    queue
+        .submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+        .await?;
     loop {
         let iod = queue.get_iod(tag);
-        let result = match Request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, &geometry) {
-            Ok(request) => execute(backend, &request, buf.as_mut_slice()).await,
-            Err(e) => {
-                tracing::warn!(tag, error = %e, "rejected request");
-                -e.errno()
-            }
-        };
-        queue.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), result).await?;
+        let result =
+            match Request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, &geometry) {
+                Ok(request) => execute(backend, &request, buf.as_mut_slice()).await,
+                Err(e) => {
+                    tracing::warn!(tag, error = %e, "rejected request");
+                    -e.errno()
+                }
+            };
+        queue
+            .submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), result)
+            .await?;
     }
 }
 
@@ -216,13 +239,23 @@ mod tests {
 
     #[test]
     fn cached_backends_declare_volatile_cache_and_fua() {
-        let geo = Geometry { size: 1 << 30, logical_block_size: 4096, max_io_bytes: 1 << 20 };
+        let geo = Geometry {
+            size: 1 << 30,
+            logical_block_size: 4096,
+            max_io_bytes: 1 << 20,
+        };
         let params = device_params(&geo, true);
-        assert_eq!(params.basic.attrs, ublk_sys::UBLK_ATTR_VOLATILE_CACHE | ublk_sys::UBLK_ATTR_FUA);
+        assert_eq!(
+            params.basic.attrs,
+            ublk_sys::UBLK_ATTR_VOLATILE_CACHE | ublk_sys::UBLK_ATTR_FUA
+        );
         assert_eq!(params.basic.logical_bs_shift, 12);
         assert_eq!(params.basic.max_sectors, 2048);
         assert_eq!(params.basic.dev_sectors, 1 << 21);
-        assert_ne!(params.discard.max_write_zeroes_sectors, 0, "else the kernel never sends WRITE_ZEROES");
+        assert_ne!(
+            params.discard.max_write_zeroes_sectors, 0,
+            "else the kernel never sends WRITE_ZEROES"
+        );
         assert_eq!(params.discard.max_discard_segments, 1);
         assert_eq!(device_params(&geo, false).basic.attrs, 0);
     }

@@ -24,10 +24,20 @@ pub fn logical_block_size(file: &File) -> std::io::Result<u32> {
     let rdev = file.metadata()?.rdev();
     let (major, minor) = (libc::major(rdev), libc::minor(rdev));
     let base = format!("/sys/dev/block/{major}:{minor}");
-    let read = |path: String| std::fs::read_to_string(path).ok()?.trim().parse::<u32>().ok();
+    let read = |path: String| {
+        std::fs::read_to_string(path)
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    };
     read(format!("{base}/queue/logical_block_size"))
         .or_else(|| read(format!("{base}/../queue/logical_block_size")))
-        .ok_or_else(|| std::io::Error::other(format!("no logical_block_size in sysfs for {major}:{minor}")))
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "no logical_block_size in sysfs for {major}:{minor}"
+            ))
+        })
 }
 
 /// The file offset alignment `O_DIRECT` needs for this file (statx `STATX_DIOALIGN`), or `None`
@@ -39,7 +49,13 @@ pub fn dio_offset_align(file: &File) -> std::io::Result<Option<u32>> {
     // the size statx(2) fills; AT_EMPTY_PATH makes the call describe `file`'s own descriptor,
     // which stays open for the duration of the call because `file` is borrowed.
     let rc = unsafe {
-        libc::statx(file.as_raw_fd(), empty.as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_DIOALIGN, stx.as_mut_ptr())
+        libc::statx(
+            file.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());

@@ -15,7 +15,9 @@ pub struct BlockingRing {
 impl BlockingRing {
     /// A ring with room for one operation at a time.
     pub fn new() -> std::io::Result<Self> {
-        Ok(BlockingRing { ring: RefCell::new(IoUring::new(4)?) })
+        Ok(BlockingRing {
+            ring: RefCell::new(IoUring::new(4)?),
+        })
     }
 }
 
@@ -39,7 +41,14 @@ impl Submitter for BlockingRing {
         loop {
             match ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) =>
+                {
+                    continue
+                }
                 // Returning now could free a buffer the kernel may still write into.
                 Err(e) => panic!("io_uring_enter failed with an operation possibly in flight: {e}"),
             }

@@ -20,13 +20,19 @@ pub fn require_ublk() {
 
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 /// Runs a command and fails the test, with its output, if it does not succeed.
 pub fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     assert!(
         output.status.success(),
         "{program} {args:?} failed with {}:\nstdout: {}\nstderr: {}",
@@ -63,11 +69,26 @@ impl Device {
     /// Adds a device with extra `add` arguments; its records live under `work`.
     pub fn add(work: &Path, args: &[&str]) -> Device {
         let run_dir = work.join("run");
-        let output = run(TARGET_BIN, &[&["--run-dir", run_dir.to_str().unwrap(), "add"], args].concat());
+        let output = run(
+            TARGET_BIN,
+            &[&["--run-dir", run_dir.to_str().unwrap(), "add"], args].concat(),
+        );
         let stdout = String::from_utf8(output.stdout).expect("utf-8 output");
-        let (id, path) = stdout.trim().split_once('\t').unwrap_or_else(|| panic!("unexpected add output {stdout:?}"));
-        let device = Device { id: id.parse().expect("numeric id"), path: path.to_owned(), run_dir, deleted: false };
-        assert!(Path::new(&device.path).exists(), "{} missing after add returned", device.path);
+        let (id, path) = stdout
+            .trim()
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("unexpected add output {stdout:?}"));
+        let device = Device {
+            id: id.parse().expect("numeric id"),
+            path: path.to_owned(),
+            run_dir,
+            deleted: false,
+        };
+        assert!(
+            Path::new(&device.path).exists(),
+            "{} missing after add returned",
+            device.path
+        );
         device
     }
 
@@ -84,7 +105,13 @@ impl Device {
     /// Runs `mesoblk-target del` and returns its output, successful or not.
     pub fn try_delete(&self) -> Output {
         Command::new(TARGET_BIN)
-            .args(["--run-dir", self.run_dir.to_str().unwrap(), "del", "--id", &self.id.to_string()])
+            .args([
+                "--run-dir",
+                self.run_dir.to_str().unwrap(),
+                "del",
+                "--id",
+                &self.id.to_string(),
+            ])
             .output()
             .expect("run mesoblk-target del")
     }
@@ -92,7 +119,11 @@ impl Device {
     /// Deletes the device, failing the test if that does not work.
     pub fn delete(mut self) {
         let output = self.try_delete();
-        assert!(output.status.success(), "del failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "del failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         self.deleted = true;
     }
 }
@@ -101,7 +132,14 @@ impl Drop for Device {
     fn drop(&mut self) {
         if !self.deleted {
             let _ = Command::new(TARGET_BIN)
-                .args(["--run-dir", self.run_dir.to_str().unwrap(), "del", "--force", "--id", &self.id.to_string()])
+                .args([
+                    "--run-dir",
+                    self.run_dir.to_str().unwrap(),
+                    "del",
+                    "--force",
+                    "--id",
+                    &self.id.to_string(),
+                ])
                 .output();
         }
     }
@@ -117,7 +155,9 @@ impl Mount {
     pub fn new(device: &str, dir: &Path) -> Mount {
         std::fs::create_dir_all(dir).expect("create mountpoint");
         run("mount", &[device, dir.to_str().unwrap()]);
-        Mount { dir: dir.to_owned() }
+        Mount {
+            dir: dir.to_owned(),
+        }
     }
 
     /// The mountpoint.

@@ -89,7 +89,10 @@ fn del(args: &DelArgs, run_dir: &RunDir) -> Result<()> {
         Ok(()) | Err(ControlError::UnknownDevice(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let pid = run_dir.read(args.id).map(|r| r.pid).or(u32::try_from(status.server_pid).ok());
+    let pid = run_dir
+        .read(args.id)
+        .map(|r| r.pid)
+        .or(u32::try_from(status.server_pid).ok());
     if let Some(pid) = pid {
         wait_for_exit(pid, SERVER_EXIT_TIMEOUT)
             .with_context(|| format!("server {pid} of device {} did not exit", args.id))?;
@@ -108,7 +111,11 @@ fn del(args: &DelArgs, run_dir: &RunDir) -> Result<()> {
 /// An exclusive open of a block device fails with EBUSY while it is mounted or held open
 /// exclusively (by a file system, LVM, another exclusive opener).
 fn is_in_use(block_path: &Path) -> bool {
-    match OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(block_path) {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(block_path)
+    {
         Ok(_) => false,
         Err(e) => e.raw_os_error() == Some(libc::EBUSY),
     }
@@ -128,9 +135,13 @@ fn wait_for_exit(pid: u32, timeout: Duration) -> Result<()> {
 }
 
 fn process_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // The state is the first field after the parenthesised command name.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     !matches!(state, Some("Z" | "X") | None)
 }
 
@@ -157,10 +168,16 @@ fn list(json: bool, run_dir: &RunDir) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&devices)?);
         return Ok(());
     }
-    println!("{:<4} {:<9} {:<14} {:>12} {:>3} {:>5} {:>8}  BACKEND", "ID", "STATE", "PATH", "SIZE", "Q", "DEPTH", "PID");
+    println!(
+        "{:<4} {:<9} {:<14} {:>12} {:>3} {:>5} {:>8}  BACKEND",
+        "ID", "STATE", "PATH", "SIZE", "Q", "DEPTH", "PID"
+    );
     for device in devices {
         let (size, backend) = match &device.record {
-            Some(record) => (record.spec.size.map_or("-".to_owned(), |s| s.to_string()), describe(&record.spec.backend)),
+            Some(record) => (
+                record.spec.size.map_or("-".to_owned(), |s| s.to_string()),
+                describe(&record.spec.backend),
+            ),
             None => ("-".to_owned(), "(no record)".to_owned()),
         };
         let s = &device.status;
@@ -203,7 +220,8 @@ fn features(json: bool) -> Result<()> {
 }
 
 fn serve(args: ServeArgs, run_dir: &RunDir) -> Result<()> {
-    let spec: DeviceSpec = serde_json::from_str(&args.spec).context("--spec is not a valid device spec")?;
+    let spec: DeviceSpec =
+        serde_json::from_str(&args.spec).context("--spec is not a valid device spec")?;
     if args.detach {
         // A new session: the caller's terminal signals and exit must not reach the server.
         nix::unistd::setsid().context("setsid")?;
