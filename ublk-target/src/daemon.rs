@@ -190,7 +190,10 @@ pub fn serve(
         }
     };
     // Record the size actually served (file backends default to the whole store).
-    let record_spec = DeviceSpec { size: Some(store.size()), ..spec.clone() };
+    let record_spec = DeviceSpec {
+        size: Some(store.size()),
+        ..spec.clone()
+    };
     let record_dir = run_dir.clone();
     let report = Arc::new(Mutex::new(Some(report)));
     let ready_report = Arc::clone(&report);
