@@ -80,7 +80,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "$SHARE" ||
     fatal "mounting the results share (9p tag 'results') failed"
 HAVE_SHARE=1
 [ -f "$VMDIR/config" ] || fatal "$VMDIR/config missing in the results share"
-# Sets MESOBLK_VM_RESULTS (host path of the share), MESOBLK_VM_TIMEOUT, MESOBLK_VM_DISKS.
+# Sets MESOBLK_VM_RESULTS (host path of the share), MESOBLK_VM_TIMEOUT, MESOBLK_VM_DISKS,
+# MESOBLK_VM_CWD (the working directory).
 # shellcheck source=/dev/null
 . "$VMDIR/config" || fatal "cannot read $VMDIR/config"
 R=$MESOBLK_VM_RESULTS
@@ -105,8 +106,21 @@ for l in fd:/proc/self/fd stdin:/proc/self/fd/0 stdout:/proc/self/fd/1 stderr:/p
     [ -e "$HOST/dev/${l%%:*}" ] || ln -s "${l#*:}" "$HOST/dev/${l%%:*}"
 done
 mount -t cgroup2 cgroup2 "$HOST/sys/fs/cgroup" 2>/dev/null
+# A working directory under /tmp or /run (a CI clone, say) would vanish under the fresh
+# tmpfs: hold it aside and bind it back at the same path afterwards.
+KEEP=
+case $MESOBLK_VM_CWD in
+    /tmp/*|/run/*)
+        KEEP=/mnt/keep-cwd
+        mkdir -p "$KEEP" && mount -o bind "$HOST$MESOBLK_VM_CWD" "$KEEP" ||
+            fatal "cannot hold $MESOBLK_VM_CWD aside" ;;
+esac
 mount -t tmpfs -o mode=1777 tmpfs "$HOST/tmp" || fatal "mount tmpfs on /tmp failed"
 mount -t tmpfs -o mode=755 tmpfs "$HOST/run" || fatal "mount tmpfs on /run failed"
+if [ -n "$KEEP" ]; then
+    mkdir -p "$HOST$MESOBLK_VM_CWD" && mount -o bind "$KEEP" "$HOST$MESOBLK_VM_CWD" ||
+        fatal "cannot bind $MESOBLK_VM_CWD back into the guest's tmpfs"
+fi
 mkdir -p "$HOST$R" 2>/dev/null
 mount -o bind "$SHARE" "$HOST$R" || fatal "cannot mount the results share on $R"
 

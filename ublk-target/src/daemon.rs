@@ -17,8 +17,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::backend::SharedStore;
 use crate::spec::{DeviceSpec, SpecError};
-use crate::sys::device::{self, DeviceError, StartedDevice};
+use crate::sys::control::{self, ControlError};
+use crate::sys::device::{self, DeviceError, StartMode, StartedDevice};
 
 /// Default folder for device records and server logs.
 pub const DEFAULT_RUN_DIR: &str = "/run/mesoblk-target";
@@ -48,6 +50,9 @@ pub enum DaemonError {
     /// The kernel side failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A control command failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// The server reported an error before the device started.
     #[error("{0}")]
     Server(String),
@@ -122,7 +127,13 @@ impl RunDir {
 }
 
 /// Starts a detached `<exe> serve` for `spec` and returns once its device is live.
-pub fn spawn(exe: &Path, spec: &DeviceSpec, run_dir: &RunDir) -> Result<DeviceRecord, DaemonError> {
+/// With [`StartMode::Recover`], `spec.id` names the quiesced device to take over.
+pub fn spawn(
+    exe: &Path,
+    spec: &DeviceSpec,
+    mode: StartMode,
+    run_dir: &RunDir,
+) -> Result<DeviceRecord, DaemonError> {
     std::fs::create_dir_all(run_dir.path())
         .map_err(io_error(format!("create {}", run_dir.path().display())))?;
     let pending_log = run_dir
@@ -134,6 +145,7 @@ pub fn spawn(exe: &Path, spec: &DeviceSpec, run_dir: &RunDir) -> Result<DeviceRe
     let mut child = Command::new(exe)
         .args(["serve", "--detach", "--spec"])
         .arg(&spec_json)
+        .args((mode == StartMode::Recover).then_some("--recover"))
         .arg("--run-dir")
         .arg(run_dir.path())
         .arg("--log-file")
@@ -173,20 +185,33 @@ pub fn spawn(exe: &Path, spec: &DeviceSpec, run_dir: &RunDir) -> Result<DeviceRe
     }
 }
 
+/// Opens the spec's store and, when recovering, readies the quiesced device for this server.
+fn prepare(spec: &DeviceSpec, mode: StartMode) -> Result<SharedStore, DaemonError> {
+    let store = spec.open()?;
+    if mode == StartMode::Recover {
+        let id = spec
+            .id
+            .ok_or_else(|| DaemonError::Server("recovery needs the device id".to_owned()))?;
+        control::start_recovery(id)?;
+    }
+    Ok(store)
+}
+
 /// Serves `spec` in this process until the device is stopped or deleted. Once the device is
 /// live its record is written and `ready <record>` goes to `report`; if it cannot start,
 /// `error <message>` goes there instead. `log_file`, if given, is renamed to the device's log.
 pub fn serve(
     spec: &DeviceSpec,
+    mode: StartMode,
     run_dir: &RunDir,
     log_file: Option<PathBuf>,
     mut report: impl Write + Send + Sync + 'static,
 ) -> Result<(), DaemonError> {
-    let store = match spec.open() {
+    let store = match prepare(spec, mode) {
         Ok(store) => store,
         Err(e) => {
             let _ = writeln!(report, "error {e}");
-            return Err(e.into());
+            return Err(e);
         }
     };
     // Record the size actually served (file backends default to the whole store).
@@ -225,7 +250,7 @@ pub fn serve(
             let _ = out.flush();
         }
     };
-    let served = device::serve(&spec.device_options(), store, on_started);
+    let served = device::serve(&spec.device_options(mode), store, on_started);
     if let Some(id) = started_id.lock().ok().and_then(|slot| *slot) {
         run_dir.remove(id);
         tracing::info!(id, "device stopped");

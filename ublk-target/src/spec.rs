@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::backend::file::{DirectIo, OpenError, StoreKind};
 use crate::backend::{FileStore, NullBackend, RamBackend, SharedStore};
-use crate::sys::device::DeviceOptions;
+use crate::sys::device::{DeviceOptions, StartMode};
 
 /// The kernel's upper bound on queue depth (`UBLK_MAX_QUEUE_DEPTH`).
 pub const MAX_DEPTH: u16 = 4096;
@@ -159,14 +159,26 @@ impl DeviceSpec {
         Ok(store)
     }
 
+    /// Whether the device's data outlives its server process, so that a crashed server can be
+    /// replaced without the device going away (file and block-device backends). RAM data dies
+    /// with the server: recovering such a device would silently serve zeroes.
+    pub fn survives_server_crash(&self) -> bool {
+        matches!(
+            self.backend,
+            BackendSpec::File { .. } | BackendSpec::Blockdev { .. }
+        )
+    }
+
     /// The kernel-facing options for this spec.
-    pub fn device_options(&self) -> DeviceOptions {
+    pub fn device_options(&self, mode: StartMode) -> DeviceOptions {
         DeviceOptions {
             id: self.id,
             queues: self.queues,
             depth: self.depth,
             max_io_bytes: self.max_io_bytes,
             name: "mesoblk".to_owned(),
+            recoverable: self.survives_server_crash(),
+            mode,
         }
     }
 

@@ -18,6 +18,14 @@ pub enum ControlError {
     /// No device has this id.
     #[error("no ublk device with id {0}")]
     UnknownDevice(u32),
+    /// The device is not waiting for a new server.
+    #[error("ublk device {id} is {state:?}, not quiesced: only a device whose server died can be recovered")]
+    NotRecoverable {
+        /// The device id.
+        id: u32,
+        /// Its state.
+        state: DeviceState,
+    },
     /// The kernel refused the command.
     #[error("ublk {action} of device {id} failed: {source}")]
     Command {
@@ -157,6 +165,29 @@ pub fn delete(id: u32) -> Result<(), ControlError> {
             source,
         })?;
     Ok(())
+}
+
+/// Prepares quiesced device `id` for a new server (START_USER_RECOVERY, retried while the dead
+/// server's resources are still being released).
+pub fn start_recovery(id: u32) -> Result<(), ControlError> {
+    let ctrl = open(id)?;
+    let state = DeviceState::from(ctrl.dev_info().state);
+    if state != DeviceState::Quiesced {
+        return Err(ControlError::NotRecoverable { id, state });
+    }
+    match ctrl.start_user_recover() {
+        Ok(0) => Ok(()),
+        Ok(res) => Err(ControlError::Command {
+            action: "start-recovery",
+            id,
+            source: UblkError::UringIOError(res),
+        }),
+        Err(source) => Err(ControlError::Command {
+            action: "start-recovery",
+            id,
+            source,
+        }),
+    }
 }
 
 /// The driver's feature bits (GET_FEATURES, Linux 6.5+).

@@ -39,6 +39,21 @@ pub struct DeviceOptions {
     pub max_io_bytes: u32,
     /// A name recorded with the device.
     pub name: String,
+    /// Create the device with user recovery: if its server dies, the kernel holds I/O (and
+    /// re-issues what was in flight) until a new server takes over with [`StartMode::Recover`].
+    /// Only for backends whose data outlives the server process.
+    pub recoverable: bool,
+    /// Create a new device, or take over a quiesced one.
+    pub mode: StartMode,
+}
+
+/// Whether a server creates its device or recovers an existing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// ADD_DEV: a new device (deleted again when this server exits normally).
+    Add,
+    /// START/END_USER_RECOVERY: serve the existing, quiesced device `id` again.
+    Recover,
 }
 
 /// A device that the kernel has started.
@@ -107,7 +122,11 @@ pub fn serve(
         .nr_queues(options.queues)
         .depth(options.depth)
         .io_buf_bytes(options.max_io_bytes)
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .ctrl_flags(ctrl_flags(options.recoverable))
+        .dev_flags(match options.mode {
+            StartMode::Add => UblkFlags::UBLK_DEV_F_ADD_DEV,
+            StartMode::Recover => UblkFlags::UBLK_DEV_F_RECOVER_DEV,
+        })
         .build()
         .map_err(|source| DeviceError::Control {
             action: "add",
@@ -133,6 +152,18 @@ pub fn serve(
             source,
         })?;
     Ok(())
+}
+
+/// With recovery, in-flight requests of a dead server are re-issued to its successor rather
+/// than failed: every op we serve is idempotent (a write rewrites the same bytes, discard and
+/// write-zeroes zero the same range), so re-issue cannot corrupt, while failing them would make
+/// a mounted file system see write errors for a crash it should not notice.
+fn ctrl_flags(recoverable: bool) -> u64 {
+    if recoverable {
+        u64::from(ublk_sys::UBLK_F_USER_RECOVERY | ublk_sys::UBLK_F_USER_RECOVERY_REISSUE)
+    } else {
+        0
+    }
 }
 
 fn device_params(geometry: &Geometry, volatile_cache: bool) -> ublk_sys::ublk_params {

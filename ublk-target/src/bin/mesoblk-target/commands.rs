@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ublk_target::daemon::{self, DeviceRecord, RunDir};
 use ublk_target::spec::{BackendSpec, DeviceSpec};
-use ublk_target::sys::control::{self, ControlError, DeviceStatus};
+use ublk_target::sys::control::{self, ControlError, DeviceState, DeviceStatus};
+use ublk_target::sys::device::StartMode;
 
 use crate::{AddArgs, BackendKind, Cli, Command, DelArgs, ServeArgs};
 
@@ -21,6 +22,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Add(args) => add(args, &run_dir),
         Command::Del(args) => del(&args, &run_dir),
         Command::List { json } => list(json, &run_dir),
+        Command::Recover { id } => recover(id, &run_dir),
         Command::Features { json } => features(json),
         Command::Serve(args) => serve(args, &run_dir),
     }
@@ -70,12 +72,45 @@ fn add(args: AddArgs, run_dir: &RunDir) -> Result<()> {
         }
     }
     if args.foreground {
-        return Ok(daemon::serve(&spec, run_dir, None, std::io::stdout())?);
+        return Ok(daemon::serve(
+            &spec,
+            StartMode::Add,
+            run_dir,
+            None,
+            std::io::stdout(),
+        )?);
     }
+    start_server(&spec, StartMode::Add, run_dir)
+}
+
+fn start_server(spec: &DeviceSpec, mode: StartMode, run_dir: &RunDir) -> Result<()> {
     let exe = std::env::current_exe().context("cannot locate the mesoblk-target executable")?;
-    let record = daemon::spawn(&exe, &spec, run_dir)?;
+    let record = daemon::spawn(&exe, spec, mode, run_dir)?;
     println!("{}\t{}", record.id, record.block_path.display());
     Ok(())
+}
+
+fn recover(id: u32, run_dir: &RunDir) -> Result<()> {
+    require_driver()?;
+    let status = control::status(id)?;
+    if status.state != DeviceState::Quiesced {
+        return Err(ControlError::NotRecoverable {
+            id,
+            state: status.state,
+        }
+        .into());
+    }
+    let record = run_dir.read(id).with_context(|| {
+        format!(
+            "no record of device {id} in {}: its backend is unknown",
+            run_dir.path().display()
+        )
+    })?;
+    let spec = DeviceSpec {
+        id: Some(id),
+        ..record.spec
+    };
+    start_server(&spec, StartMode::Recover, run_dir)
 }
 
 fn del(args: &DelArgs, run_dir: &RunDir) -> Result<()> {
@@ -226,6 +261,11 @@ fn serve(args: ServeArgs, run_dir: &RunDir) -> Result<()> {
         // A new session: the caller's terminal signals and exit must not reach the server.
         nix::unistd::setsid().context("setsid")?;
     }
-    daemon::serve(&spec, run_dir, args.log_file, std::io::stdout())?;
+    let mode = if args.recover {
+        StartMode::Recover
+    } else {
+        StartMode::Add
+    };
+    daemon::serve(&spec, mode, run_dir, args.log_file, std::io::stdout())?;
     Ok(())
 }

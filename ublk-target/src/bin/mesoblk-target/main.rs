@@ -32,6 +32,13 @@ enum Command {
     Add(AddArgs),
     /// Stop and delete a device.
     Del(DelArgs),
+    /// Start a new server for a device whose server died (kill -9, crash); the device and its
+    /// mounts stay in place and held I/O resumes.
+    Recover {
+        /// The device id (N in /dev/ublkbN).
+        #[arg(long, short = 'n', value_name = "ID")]
+        id: u32,
+    },
     /// List devices.
     List {
         /// Print JSON instead of a table.
@@ -130,6 +137,9 @@ struct ServeArgs {
     /// Detach from the caller's session.
     #[arg(long)]
     detach: bool,
+    /// Take over the quiesced device named by the spec's id.
+    #[arg(long)]
+    recover: bool,
     /// This server's log file, renamed to <run-dir>/<id>.log once the id is known.
     #[arg(long)]
     log_file: Option<PathBuf>,
