@@ -81,7 +81,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "$SHARE" ||
 HAVE_SHARE=1
 [ -f "$VMDIR/config" ] || fatal "$VMDIR/config missing in the results share"
 # Sets MESOBLK_VM_RESULTS (host path of the share), MESOBLK_VM_TIMEOUT, MESOBLK_VM_DISKS,
-# MESOBLK_VM_CWD (the working directory).
+# MESOBLK_VM_CWD (the working directory), MESOBLK_VM_REPO (the repository).
 # shellcheck source=/dev/null
 . "$VMDIR/config" || fatal "cannot read $VMDIR/config"
 R=$MESOBLK_VM_RESULTS
@@ -106,21 +106,32 @@ for l in fd:/proc/self/fd stdin:/proc/self/fd/0 stdout:/proc/self/fd/1 stderr:/p
     [ -e "$HOST/dev/${l%%:*}" ] || ln -s "${l#*:}" "$HOST/dev/${l%%:*}"
 done
 mount -t cgroup2 cgroup2 "$HOST/sys/fs/cgroup" 2>/dev/null
-# A working directory under /tmp or /run (a CI clone, say) would vanish under the fresh
-# tmpfs: hold it aside and bind it back at the same path afterwards.
-KEEP=
-case $MESOBLK_VM_CWD in
-    /tmp/*|/run/*)
-        KEEP=/mnt/keep-cwd
-        mkdir -p "$KEEP" && mount -o bind "$HOST$MESOBLK_VM_CWD" "$KEEP" ||
-            fatal "cannot hold $MESOBLK_VM_CWD aside" ;;
-esac
+# The repository (its target/ holds the binaries to run) and the working directory would
+# vanish under the fresh tmpfs when they lie under /tmp or /run (a CI clone, say): hold them
+# aside and bind them back at the same paths afterwards.
+KEEP1=${MESOBLK_VM_REPO:-}
+KEEP2=$MESOBLK_VM_CWD
+case $KEEP2 in "$KEEP1"|"$KEEP1"/*) KEEP2= ;; esac
+for i in 1 2; do
+    eval "p=\$KEEP$i"
+    case $p in
+        /tmp/*|/run/*)
+            if ! { mkdir -p "/mnt/keep$i" && mount -o bind "$HOST$p" "/mnt/keep$i"; }; then
+                fatal "cannot hold $p aside"
+            fi
+            ;;
+        *) eval "KEEP$i="
+    esac
+done
 mount -t tmpfs -o mode=1777 tmpfs "$HOST/tmp" || fatal "mount tmpfs on /tmp failed"
 mount -t tmpfs -o mode=755 tmpfs "$HOST/run" || fatal "mount tmpfs on /run failed"
-if [ -n "$KEEP" ]; then
-    mkdir -p "$HOST$MESOBLK_VM_CWD" && mount -o bind "$KEEP" "$HOST$MESOBLK_VM_CWD" ||
-        fatal "cannot bind $MESOBLK_VM_CWD back into the guest's tmpfs"
-fi
+for i in 1 2; do
+    eval "p=\$KEEP$i"
+    [ -n "$p" ] || continue
+    if ! { mkdir -p "$HOST$p" && mount -o bind "/mnt/keep$i" "$HOST$p"; }; then
+        fatal "cannot bind $p back into the guest's tmpfs"
+    fi
+done
 mkdir -p "$HOST$R" 2>/dev/null
 mount -o bind "$SHARE" "$HOST$R" || fatal "cannot mount the results share on $R"
 

@@ -146,7 +146,21 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: not errors.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's message plus its usage hint would span several lines; one is the contract.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("mesoblk-target: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     // Servers log their life story to their log file; one-shot commands stay quiet but for
     // warnings, so their output is the answer and, on failure, one line of error.
     let default_level = if matches!(cli.command, Command::Serve(_)) {
