@@ -17,7 +17,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::admin::{self, AdminState};
 use crate::backend::SharedStore;
+use crate::qos::{Clock, Limiter, MonotonicClock};
 use crate::spec::{DeviceSpec, SpecError};
 use crate::sys::control::{self, ControlError};
 use crate::sys::device::{self, DeviceError, StartMode, StartedDevice};
@@ -96,6 +98,11 @@ impl RunDir {
     /// The record file of device `id`.
     pub fn record_path(&self, id: u32) -> PathBuf {
         self.0.join(format!("{id}.json"))
+    }
+
+    /// The admin socket of device `id`'s server.
+    pub fn socket_path(&self, id: u32) -> PathBuf {
+        self.0.join(format!("{id}.sock"))
     }
 
     /// The log file of device `id`.
@@ -197,47 +204,40 @@ fn prepare(spec: &DeviceSpec, mode: StartMode) -> Result<SharedStore, DaemonErro
     Ok(store)
 }
 
-/// Serves `spec` in this process until the device is stopped or deleted. Once the device is
-/// live its record is written and `ready <record>` goes to `report`; if it cannot start,
-/// `error <message>` goes there instead. `log_file`, if given, is renamed to the device's log.
-pub fn serve(
-    spec: &DeviceSpec,
-    mode: StartMode,
-    run_dir: &RunDir,
+/// What a server does once its device is live: publish the record, open the admin socket,
+/// report ready.
+struct Announcer<W> {
+    run_dir: RunDir,
+    spec: DeviceSpec,
     log_file: Option<PathBuf>,
-    mut report: impl Write + Send + Sync + 'static,
-) -> Result<(), DaemonError> {
-    let store = match prepare(spec, mode) {
-        Ok(store) => store,
-        Err(e) => {
-            let _ = writeln!(report, "error {e}");
-            return Err(e);
-        }
-    };
-    // Record the size actually served (file backends default to the whole store).
-    let record_spec = DeviceSpec {
-        size: Some(store.size()),
-        ..spec.clone()
-    };
-    let record_dir = run_dir.clone();
-    let report = Arc::new(Mutex::new(Some(report)));
-    let ready_report = Arc::clone(&report);
-    let started_id = Arc::new(Mutex::new(None));
-    let record_id = Arc::clone(&started_id);
-    let on_started = move |started: StartedDevice| {
-        if let Ok(mut slot) = record_id.lock() {
+    limiter: Arc<Limiter>,
+    report: Arc<Mutex<Option<W>>>,
+    started_id: Arc<Mutex<Option<u32>>>,
+}
+
+impl<W: Write> Announcer<W> {
+    fn device_live(self, started: StartedDevice) {
+        if let Ok(mut slot) = self.started_id.lock() {
             *slot = Some(started.id);
         }
         let record = DeviceRecord {
             id: started.id,
             block_path: started.block_path,
             pid: std::process::id(),
-            spec: record_spec,
+            spec: self.spec,
         };
-        if let Some(log) = &log_file {
-            let _ = std::fs::rename(log, record_dir.log_path(record.id));
+        if let Some(log) = &self.log_file {
+            let _ = std::fs::rename(log, self.run_dir.log_path(record.id));
         }
-        let line = match record_dir.write(&record) {
+        let admin = AdminState {
+            limiter: self.limiter,
+        };
+        let published = self.run_dir.write(&record).and_then(|()| {
+            let socket = self.run_dir.socket_path(record.id);
+            admin::listen(&socket, admin)
+                .map_err(io_error(format!("listen on {}", socket.display())))
+        });
+        let line = match published {
             Ok(()) => format!(
                 "ready {}",
                 serde_json::to_string(&record).expect("records serialise")
@@ -245,23 +245,68 @@ pub fn serve(
             Err(e) => format!("error {e}"),
         };
         tracing::info!(id = record.id, path = %record.block_path.display(), "device live");
-        if let Some(mut out) = ready_report.lock().ok().and_then(|mut slot| slot.take()) {
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
+        report_once(&self.report, &line);
+    }
+}
+
+/// Writes `line` to the report channel unless something was reported already.
+fn report_once<W: Write>(report: &Mutex<Option<W>>, line: &str) {
+    if let Some(mut out) = report.lock().ok().and_then(|mut slot| slot.take()) {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Serves `spec` in this process until the device is stopped or deleted. Once the device is
+/// live its record is written, its admin socket opened and `ready <record>` goes to `report`; if
+/// it cannot start, `error <message>` goes there instead. `log_file`, if given, is renamed to the
+/// device's log.
+pub fn serve(
+    spec: &DeviceSpec,
+    mode: StartMode,
+    run_dir: &RunDir,
+    log_file: Option<PathBuf>,
+    report: impl Write + Send + Sync + 'static,
+) -> Result<(), DaemonError> {
+    let report = Arc::new(Mutex::new(Some(report)));
+    let prepared = prepare(spec, mode).and_then(|store| {
+        let limiter =
+            Limiter::new(&spec.qos, None, MonotonicClock.now()).map_err(SpecError::from)?;
+        Ok((store, Arc::new(limiter)))
+    });
+    let (store, limiter) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            report_once(&report, &format!("error {e}"));
+            return Err(e);
         }
     };
-    let served = device::serve(&spec.device_options(mode), store, on_started);
+    let started_id = Arc::new(Mutex::new(None));
+    let announcer = Announcer {
+        run_dir: run_dir.clone(),
+        // Record the size actually served (file backends default to the whole store).
+        spec: DeviceSpec {
+            size: Some(store.size()),
+            ..spec.clone()
+        },
+        log_file,
+        limiter: Arc::clone(&limiter),
+        report: Arc::clone(&report),
+        started_id: Arc::clone(&started_id),
+    };
+    let served = device::serve(&spec.device_options(mode), store, limiter, move |started| {
+        announcer.device_live(started)
+    });
     if let Some(id) = started_id.lock().ok().and_then(|slot| *slot) {
         run_dir.remove(id);
+        let _ = std::fs::remove_file(run_dir.socket_path(id));
         tracing::info!(id, "device stopped");
     }
-    if let Some(mut out) = report.lock().ok().and_then(|mut slot| slot.take()) {
-        // Never reported ready: the device did not start.
-        let message = match &served {
-            Err(e) => e.to_string(),
-            Ok(()) => "device stopped before it started".to_owned(),
-        };
-        let _ = writeln!(out, "error {message}");
-    }
+    let message = match &served {
+        Err(e) => e.to_string(),
+        Ok(()) => "device stopped before it started".to_owned(),
+    };
+    // Only reaches the caller if the device never reported ready.
+    report_once(&report, &format!("error {message}"));
     served.map_err(DaemonError::from)
 }

@@ -4,8 +4,10 @@
 //! - [`request`]: decoding a ublk I/O descriptor into a validated [`request::Request`];
 //! - [`backend`]: where blocks live (file or block device through io_uring, RAM, null);
 //! - [`engine`]: running one request against a backend, producing ublk's result code;
+//! - [`qos`]: per-device and per-group token-bucket throttling (pure; the clock is injected);
 //! - [`spec`]: what a device is made of, validated before anything is created;
 //! - [`daemon`]: one serving process per device, and the records that let others find it;
+//! - [`admin`]: the per-device socket for status and live QoS changes;
 //! - [`sys`]: the kernel glue (libublk, raw io_uring, ioctls/statx), the only module that may
 //!   use `unsafe`.
 //!
@@ -13,9 +15,11 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod backend;
 pub mod daemon;
 pub mod engine;
+pub mod qos;
 pub mod request;
 pub mod spec;
 #[allow(unsafe_code)]

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::backend::file::{DirectIo, OpenError, StoreKind};
 use crate::backend::{FileStore, NullBackend, RamBackend, SharedStore};
+use crate::qos::{QosError, QosLimits};
 use crate::sys::device::{DeviceOptions, StartMode};
 
 /// The kernel's upper bound on queue depth (`UBLK_MAX_QUEUE_DEPTH`).
@@ -65,6 +66,9 @@ pub struct DeviceSpec {
     pub depth: u16,
     /// Largest read or write in bytes.
     pub max_io_bytes: u32,
+    /// Rate limits (none by default).
+    #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
+    pub qos: QosLimits,
 }
 
 /// Why a spec cannot become a device.
@@ -109,6 +113,9 @@ pub enum SpecError {
         /// Largest allowed.
         max: u64,
     },
+    /// The QoS limits are invalid.
+    #[error("invalid QoS limits: {0}")]
+    Qos(#[from] QosError),
     /// The I/O size must be whole pages.
     #[error("max I/O size {0} is not a multiple of 4096 bytes")]
     IoSizeNotPageMultiple(u32),
@@ -140,6 +147,7 @@ impl DeviceSpec {
         if self.max_io_bytes % PAGE_BYTES != 0 {
             return Err(SpecError::IoSizeNotPageMultiple(self.max_io_bytes));
         }
+        self.qos.validate_for_max_io(self.max_io_bytes.into())?;
         Ok(())
     }
 
@@ -259,7 +267,23 @@ mod tests {
             queues: 1,
             depth: 64,
             max_io_bytes: 512 << 10,
+            qos: QosLimits::default(),
         }
+    }
+
+    #[test]
+    fn qos_limits_are_checked_against_the_io_size() {
+        use crate::qos::BytesLimit;
+        let mut s = spec(BackendSpec::Null, Some(1 << 20));
+        // A bytes bucket smaller than one full-size I/O could never admit it.
+        let tiny = BytesLimit {
+            burst_bytes: Some(4096),
+            ..BytesLimit::per_sec(1 << 20)
+        };
+        s.qos.total_bytes = Some(tiny);
+        assert!(matches!(s.check_limits(), Err(SpecError::Qos(_))));
+        s.qos.total_bytes = Some(BytesLimit::per_sec(1 << 20));
+        s.check_limits().unwrap();
     }
 
     #[test]

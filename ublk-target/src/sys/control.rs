@@ -96,6 +96,10 @@ fn require_control() -> Result<(), ControlError> {
 
 fn open(id: u32) -> Result<UblkCtrl, ControlError> {
     require_control()?;
+    // Checked first: libublk prints to stderr when asked to open a device that does not exist.
+    if !device_ids().contains(&id) {
+        return Err(ControlError::UnknownDevice(id));
+    }
     let raw = i32::try_from(id).map_err(|_| ControlError::UnknownDevice(id))?;
     UblkCtrl::new_simple(raw).map_err(|source| match source {
         UblkError::UringIOError(errno) if errno == -libc::ENODEV || errno == -libc::ENOENT => {

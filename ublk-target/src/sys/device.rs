@@ -8,8 +8,10 @@
 
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
-use io_uring::squeue;
+use io_uring::{opcode, squeue, types};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
@@ -18,6 +20,7 @@ use thiserror::Error;
 
 use crate::backend::{AnyBackend, SharedStore, Submitter};
 use crate::engine::execute;
+use crate::qos::{Admission, Clock, Limiter, MonotonicClock};
 use crate::request::{Geometry, Request, SECTOR_SHIFT};
 
 /// Largest DISCARD / WRITE_ZEROES the kernel may send in one request, in bytes. Bounded so one
@@ -100,9 +103,11 @@ impl Submitter for QueueRing {
 
 /// Creates the device, serves it until it is stopped or deleted, and removes it on return.
 /// `on_started` runs once the block device exists.
+/// Every request passes `limiter` before it runs; a throttled request waits holding its tag.
 pub fn serve(
     options: &DeviceOptions,
     store: SharedStore,
+    limiter: Arc<Limiter>,
     on_started: impl FnOnce(StartedDevice) + Send + Sync + 'static,
 ) -> Result<(), DeviceError> {
     if !std::path::Path::new("/dev/ublk-control").exists() {
@@ -138,7 +143,7 @@ pub fn serve(
         dev.tgt.params = params;
         Ok(())
     };
-    let queue = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &store, geometry);
+    let queue = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &store, &limiter, geometry);
     let started = move |ctrl: &UblkCtrl| {
         let id = ctrl.dev_info().dev_id;
         on_started(StartedDevice {
@@ -200,7 +205,13 @@ fn device_params(geometry: &Geometry, volatile_cache: bool) -> ublk_sys::ublk_pa
 
 /// One hardware queue's thread: an async task per tag on a local executor, driven by the
 /// queue's io_uring.
-fn serve_queue(qid: u16, dev: &UblkDev, store: &SharedStore, geometry: Geometry) {
+fn serve_queue(
+    qid: u16,
+    dev: &UblkDev,
+    store: &SharedStore,
+    limiter: &Arc<Limiter>,
+    geometry: Geometry,
+) {
     let queue = match UblkQueue::new(qid, dev) {
         Ok(queue) => Rc::new(queue),
         Err(e) => {
@@ -213,9 +224,10 @@ fn serve_queue(qid: u16, dev: &UblkDev, store: &SharedStore, geometry: Geometry)
     let tasks: Vec<_> = queue
         .tags()
         .map(|tag| {
-            let (queue, backend) = (Rc::clone(&queue), Rc::clone(&backend));
+            let (queue, backend, limiter) =
+                (Rc::clone(&queue), Rc::clone(&backend), Arc::clone(limiter));
             executor.spawn(async move {
-                match serve_tag(&queue, &backend, tag, geometry).await {
+                match serve_tag(&queue, &backend, &limiter, tag, geometry).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(e) => tracing::error!(qid, tag, error = %e, "tag loop failed"),
                 }
@@ -235,10 +247,25 @@ fn serve_queue(qid: u16, dev: &UblkDev, store: &SharedStore, geometry: Geometry)
     }));
 }
 
+/// Waits on the queue's own ring (an io_uring timeout), so the wait ends with a completion the
+/// queue thread is already waiting for; a timer on another reactor could not wake it.
+async fn sleep_on_ring(delay: Duration) {
+    let timespec = types::Timespec::from(delay);
+    // `timespec` lives in this future's frame, which stays pinned until the timeout completes.
+    let result = QueueRing
+        .submit(opcode::Timeout::new(&timespec).build())
+        .await;
+    debug_assert!(
+        result == -libc::ETIME || result >= 0,
+        "timeout failed: {result}"
+    );
+}
+
 /// Fetches, executes and commits requests for one tag until the queue goes down.
 async fn serve_tag(
     queue: &UblkQueue<'_>,
     backend: &AnyBackend<QueueRing>,
+    limiter: &Limiter,
     tag: u16,
     geometry: Geometry,
 ) -> Result<(), UblkError> {
@@ -252,7 +279,14 @@ async fn serve_tag(
         let iod = queue.get_iod(tag);
         let result =
             match Request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, &geometry) {
-                Ok(request) => execute(backend, &request, buf.as_mut_slice()).await,
+                Ok(request) => {
+                    let admission =
+                        limiter.admit(request.op, u64::from(request.len), MonotonicClock.now());
+                    if let Admission::WaitFor(delay) = admission {
+                        sleep_on_ring(delay).await;
+                    }
+                    execute(backend, &request, buf.as_mut_slice()).await
+                }
                 Err(e) => {
                     tracing::warn!(tag, error = %e, "rejected request");
                     -e.errno()

@@ -6,12 +6,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ublk_target::admin::{self, AdminRequest, AdminResponse, DeviceReport};
 use ublk_target::daemon::{self, DeviceRecord, RunDir};
+use ublk_target::qos::{BytesLimit, OpsLimit, QosLimits};
 use ublk_target::spec::{BackendSpec, DeviceSpec};
 use ublk_target::sys::control::{self, ControlError, DeviceState, DeviceStatus};
 use ublk_target::sys::device::StartMode;
 
-use crate::{AddArgs, BackendKind, Cli, Command, DelArgs, ServeArgs};
+use crate::{AddArgs, BackendKind, Cli, Command, DelArgs, QosArgs, ServeArgs, SetQosArgs};
 
 /// How long `del` waits for a stopped device's server to exit.
 const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +25,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Del(args) => del(&args, &run_dir),
         Command::List { json } => list(json, &run_dir),
         Command::Recover { id } => recover(id, &run_dir),
+        Command::SetQos(args) => set_qos(&args, &run_dir),
         Command::Features { json } => features(json),
         Command::Serve(args) => serve(args, &run_dir),
     }
@@ -58,7 +61,48 @@ fn spec_from(args: &AddArgs) -> Result<DeviceSpec> {
         queues: args.queues,
         depth: args.depth,
         max_io_bytes,
+        qos: qos_limits(&args.qos)?,
     })
+}
+
+fn qos_limits(args: &QosArgs) -> Result<QosLimits> {
+    if let Some(json) = &args.qos_json {
+        return serde_json::from_str(json).context("--qos-json is not valid QoS limits");
+    }
+    Ok(QosLimits {
+        total_ops: args.iops_total.map(OpsLimit::per_sec),
+        read_ops: args.iops_read.map(OpsLimit::per_sec),
+        write_ops: args.iops_write.map(OpsLimit::per_sec),
+        total_bytes: args.bps_total.map(BytesLimit::per_sec),
+        read_bytes: args.bps_read.map(BytesLimit::per_sec),
+        write_bytes: args.bps_write.map(BytesLimit::per_sec),
+        iops_size_bytes: args.iops_size,
+        ..QosLimits::default()
+    })
+}
+
+fn set_qos(args: &SetQosArgs, run_dir: &RunDir) -> Result<()> {
+    let limits = qos_limits(&args.qos)?;
+    if limits.is_unlimited() && !args.unlimited {
+        bail!("give at least one limit, or --unlimited to remove them all");
+    }
+    let mut record = run_dir.read(args.id).with_context(|| {
+        format!(
+            "no record of device {} in {}",
+            args.id,
+            run_dir.path().display()
+        )
+    })?;
+    record.spec.qos = limits.clone();
+    // Validate against the device's own I/O size before bothering the server.
+    record.spec.check_limits()?;
+    admin::ask(
+        &run_dir.socket_path(args.id),
+        &AdminRequest::SetQos { limits },
+    )?;
+    // Recorded so a recovered server starts with the same limits.
+    run_dir.write(&record)?;
+    Ok(())
 }
 
 fn add(args: AddArgs, run_dir: &RunDir) -> Result<()> {
@@ -186,6 +230,15 @@ struct ListedDevice {
     status: DeviceStatus,
     block_path: String,
     record: Option<DeviceRecord>,
+    /// What the device's server reports (absent when it does not answer).
+    server: Option<DeviceReport>,
+}
+
+fn server_report(run_dir: &RunDir, id: u32) -> Option<DeviceReport> {
+    match admin::ask(&run_dir.socket_path(id), &AdminRequest::Status) {
+        Ok(AdminResponse::Status(report)) => Some(report),
+        _ => None,
+    }
 }
 
 fn list(json: bool, run_dir: &RunDir) -> Result<()> {
@@ -196,6 +249,7 @@ fn list(json: bool, run_dir: &RunDir) -> Result<()> {
         .map(|status| ListedDevice {
             block_path: format!("/dev/ublkb{}", status.id),
             record: run_dir.read(status.id),
+            server: server_report(run_dir, status.id),
             status,
         })
         .collect();

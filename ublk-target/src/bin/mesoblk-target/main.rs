@@ -39,6 +39,8 @@ enum Command {
         #[arg(long, short = 'n', value_name = "ID")]
         id: u32,
     },
+    /// Change a live device's rate limits (takes effect at once; kept across recovery).
+    SetQos(SetQosArgs),
     /// List devices.
     List {
         /// Print JSON instead of a table.
@@ -109,14 +111,59 @@ struct AddArgs {
     #[arg(long, short = 'd', default_value_t = 128)]
     depth: u16,
     /// Largest single read or write.
-    #[arg(long, value_parser = parse_size, default_value = "512K", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_size, default_value = "256K", value_name = "BYTES")]
     max_io_size: u64,
     /// Direct-I/O policy for file and blockdev backends.
     #[arg(long, value_enum, default_value = "optional")]
     direct_io: DirectIoArg,
+    #[command(flatten)]
+    qos: QosArgs,
     /// Serve in the foreground instead of in a background process.
     #[arg(long)]
     foreground: bool,
+}
+
+/// Rate limits, named after QEMU's `throttling.*` options. Bursts and peak rates: `--qos-json`.
+#[derive(Debug, Default, Args)]
+struct QosArgs {
+    /// Limit on all operations per second.
+    #[arg(long, value_name = "OPS")]
+    iops_total: Option<u64>,
+    /// Limit on reads per second.
+    #[arg(long, value_name = "OPS")]
+    iops_read: Option<u64>,
+    /// Limit on writes (and discards) per second.
+    #[arg(long, value_name = "OPS")]
+    iops_write: Option<u64>,
+    /// Limit on bytes per second, read and written together (e.g. 100M).
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    bps_total: Option<u64>,
+    /// Limit on bytes read per second.
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    bps_read: Option<u64>,
+    /// Limit on bytes written per second.
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    bps_write: Option<u64>,
+    /// Count an I/O of N bytes as ceil(N / SIZE) operations (normalises large I/Os).
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    iops_size: Option<u64>,
+    /// All limits as JSON (including bursts and peak rates); excludes the flags above.
+    #[arg(long, value_name = "JSON", conflicts_with_all = [
+        "iops_total", "iops_read", "iops_write", "bps_total", "bps_read", "bps_write", "iops_size"
+    ])]
+    qos_json: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct SetQosArgs {
+    /// The device id (N in /dev/ublkbN).
+    #[arg(long, short = 'n', value_name = "ID")]
+    id: u32,
+    /// Remove every limit.
+    #[arg(long, conflicts_with = "qos_json")]
+    unlimited: bool,
+    #[command(flatten)]
+    qos: QosArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""The guest half of scripts/bench-target: every device measured in one boot, on one virtio disk.
+
+Targets, in order:
+  raw       the virtio disk itself
+  loop      kernel loop device over the disk, --direct-io=on (the reference, "b")
+  blockdev  mesoblk-target blockdev backend over the disk
+  null      mesoblk-target null backend
+  loop-file kernel loop (--direct-io=on) over a file on ext4 on the disk
+  file      mesoblk-target file backend over the same file
+Workloads: 4k randread and randwrite at depth 32, 128k sequential read and write.
+Writes a JSON result file and a Markdown table into the results folder.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+DISK = os.environ.get("MESOBLK_BENCH_DISK", "/dev/vda")
+BIN = os.path.join(os.environ["MESOBLK_BIN_DIR"], "mesoblk-target")
+RESULTS = os.environ["MESOBLK_RESULTS_DIR"]
+RUNTIME = os.environ.get("MESOBLK_BENCH_RUNTIME", "8")
+SIZE = "1G"
+WORKLOADS = [
+    ("4k randread", ["--rw=randread", "--bs=4k", "--iodepth=32"]),
+    ("4k randwrite", ["--rw=randwrite", "--bs=4k", "--iodepth=32"]),
+    ("128k seq read", ["--rw=read", "--bs=128k", "--iodepth=32"]),
+    ("128k seq write", ["--rw=write", "--bs=128k", "--iodepth=32"]),
+]
+RUN_DIR = "/run/mesoblk-bench"
+
+
+def sh(*args, capture=True):
+    res = subprocess.run(args, check=True, text=True, capture_output=capture)
+    return res.stdout.strip() if capture else ""
+
+
+def fio(device, args):
+    out = sh("fio", "--name=bench", f"--filename={device}", "--ioengine=io_uring", "--direct=1",
+             f"--size={SIZE}", f"--runtime={RUNTIME}", "--time_based", "--ramp_time=1",
+             "--output-format=json", *args)
+    job = json.loads(out)["jobs"][0]
+    side = job["read"] if job["read"]["io_bytes"] else job["write"]
+    return {"iops": side["iops"], "bw_mib": side["bw_bytes"] / (1 << 20),
+            "lat_p99_us": side["clat_ns"]["percentile"].get("99.000000", 0) / 1000}
+
+
+def server_rss_kib(device_id):
+    record = json.load(open(f"{RUN_DIR}/{device_id}.json"))
+    for line in open(f"/proc/{record['pid']}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def add(*args):
+    out = sh(BIN, "--run-dir", RUN_DIR, "add", *args)
+    dev_id, path = out.split("\t")
+    return int(dev_id), path
+
+
+def delete(dev_id):
+    sh(BIN, "--run-dir", RUN_DIR, "del", "--id", str(dev_id))
+
+
+def measure(name, device, results, rss_of=None):
+    print(f"bench: {name} ({device})", flush=True)
+    results[name] = {label: fio(device, args) for label, args in WORKLOADS}
+    if rss_of is not None:
+        results[name]["server_peak_rss_kib"] = server_rss_kib(rss_of)
+
+
+def main():
+    results = {}
+    measure("raw", DISK, results)
+
+    loop = sh("losetup", "--direct-io=on", "--show", "-f", DISK)
+    measure("loop", loop, results)
+    sh("losetup", "-d", loop)
+
+    dev_id, path = add("--backend", "blockdev", "--path", DISK, "--size", "2G", "--depth", "128")
+    measure("blockdev", path, results, rss_of=dev_id)
+    delete(dev_id)
+
+    dev_id, path = add("--backend", "null", "--size", "2G", "--depth", "128")
+    measure("null", path, results, rss_of=dev_id)
+    delete(dev_id)
+
+    sh("mkfs.ext4", "-q", "-F", DISK)
+    mnt = tempfile.mkdtemp(prefix="mesoblk-bench-")  # the guest's root is read-only
+    sh("mount", DISK, mnt)
+    image = os.path.join(mnt, "backing.img")
+    sh("fallocate", "-l", "1536M", image)
+    loop = sh("losetup", "--direct-io=on", "--show", "-f", image)
+    measure("loop-file", loop, results)
+    sh("losetup", "-d", loop)
+    dev_id, path = add("--backend", "file", "--path", image, "--depth", "128")
+    measure("file", path, results, rss_of=dev_id)
+    delete(dev_id)
+    sh("umount", mnt)
+
+    json.dump(results, open(os.path.join(RESULTS, "bench-target.json"), "w"), indent=2)
+    table = render(results)
+    open(os.path.join(RESULTS, "bench-target.md"), "w").write(table)
+    print(table)
+
+
+def render(results):
+    refs = {"raw": "loop", "loop": "loop", "blockdev": "loop", "null": "loop",
+            "loop-file": "loop-file", "file": "loop-file"}
+    lines = ["| target | workload | IOPS | MiB/s | p99 µs | ratio to reference |",
+             "|---|---|---:|---:|---:|---|"]
+    for name, by_workload in results.items():
+        ref = results[refs[name]]
+        for label, _ in WORKLOADS:
+            r = by_workload[label]
+            ratio = r["iops"] / ref[label]["iops"] if ref[label]["iops"] else 0
+            lines.append(f"| {name} | {label} | {r['iops']:.0f} | {r['bw_mib']:.1f} | "
+                         f"{r['lat_p99_us']:.0f} | {ratio:.2f} × {refs[name]} |")
+    rss = [f"{n}: {v['server_peak_rss_kib'] / 1024:.1f} MiB" for n, v in results.items()
+           if "server_peak_rss_kib" in v]
+    lines.append("")
+    lines.append("Peak RSS of the device server (depth 128): " + ", ".join(rss))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except subprocess.CalledProcessError as e:
+        print(f"bench-target: {' '.join(e.cmd)} failed: {e.stderr}", file=sys.stderr)
+        sys.exit(1)

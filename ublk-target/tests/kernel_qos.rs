@@ -1,0 +1,203 @@
+//! Kernel tier: QoS as a client sees it. fio against a device limited to 1000 IOPS measures
+//! 1000 ± 10%; `set-qos` on the live device changes the rate at once; limits are reported by
+//! `list --json` and survive a server crash and recovery.
+
+#[path = "kernel/mod.rs"]
+mod kernel;
+
+use kernel::{run, Device, TARGET_BIN};
+
+/// Measured IOPS of 4k random reads at depth 32, after a ramp that drains the initial burst.
+fn measured_iops(device: &str, seconds: u32) -> f64 {
+    let out = run(
+        "fio",
+        &[
+            "--name=qos",
+            &format!("--filename={device}"),
+            "--ioengine=io_uring",
+            "--direct=1",
+            "--rw=randread",
+            "--bs=4k",
+            "--iodepth=32",
+            "--time_based",
+            "--ramp_time=2",
+            &format!("--runtime={seconds}"),
+            "--output-format=json",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fio json");
+    json["jobs"][0]["read"]["iops"].as_f64().expect("iops")
+}
+
+fn assert_near(measured: f64, target: f64) {
+    let error = (measured - target).abs() / target;
+    assert!(
+        error <= 0.10,
+        "measured {measured:.0} IOPS, limit {target}: off by {:.1}%",
+        error * 100.0
+    );
+}
+
+fn listed_qos(run_dir: &std::path::Path, id: u32) -> serde_json::Value {
+    let out = run(
+        TARGET_BIN,
+        &["--run-dir", run_dir.to_str().unwrap(), "list", "--json"],
+    );
+    let devices: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let device = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .expect("device listed")
+        .clone();
+    device["server"]["qos"].clone()
+}
+
+#[test]
+fn an_iops_limit_holds_and_changes_live() {
+    kernel::require_ublk();
+    let work = tempfile::tempdir().unwrap();
+    let run_dir = work.path().join("run");
+    let device = Device::add(
+        work.path(),
+        &["--backend", "ram", "--size", "256M", "--iops-total", "1000"],
+    );
+    assert_eq!(
+        listed_qos(&run_dir, device.id())["total_ops"]["ops_per_sec"],
+        1000
+    );
+    assert_near(measured_iops(device.path(), 8), 1000.0);
+
+    let id = device.id().to_string();
+    run(
+        TARGET_BIN,
+        &[
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "set-qos",
+            "--id",
+            &id,
+            "--iops-total",
+            "500",
+        ],
+    );
+    assert_eq!(
+        listed_qos(&run_dir, device.id())["total_ops"]["ops_per_sec"],
+        500
+    );
+    assert_near(measured_iops(device.path(), 8), 500.0);
+
+    run(
+        TARGET_BIN,
+        &[
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "set-qos",
+            "--id",
+            &id,
+            "--unlimited",
+        ],
+    );
+    let unlimited = measured_iops(device.path(), 4);
+    assert!(
+        unlimited > 2000.0,
+        "removing the limit left the device at {unlimited:.0} IOPS"
+    );
+    device.delete();
+}
+
+#[test]
+fn limits_survive_recovery() {
+    kernel::require_ublk();
+    let work = tempfile::tempdir().unwrap();
+    let run_dir = work.path().join("run");
+    let backing = work.path().join("backing.img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(256 << 20))
+        .unwrap();
+    let device = Device::add(
+        work.path(),
+        &["--backend", "file", "--path", backing.to_str().unwrap()],
+    );
+    let id = device.id().to_string();
+    run(
+        TARGET_BIN,
+        &[
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "set-qos",
+            "--id",
+            &id,
+            "--iops-total",
+            "800",
+        ],
+    );
+
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join(format!("{id}.json"))).unwrap())
+            .unwrap();
+    run("kill", &["-9", &record["pid"].to_string()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = std::process::Command::new(TARGET_BIN)
+            .args([
+                "--run-dir",
+                run_dir.to_str().unwrap(),
+                "recover",
+                "--id",
+                &id,
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recover kept failing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        listed_qos(&run_dir, device.id())["total_ops"]["ops_per_sec"],
+        800
+    );
+    assert_near(measured_iops(device.path(), 6), 800.0);
+    device.delete();
+}
+
+#[test]
+fn bad_qos_requests_are_refused_with_one_line() {
+    kernel::require_ublk();
+    let work = tempfile::tempdir().unwrap();
+    let run_dir = work.path().join("run");
+    let device = Device::add(
+        work.path(),
+        &["--backend", "ram", "--size", "16M", "--iops-total", "1000"],
+    );
+    let id = device.id().to_string();
+    for args in [&["--iops-total", "0"][..], &[][..]] {
+        let out = std::process::Command::new(TARGET_BIN)
+            .args([
+                "--run-dir",
+                run_dir.to_str().unwrap(),
+                "set-qos",
+                "--id",
+                &id,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    assert_eq!(
+        listed_qos(&run_dir, device.id())["total_ops"]["ops_per_sec"],
+        1000,
+        "a refused change changed the limit"
+    );
+    device.delete();
+}
