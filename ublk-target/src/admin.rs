@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::qos::{Clock, Limiter, MonotonicClock, QosLimits};
+use crate::stats::{DeviceStats, StatsSnapshot};
 
 /// How long a client waits for a server to answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,7 +32,7 @@ pub enum AdminRequest {
     /// Replace the device's QoS limits (validated first; invalid limits change nothing).
     SetQos {
         /// The new limits; all-unset means unlimited.
-        limits: QosLimits,
+        limits: Box<QosLimits>,
     },
 }
 
@@ -40,10 +41,8 @@ pub enum AdminRequest {
 pub struct DeviceReport {
     /// QoS limits in force.
     pub qos: QosLimits,
-    /// Requests that had to wait for QoS tokens.
-    pub throttled_ops: u64,
-    /// Total time requests waited for QoS tokens, nanoseconds.
-    pub throttled_ns: u64,
+    /// I/O counters, latency histograms and throttling since the server started.
+    pub io: StatsSnapshot,
 }
 
 /// A device server's answer.
@@ -51,7 +50,7 @@ pub struct DeviceReport {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum AdminResponse {
     /// The device's status.
-    Status(DeviceReport),
+    Status(Box<DeviceReport>),
     /// The request was carried out.
     Done,
     /// The request was refused; nothing changed.
@@ -89,19 +88,17 @@ pub enum AdminError {
 pub struct AdminState {
     /// The device's rate limiter.
     pub limiter: Arc<Limiter>,
+    /// The device's I/O statistics.
+    pub stats: Arc<DeviceStats>,
 }
 
 impl AdminState {
     fn handle(&self, request: AdminRequest) -> AdminResponse {
         match request {
-            AdminRequest::Status => {
-                let throttled = self.limiter.stats();
-                AdminResponse::Status(DeviceReport {
-                    qos: self.limiter.limits(),
-                    throttled_ops: throttled.throttled_ops,
-                    throttled_ns: throttled.throttled_ns,
-                })
-            }
+            AdminRequest::Status => AdminResponse::Status(Box::new(DeviceReport {
+                qos: self.limiter.limits(),
+                io: self.stats.snapshot(MonotonicClock.now()),
+            })),
             AdminRequest::SetQos { limits } => {
                 match self.limiter.set_limits(&limits, MonotonicClock.now()) {
                     Ok(()) => {
@@ -189,6 +186,7 @@ mod tests {
             &path,
             AdminState {
                 limiter: Arc::clone(&limiter),
+                stats: Arc::new(DeviceStats::new()),
             },
         )
         .unwrap();
@@ -201,7 +199,7 @@ mod tests {
             ask(
                 &path,
                 &AdminRequest::SetQos {
-                    limits: limits.clone()
+                    limits: Box::new(limits)
                 }
             )
             .unwrap(),
@@ -217,7 +215,13 @@ mod tests {
             total_ops: Some(OpsLimit::per_sec(0)),
             ..QosLimits::default()
         };
-        let refused = ask(&path, &AdminRequest::SetQos { limits: invalid }).unwrap_err();
+        let refused = ask(
+            &path,
+            &AdminRequest::SetQos {
+                limits: Box::new(invalid),
+            },
+        )
+        .unwrap_err();
         assert!(matches!(refused, AdminError::Refused(_)), "{refused}");
         assert_eq!(
             limiter.limits(),

@@ -21,6 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::backend::SharedStore;
 use crate::qos::{Clock, Limiter, MonotonicClock};
 use crate::spec::{DeviceSpec, SpecError};
+use crate::stats::DeviceStats;
 use crate::sys::control::{self, ControlError};
 use crate::sys::device::{self, DeviceError, StartMode, StartedDevice};
 
@@ -211,6 +212,7 @@ struct Announcer<W> {
     spec: DeviceSpec,
     log_file: Option<PathBuf>,
     limiter: Arc<Limiter>,
+    stats: Arc<DeviceStats>,
     report: Arc<Mutex<Option<W>>>,
     started_id: Arc<Mutex<Option<u32>>>,
 }
@@ -231,6 +233,7 @@ impl<W: Write> Announcer<W> {
         }
         let admin = AdminState {
             limiter: self.limiter,
+            stats: self.stats,
         };
         let published = self.run_dir.write(&record).and_then(|()| {
             let socket = self.run_dir.socket_path(record.id);
@@ -282,6 +285,7 @@ pub fn serve(
         }
     };
     let started_id = Arc::new(Mutex::new(None));
+    let stats = Arc::new(DeviceStats::new());
     let announcer = Announcer {
         run_dir: run_dir.clone(),
         // Record the size actually served (file backends default to the whole store).
@@ -291,12 +295,17 @@ pub fn serve(
         },
         log_file,
         limiter: Arc::clone(&limiter),
+        stats: Arc::clone(&stats),
         report: Arc::clone(&report),
         started_id: Arc::clone(&started_id),
     };
-    let served = device::serve(&spec.device_options(mode), store, limiter, move |started| {
-        announcer.device_live(started)
-    });
+    let served = device::serve(
+        &spec.device_options(mode),
+        store,
+        limiter,
+        stats,
+        move |started| announcer.device_live(started),
+    );
     if let Some(id) = started_id.lock().ok().and_then(|slot| *slot) {
         run_dir.remove(id);
         let _ = std::fs::remove_file(run_dir.socket_path(id));

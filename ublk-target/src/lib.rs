@@ -5,6 +5,7 @@
 //! - [`backend`]: where blocks live (file or block device through io_uring, RAM, null);
 //! - [`engine`]: running one request against a backend, producing ublk's result code;
 //! - [`qos`]: per-device and per-group token-bucket throttling (pure; the clock is injected);
+//! - [`stats`]: per-device I/O counters and latency histograms, snapshots and rates (pure);
 //! - [`spec`]: what a device is made of, validated before anything is created;
 //! - [`daemon`]: one serving process per device, and the records that let others find it;
 //! - [`admin`]: the per-device socket for status and live QoS changes;
@@ -22,5 +23,6 @@ pub mod engine;
 pub mod qos;
 pub mod request;
 pub mod spec;
+pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;

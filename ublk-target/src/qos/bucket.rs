@@ -8,7 +8,7 @@
 //! spare (`i128::MAX` is 1.7e38), and a refill is computed in `u128`, where `u64 * u64` cannot
 //! overflow. So nothing here overflows for any `u64` rate, capacity, cost or time.
 
-use super::limits::{BucketSpec, Class, LaneSpec, QosLimits, LANES};
+use super::limits::{BucketSpec, Class, Cost, LaneSpec, QosLimits, LANES};
 use super::limits::{READ_BYTES, READ_OPS, TOTAL_BYTES, TOTAL_OPS, WRITE_BYTES, WRITE_OPS};
 use crate::request::Op;
 
@@ -34,7 +34,7 @@ pub(crate) struct Charge {
 }
 
 impl Charge {
-    fn merge(self, other: Charge) -> Charge {
+    pub(crate) fn merge(self, other: Charge) -> Charge {
         Charge {
             wait_ns: self.wait_ns.max(other.wait_ns),
             forgiven_nano: self.forgiven_nano.saturating_add(other.forgiven_nano),
@@ -252,29 +252,34 @@ impl BucketSet {
     /// Charges one request to every bucket it counts against.
     pub(crate) fn charge(&mut self, op: Op, bytes: u64, now_ns: u64) -> Charge {
         let cost = self.limits.cost(op, bytes);
-        let (ops_lane, bytes_lane) = match cost.class {
-            Class::Read => (Some(READ_OPS), Some(READ_BYTES)),
-            Class::Write => (Some(WRITE_OPS), Some(WRITE_BYTES)),
-            Class::Other => (None, None),
-        };
-        let charges: [(Option<usize>, u64); 4] = [
-            (ops_lane, cost.ops),
-            (Some(TOTAL_OPS), cost.ops),
-            (bytes_lane, cost.bytes),
-            (Some(TOTAL_BYTES), cost.bytes),
-        ];
         let mut total = Charge::default();
-        for (index, units) in charges {
-            // A free request (cost 0) neither pays nor queues behind others' debt.
-            if units == 0 {
-                continue;
-            }
-            if let Some(lane) = index.and_then(|i| self.lanes[i].as_mut()) {
+        for (index, units) in lane_charges(&cost) {
+            if let Some(lane) = self.lanes[index].as_mut() {
                 total = total.merge(lane.charge(units, now_ns));
             }
         }
         total
     }
+}
+
+/// The lanes (`READ_OPS`..`TOTAL_BYTES`) a request of `cost` is charged to, with the units each
+/// pays; the same for in-process and shared buckets. A free request (cost 0) neither pays nor
+/// queues behind others' debt, so zero charges are left out.
+pub(crate) fn lane_charges(cost: &Cost) -> impl Iterator<Item = (usize, u64)> {
+    let (ops_lane, bytes_lane) = match cost.class {
+        Class::Read => (Some(READ_OPS), Some(READ_BYTES)),
+        Class::Write => (Some(WRITE_OPS), Some(WRITE_BYTES)),
+        Class::Other => (None, None),
+    };
+    let charges: [(Option<usize>, u64); 4] = [
+        (ops_lane, cost.ops),
+        (Some(TOTAL_OPS), cost.ops),
+        (bytes_lane, cost.bytes),
+        (Some(TOTAL_BYTES), cost.bytes),
+    ];
+    charges
+        .into_iter()
+        .filter_map(|(index, units)| Some((index?, units)).filter(|&(_, u)| u > 0))
 }
 
 #[cfg(test)]

@@ -2,28 +2,36 @@
 //! taken from one of these, so tests can drive time by hand.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use nix::time::{clock_gettime, ClockId};
 
 /// A monotonic time source: time since an origin shared by every limiter fed from it.
 ///
-/// All limiters that share a [`QosGroup`](super::QosGroup) must be fed from clocks with the same
-/// origin; [`MonotonicClock`] guarantees that by using one origin per process.
+/// All limiters that share a [`QosGroup`](super::QosGroup) or a
+/// [`SharedGroup`](super::SharedGroup) must be fed from clocks with the same origin.
+/// [`MonotonicClock`] reads the system-wide `CLOCK_MONOTONIC`, whose origin (boot) every process
+/// of the machine agrees on, which is what a group shared by several processes needs.
 pub trait Clock: Send + Sync {
     /// Time since the clock's origin. Never decreases.
     fn now(&self) -> Duration;
 }
 
-/// The process's monotonic clock (`std::time::Instant`), measured from a process-wide origin
-/// fixed the first time any `MonotonicClock` is read, so every instance agrees.
+/// The machine's monotonic clock, `CLOCK_MONOTONIC`, read as the absolute time since its origin
+/// (about boot), not since a per-process origin: readings from different processes of one
+/// machine (in one time namespace) are comparable, so a [`SharedGroup`](super::SharedGroup)'s
+/// buckets can hold timestamps taken by any of its members.
+///
+/// # Panics
+/// If `clock_gettime(CLOCK_MONOTONIC)` fails, which Linux only does for an unknown clock id.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MonotonicClock;
 
-static ORIGIN: OnceLock<Instant> = OnceLock::new();
-
 impl Clock for MonotonicClock {
     fn now(&self) -> Duration {
-        ORIGIN.get_or_init(Instant::now).elapsed()
+        let now = clock_gettime(ClockId::CLOCK_MONOTONIC)
+            .expect("CLOCK_MONOTONIC exists on every Linux kernel");
+        Duration::from(now)
     }
 }
 
@@ -83,9 +91,12 @@ mod tests {
     }
 
     #[test]
-    fn monotonic_clocks_share_an_origin() {
+    fn the_monotonic_clock_is_the_raw_system_clock() {
         let a = MonotonicClock.now();
+        let raw = Duration::from(clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap());
         let b = MonotonicClock.now();
-        assert!(b >= a);
+        // No per-process origin is subtracted: the reading is CLOCK_MONOTONIC itself, which every
+        // process of the machine shares.
+        assert!(a <= raw && raw <= b, "{a:?} <= {raw:?} <= {b:?}");
     }
 }

@@ -1,10 +1,12 @@
 //! Per-device and per-group I/O throttling (QoS): token buckets that tell a queue thread how
 //! long to hold a request before running it.
 //!
-//! Pure: no kernel, no I/O, no clock reads, no `unsafe`. The data path owns the waiting: before
-//! running a request it calls [`Limiter::admit`] with the request's op, its length and the time
-//! from a [`Clock`], then awaits the [`Admission`] while holding the request's tag, so a
-//! throttled device pushes back on blk-mq through tag shortage; throttling is never an error.
+//! Pure: no kernel, no I/O, no `unsafe`, and no clock reads outside [`MonotonicClock`] (a
+//! [`SharedGroup`]'s memory is mapped by `sys::shm`; everything here only sees it as atomics).
+//! The data path owns the waiting: before running a request it calls [`Limiter::admit`] with
+//! the request's op, its length and the time from a [`Clock`], then awaits the [`Admission`]
+//! while holding the request's tag, so a throttled device pushes back on blk-mq through tag
+//! shortage; throttling is never an error.
 //!
 //! # What counts against which limit
 //!
@@ -62,38 +64,67 @@
 //! data path's bounded queue depth this only happens under absurd settings (a queue's worth of
 //! I/O needing more than an hour), and it bounds every wait.
 //!
+//! # Groups: in one process or across processes
+//!
+//! A device may belong to one group (one tenant), whose buckets it is charged to as well as its
+//! own ([`GroupRef`]):
+//!
+//! - [`QosGroup`]: buckets behind a mutex, for devices served by one process.
+//! - [`SharedGroup`]: for devices served by *different* processes (each device has its own
+//!   server process, for crash isolation). Its buckets live in a small file that every member
+//!   maps (`<run dir>/qos-groups/<name>.qos`, see `sys::shm`), one `AtomicU64` per bucket,
+//!   charged with compare-and-swap: no lock in the data path, so a member that dies at any
+//!   point cannot block the others. Same [`QosLimits`], same costs, debt, FIFO order, capped
+//!   debt and live changes as in-process; the algorithm (GCRA with debt) and the small
+//!   differences (1/16 ns rounding, toward stricter; bursts of at most a year of the rate;
+//!   requests racing a limits change) are in `qos::gcra` and `qos::shared`. The first member
+//!   creates the group with its limits, later ones join with the group's limits
+//!   ([`GroupJoin`]); limits change only with [`SharedGroup::set_limits`], seen by every member
+//!   at its next request.
+//!
 //! # Changing limits
 //!
-//! [`Limiter::set_limits`] and [`QosGroup::set_limits`] act on live limiters. A limit that stays
-//! keeps its current level, cut to the new capacity, and its debt: lowering takes effect at
-//! once, and raising grants no tokens (the bucket then fills at the new rate up to the new
-//! capacity). A limit that appears starts full; one that goes away is dropped.
+//! [`Limiter::set_limits`], [`QosGroup::set_limits`] and [`SharedGroup::set_limits`] act on
+//! live limiters. A limit that stays keeps its current level, cut to the new capacity, and its
+//! debt: lowering takes effect at once, and raising grants no tokens (the bucket then fills at
+//! the new rate up to the new capacity). A limit that appears starts full; one that goes away
+//! is dropped.
 //!
 //! # Concurrency and cost
 //!
-//! [`Limiter`] and [`QosGroup`] are `Send + Sync` and shared by the queue threads of a device
-//! (and, for a group, of several devices). With no limit set, [`Limiter::admit`] is two relaxed
-//! atomic loads and returns [`Admission::Go`] without locking. With limits, it takes the
-//! device's mutex once (and the group's once, never both at the same time) for a few integer
-//! operations per bucket. A timestamp taken before another thread's later one is handled:
-//! buckets never go back in time, and the wait is measured from the caller's own `now`.
+//! [`Limiter`], [`QosGroup`] and [`SharedGroup`] are `Send + Sync` and shared by the queue
+//! threads of a device (and, for a group, of several devices). With no limit set and no group,
+//! [`Limiter::admit`] is one relaxed atomic load and returns [`Admission::Go`] without locking
+//! (a group adds one or two loads to learn it is unlimited). With limits, it takes the device's
+//! mutex once (and a [`QosGroup`]'s once, never both at the same time) for a few integer
+//! operations per bucket; a [`SharedGroup`] costs one compare-and-swap per bucket instead. A
+//! timestamp taken before another thread's later one is handled: buckets never go back in
+//! time, and the wait is measured from the caller's own `now`.
 //!
 //! # Time
 //!
 //! `now` is a [`Duration`] since a [`Clock`]'s origin; every limiter sharing a group must read
-//! the same origin ([`MonotonicClock`] has one per process). Time saturates at `u64::MAX`
-//! nanoseconds, and all bucket arithmetic is exact integer math that cannot overflow for any
-//! `u64` rate, capacity, cost or idle gap.
+//! the same origin. [`MonotonicClock`] is `CLOCK_MONOTONIC` itself, whose origin every process
+//! of the machine shares, as a [`SharedGroup`] needs. Time saturates at `u64::MAX` nanoseconds
+//! (in a [`SharedGroup`], at 2^60 ns, 36 years of uptime), and all bucket arithmetic is exact
+//! integer math that cannot overflow for any `u64` rate, capacity, cost or idle gap.
 //!
 //! # Panics
 //!
 //! Only on a broken internal invariant (a bucket level outside `[floor, capacity]`), and in
 //! [`ManualClock::set`] when told to go back in time. Invalid limits are rejected with
-//! [`QosError`] before any bucket is built.
+//! [`QosError`] before any bucket is built. Nothing a [`SharedGroup`]'s other members (or a
+//! corrupted file) write can make this module panic: shared words are never trusted.
 
 mod bucket;
 mod clock;
+mod gcra;
 mod limits;
+mod shared;
+#[cfg(test)]
+mod shared_tests;
+#[cfg(test)]
+pub(crate) mod sim;
 #[cfg(test)]
 mod tests;
 
@@ -108,6 +139,8 @@ pub use self::limits::{
     DEFAULT_MAX_LENGTH_MS, MAX_BURST, MAX_BURST_LENGTH_MS, MAX_IOPS_SIZE_BYTES, MAX_OP_COST_OPS,
     MAX_RATE_PER_SEC, MIN_BYTES,
 };
+pub use self::shared::{GroupError, GroupJoin, Joined, SharedGroup};
+pub(crate) use self::shared::{SharedRegion, SharedState, STATE_BYTES};
 use crate::request::Op;
 
 /// What the limiter says about one request.
@@ -216,21 +249,75 @@ impl QosGroup {
     }
 }
 
+/// The group a device is in: in this process, or shared by several processes.
+#[derive(Clone, Debug)]
+pub enum GroupRef {
+    /// A group whose members are all in this process.
+    Local(QosGroup),
+    /// A group whose members may be in other processes.
+    Shared(SharedGroup),
+}
+
+impl From<QosGroup> for GroupRef {
+    fn from(group: QosGroup) -> GroupRef {
+        GroupRef::Local(group)
+    }
+}
+
+impl From<SharedGroup> for GroupRef {
+    fn from(group: SharedGroup) -> GroupRef {
+        GroupRef::Shared(group)
+    }
+}
+
+impl GroupRef {
+    /// Changes the group's limits at `now`, for every member.
+    pub fn set_limits(&self, limits: &QosLimits, now: Duration) -> Result<(), GroupError> {
+        match self {
+            GroupRef::Local(g) => g.set_limits(limits, now).map_err(GroupError::Limits),
+            GroupRef::Shared(g) => g.set_limits(limits, now),
+        }
+    }
+
+    /// The group's current limits (a shared group's can fail to read if scribbled on).
+    pub fn limits(&self) -> Result<QosLimits, GroupError> {
+        match self {
+            GroupRef::Local(g) => Ok(g.limits()),
+            GroupRef::Shared(g) => g.limits(),
+        }
+    }
+
+    fn is_limited(&self) -> bool {
+        match self {
+            GroupRef::Local(g) => g.shared.is_limited(),
+            GroupRef::Shared(g) => g.is_limited(),
+        }
+    }
+
+    fn charge(&self, op: Op, bytes: u64, now_ns: u64) -> Charge {
+        match self {
+            GroupRef::Local(g) => g.shared.charge(op, bytes, now_ns),
+            GroupRef::Shared(g) => g.charge(op, bytes, now_ns),
+        }
+    }
+}
+
 /// One device's throttle: its own buckets plus, optionally, its group's.
 #[derive(Debug)]
 pub struct Limiter {
     own: Shared,
-    group: Option<QosGroup>,
+    group: Option<GroupRef>,
     throttled_ops: AtomicU64,
     throttled_ns: AtomicU64,
     debt_capped_ops: AtomicU64,
 }
 
 impl Limiter {
-    /// A limiter with full buckets at `now`, in `group` if given.
+    /// A limiter with full buckets at `now`, in `group` if given (`Some(group.into())` for
+    /// either kind).
     pub fn new(
         limits: &QosLimits,
-        group: Option<QosGroup>,
+        group: Option<GroupRef>,
         now: Duration,
     ) -> Result<Limiter, QosError> {
         Ok(Limiter {
@@ -250,22 +337,19 @@ impl Limiter {
     /// Charges one request of `op` and `bytes` (its length; ignored for FLUSH) at `now`, and says
     /// how long it must wait. The tokens are taken now, whatever the answer.
     pub fn admit(&self, op: Op, bytes: u64, now: Duration) -> Admission {
-        let group = self
-            .group
-            .as_ref()
-            .map(|g| &*g.shared)
-            .filter(|g| g.is_limited());
-        let own = Some(&self.own).filter(|s| s.is_limited());
-        if own.is_none() && group.is_none() {
+        let own = self.own.is_limited();
+        let group = self.group.as_ref().filter(|g| g.is_limited());
+        if !own && group.is_none() {
             return Admission::Go;
         }
         let now_ns = nanos(now);
         let mut charge = Charge::default();
         // One lock at a time, never nested: no lock order to get wrong.
-        for shared in [own, group].into_iter().flatten() {
-            let c = shared.charge(op, bytes, now_ns);
-            charge.wait_ns = charge.wait_ns.max(c.wait_ns);
-            charge.forgiven_nano = charge.forgiven_nano.saturating_add(c.forgiven_nano);
+        if own {
+            charge = charge.merge(self.own.charge(op, bytes, now_ns));
+        }
+        if let Some(group) = group {
+            charge = charge.merge(group.charge(op, bytes, now_ns));
         }
         if charge.forgiven_nano > 0 {
             self.debt_capped_ops.fetch_add(1, Ordering::Relaxed);
@@ -296,7 +380,7 @@ impl Limiter {
     }
 
     /// The group this device is in.
-    pub fn group(&self) -> Option<&QosGroup> {
+    pub fn group(&self) -> Option<&GroupRef> {
         self.group.as_ref()
     }
 

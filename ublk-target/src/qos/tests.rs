@@ -1,14 +1,13 @@
 //! Limiter tests, all on a [`ManualClock`]: simulated closed loops of clients that each wait
 //! exactly what they are told, so rates are measured in simulated time, without sleeping.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::bucket::MAX_DEBT_NS;
 use super::limits::{Class, Cost, READ_OPS, TOTAL_BYTES, TOTAL_OPS};
+use super::sim::{assert_near, clients, count, simulate};
 use super::*;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -16,80 +15,6 @@ const SEC_NS: u64 = 1_000_000_000;
 
 fn at(secs: f64) -> Duration {
     Duration::from_secs_f64(secs)
-}
-
-/// One closed-loop client: issues `op` requests of the given sizes (cycling) through `limiter`.
-struct Client<'a> {
-    limiter: &'a Limiter,
-    op: Op,
-    sizes: &'a [u64],
-}
-
-/// One request that ran.
-#[derive(Clone, Copy, Debug)]
-struct Run {
-    client: usize,
-    at_ns: u64,
-    bytes: u64,
-}
-
-/// Runs every client from `clock.now()` until `until`: a client admits a request, holds it for
-/// the wait it is told, runs it instantly, and issues its next one at that moment. Returns every
-/// request that ran before `until`.
-fn simulate(clock: &ManualClock, clients: &[Client<'_>], until: Duration) -> Vec<Run> {
-    const MAX_EVENTS: usize = 10_000_000;
-    let until_ns = nanos(until);
-    let start_ns = nanos(clock.now());
-    let mut next: BinaryHeap<Reverse<(u64, usize)>> =
-        (0..clients.len()).map(|c| Reverse((start_ns, c))).collect();
-    let mut issued = vec![0usize; clients.len()];
-    let mut runs = Vec::new();
-    while let Some(Reverse((t_ns, c))) = next.pop() {
-        assert!(runs.len() < MAX_EVENTS, "simulation did not converge");
-        clock.set(Duration::from_nanos(t_ns));
-        let client = &clients[c];
-        let bytes = client.sizes[issued[c] % client.sizes.len()];
-        issued[c] += 1;
-        let wait = client.limiter.admit(client.op, bytes, clock.now()).wait();
-        let run_ns = t_ns + nanos(wait);
-        if run_ns >= until_ns {
-            continue;
-        }
-        runs.push(Run {
-            client: c,
-            at_ns: run_ns,
-            bytes,
-        });
-        next.push(Reverse((run_ns, c)));
-    }
-    clock.set(until);
-    runs
-}
-
-/// Requests (and their bytes) that ran in `[from, to)` from clients in `clients`.
-fn count(
-    runs: &[Run],
-    clients: std::ops::Range<usize>,
-    from: Duration,
-    to: Duration,
-) -> (u64, u64) {
-    let (from, to) = (nanos(from), nanos(to));
-    runs.iter()
-        .filter(|r| clients.contains(&r.client) && (from..to).contains(&r.at_ns))
-        .fold((0, 0), |(n, b), r| (n + 1, b + r.bytes))
-}
-
-fn assert_near(measured: u64, expected: u64, tolerance: f64, what: &str) {
-    let error = (measured as f64 - expected as f64).abs() / expected as f64;
-    assert!(
-        error <= tolerance,
-        "{what}: measured {measured}, expected {expected} ± {:.1}%",
-        tolerance * 100.0
-    );
-}
-
-fn clients<'a>(limiter: &'a Limiter, op: Op, sizes: &'a [u64], n: usize) -> Vec<Client<'a>> {
-    (0..n).map(|_| Client { limiter, op, sizes }).collect()
 }
 
 fn limiter(limits: QosLimits) -> Limiter {
@@ -110,7 +35,7 @@ fn no_limits_always_go() {
     assert!(l.limits().is_unlimited());
     // An empty group does not limit either.
     let g = QosGroup::new(&QosLimits::default(), Duration::ZERO).unwrap();
-    let l = Limiter::new(&QosLimits::default(), Some(g), Duration::ZERO).unwrap();
+    let l = Limiter::new(&QosLimits::default(), Some(g.into()), Duration::ZERO).unwrap();
     assert_eq!(l.admit(Op::Write, 1 << 20, Duration::ZERO), Admission::Go);
 }
 
@@ -332,8 +257,18 @@ fn a_group_bucket_is_shared() {
         ..QosLimits::default()
     };
     let group = QosGroup::new(&group_limits, Duration::ZERO).unwrap();
-    let a = Limiter::new(&QosLimits::default(), Some(group.clone()), Duration::ZERO).unwrap();
-    let b = Limiter::new(&QosLimits::default(), Some(group.clone()), Duration::ZERO).unwrap();
+    let a = Limiter::new(
+        &QosLimits::default(),
+        Some(group.clone().into()),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let b = Limiter::new(
+        &QosLimits::default(),
+        Some(group.clone().into()),
+        Duration::ZERO,
+    )
+    .unwrap();
     let clock = ManualClock::new();
     let mut all = clients(&a, Op::Read, IO_4K, 16);
     all.extend(clients(&b, Op::Write, IO_4K, 16));
@@ -388,8 +323,12 @@ fn the_group_counts_across_threads() {
     let go = std::thread::scope(|s| {
         let threads: Vec<_> = (0..4)
             .map(|_| {
-                let l = Limiter::new(&QosLimits::default(), Some(group.clone()), Duration::ZERO)
-                    .unwrap();
+                let l = Limiter::new(
+                    &QosLimits::default(),
+                    Some(group.clone().into()),
+                    Duration::ZERO,
+                )
+                .unwrap();
                 s.spawn(move || {
                     (0..500)
                         .filter(|_| l.admit(Op::Read, 4096, Duration::ZERO) == Admission::Go)
@@ -691,7 +630,7 @@ fn limits_round_trip_through_json() {
 }
 
 /// One step of a random workload: an op, its length, and the time since the previous step.
-fn step() -> impl Strategy<Value = (Op, u64, u64)> {
+pub(super) fn step() -> impl Strategy<Value = (Op, u64, u64)> {
     let op = prop_oneof![
         4 => Just(Op::Read),
         4 => Just(Op::Write),
@@ -709,7 +648,7 @@ fn step() -> impl Strategy<Value = (Op, u64, u64)> {
     (op, bytes, advance_ns)
 }
 
-fn ops_limit() -> impl Strategy<Value = OpsLimit> {
+pub(super) fn ops_limit() -> impl Strategy<Value = OpsLimit> {
     (
         100..=10_000u64,
         prop::option::of(1..=1000u64),
@@ -728,7 +667,16 @@ fn ops_limit() -> impl Strategy<Value = OpsLimit> {
 /// `rate * T + capacity` (the buckets start full at time 0).
 fn check_workload(limits: &QosLimits, steps: &[(Op, u64, u64)]) -> Result<(), TestCaseError> {
     prop_assert_eq!(limits.validate(), Ok(()));
-    let l = limiter(*limits);
+    check_limiter(&limiter(*limits), limits, steps)
+}
+
+/// [`check_workload`] on a given limiter, whose buckets (its own or its group's) follow
+/// `limits` and start full at time 0.
+pub(super) fn check_limiter(
+    l: &Limiter,
+    limits: &QosLimits,
+    steps: &[(Op, u64, u64)],
+) -> Result<(), TestCaseError> {
     let mut now_ns = 0u64;
     // (ready time, cost) of every request.
     let mut ran = Vec::with_capacity(steps.len());

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
@@ -22,6 +22,7 @@ use crate::backend::{AnyBackend, SharedStore, Submitter};
 use crate::engine::execute;
 use crate::qos::{Admission, Clock, Limiter, MonotonicClock};
 use crate::request::{Geometry, Request, SECTOR_SHIFT};
+use crate::stats::DeviceStats;
 
 /// Largest DISCARD / WRITE_ZEROES the kernel may send in one request, in bytes. Bounded so one
 /// request cannot occupy a tag for long; the block layer splits bigger ones.
@@ -103,11 +104,13 @@ impl Submitter for QueueRing {
 
 /// Creates the device, serves it until it is stopped or deleted, and removes it on return.
 /// `on_started` runs once the block device exists.
-/// Every request passes `limiter` before it runs; a throttled request waits holding its tag.
+/// Every request passes `limiter` before it runs (a throttled request waits holding its tag)
+/// and is counted in `stats` when it completes.
 pub fn serve(
     options: &DeviceOptions,
     store: SharedStore,
     limiter: Arc<Limiter>,
+    stats: Arc<DeviceStats>,
     on_started: impl FnOnce(StartedDevice) + Send + Sync + 'static,
 ) -> Result<(), DeviceError> {
     if !std::path::Path::new("/dev/ublk-control").exists() {
@@ -143,7 +146,18 @@ pub fn serve(
         dev.tgt.params = params;
         Ok(())
     };
-    let queue = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &store, &limiter, geometry);
+    let queue = move |qid: u16, dev: &UblkDev| {
+        serve_queue(
+            qid,
+            dev,
+            &store,
+            QueueShared {
+                limiter: &limiter,
+                stats: &stats,
+            },
+            geometry,
+        )
+    };
     let started = move |ctrl: &UblkCtrl| {
         let id = ctrl.dev_info().dev_id;
         on_started(StartedDevice {
@@ -203,13 +217,21 @@ fn device_params(geometry: &Geometry, volatile_cache: bool) -> ublk_sys::ublk_pa
     }
 }
 
+/// What every tag loop of a device shares.
+struct TagContext {
+    backend: AnyBackend<QueueRing>,
+    limiter: Arc<Limiter>,
+    stats: Arc<DeviceStats>,
+    geometry: Geometry,
+}
+
 /// One hardware queue's thread: an async task per tag on a local executor, driven by the
 /// queue's io_uring.
 fn serve_queue(
     qid: u16,
     dev: &UblkDev,
     store: &SharedStore,
-    limiter: &Arc<Limiter>,
+    shared: QueueShared<'_>,
     geometry: Geometry,
 ) {
     let queue = match UblkQueue::new(qid, dev) {
@@ -219,15 +241,19 @@ fn serve_queue(
             return;
         }
     };
-    let backend = Rc::new(store.for_queue(QueueRing));
+    let context = Rc::new(TagContext {
+        backend: store.for_queue(QueueRing),
+        limiter: Arc::clone(shared.limiter),
+        stats: Arc::clone(shared.stats),
+        geometry,
+    });
     let executor = Rc::new(smol::LocalExecutor::new());
     let tasks: Vec<_> = queue
         .tags()
         .map(|tag| {
-            let (queue, backend, limiter) =
-                (Rc::clone(&queue), Rc::clone(&backend), Arc::clone(limiter));
+            let (queue, context) = (Rc::clone(&queue), Rc::clone(&context));
             executor.spawn(async move {
-                match serve_tag(&queue, &backend, &limiter, tag, geometry).await {
+                match serve_tag(&queue, &context, tag).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(e) => tracing::error!(qid, tag, error = %e, "tag loop failed"),
                 }
@@ -238,13 +264,18 @@ fn serve_queue(
     smol::block_on(executor.run(async move {
         let run_ready = || while exe.try_tick() {};
         let all_done = || tasks.iter().all(|task| task.is_finished());
-        if let Err(e) =
-            libublk::wait_and_handle_io_events(&queue, Some(IDLE_WAIT_SECS), run_ready, all_done)
-                .await
-        {
+        let events =
+            libublk::wait_and_handle_io_events(&queue, Some(IDLE_WAIT_SECS), run_ready, all_done);
+        if let Err(e) = events.await {
             tracing::error!(qid, error = %e, "queue event loop failed");
         }
     }));
+}
+
+/// The device-wide state a queue thread borrows while it starts.
+struct QueueShared<'a> {
+    limiter: &'a Arc<Limiter>,
+    stats: &'a Arc<DeviceStats>,
 }
 
 /// Waits on the queue's own ring (an io_uring timeout), so the wait ends with a completion the
@@ -262,40 +293,49 @@ async fn sleep_on_ring(delay: Duration) {
 }
 
 /// Fetches, executes and commits requests for one tag until the queue goes down.
-async fn serve_tag(
-    queue: &UblkQueue<'_>,
-    backend: &AnyBackend<QueueRing>,
-    limiter: &Limiter,
-    tag: u16,
-    geometry: Geometry,
-) -> Result<(), UblkError> {
+async fn serve_tag(queue: &UblkQueue<'_>, context: &TagContext, tag: u16) -> Result<(), UblkError> {
     // The buffer outlives every command that refers to it: it is dropped only when this
     // function returns, after the queue is down and no FETCH/COMMIT for this tag is pending.
-    let mut buf = IoBuf::<u8>::new(geometry.max_io_bytes as usize);
+    let mut buf = IoBuf::<u8>::new(context.geometry.max_io_bytes as usize);
     queue
         .submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
         let iod = queue.get_iod(tag);
-        let result =
-            match Request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, &geometry) {
-                Ok(request) => {
-                    let admission =
-                        limiter.admit(request.op, u64::from(request.len), MonotonicClock.now());
-                    if let Admission::WaitFor(delay) = admission {
-                        sleep_on_ring(delay).await;
-                    }
-                    execute(backend, &request, buf.as_mut_slice()).await
-                }
-                Err(e) => {
-                    tracing::warn!(tag, error = %e, "rejected request");
-                    -e.errno()
-                }
-            };
+        let result = match Request::decode(
+            iod.op_flags,
+            iod.start_sector,
+            iod.nr_sectors,
+            &context.geometry,
+        ) {
+            Ok(request) => run_request(context, &request, buf.as_mut_slice()).await,
+            Err(e) => {
+                tracing::warn!(tag, error = %e, "rejected request");
+                -e.errno()
+            }
+        };
         queue
             .submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), result)
             .await?;
     }
+}
+
+/// Admission, execution and accounting of one valid request.
+async fn run_request(context: &TagContext, request: &Request, buf: &mut [u8]) -> i32 {
+    let started = Instant::now();
+    let _in_flight = context.stats.start();
+    let admission = context
+        .limiter
+        .admit(request.op, u64::from(request.len), MonotonicClock.now());
+    if let Admission::WaitFor(delay) = admission {
+        context.stats.add_throttled(delay);
+        sleep_on_ring(delay).await;
+    }
+    let result = execute(&context.backend, request, buf).await;
+    context
+        .stats
+        .record_request(request, started.elapsed(), result >= 0);
+    result
 }
 
 #[cfg(test)]

@@ -9,3 +9,4 @@ pub mod control;
 pub mod device;
 pub mod probe;
 pub mod ring;
+pub mod shm;

@@ -93,12 +93,14 @@ fn set_qos(args: &SetQosArgs, run_dir: &RunDir) -> Result<()> {
             run_dir.path().display()
         )
     })?;
-    record.spec.qos = limits.clone();
+    record.spec.qos = limits;
     // Validate against the device's own I/O size before bothering the server.
     record.spec.check_limits()?;
     admin::ask(
         &run_dir.socket_path(args.id),
-        &AdminRequest::SetQos { limits },
+        &AdminRequest::SetQos {
+            limits: Box::new(limits),
+        },
     )?;
     // Recorded so a recovered server starts with the same limits.
     run_dir.write(&record)?;
@@ -236,7 +238,7 @@ struct ListedDevice {
 
 fn server_report(run_dir: &RunDir, id: u32) -> Option<DeviceReport> {
     match admin::ask(&run_dir.socket_path(id), &AdminRequest::Status) {
-        Ok(AdminResponse::Status(report)) => Some(report),
+        Ok(AdminResponse::Status(report)) => Some(*report),
         _ => None,
     }
 }
