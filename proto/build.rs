@@ -1,9 +1,16 @@
-//! Compiles `proto/**/*.proto` with prost. protoc comes from the `protoc-bin-vendored` crate so a
-//! fresh machine needs no system package; `PROTOC` in the environment still wins.
+//! Compiles `proto/**/*.proto` with prost, deriving `prost_reflect::ReflectMessage` for every
+//! message so the JSON codec can walk them by descriptor. protoc comes from the
+//! `protoc-bin-vendored` crate so a fresh machine needs no system package; `PROTOC` in the
+//! environment still wins.
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["proto/mesos/v1/mesos.proto"];
+const PROTOS: &[&str] = &[
+    "proto/mesos/v1/mesos.proto",
+    "proto/mesos/v1/scheduler/scheduler.proto",
+    "proto/mesos/v1/quota/quota.proto",
+    "proto/mesos/v1/master/master.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = match std::env::var_os("PROTOC") {
@@ -14,8 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     println!("cargo:rerun-if-env-changed=PROTOC");
-    prost_build::Config::new()
-        .protoc_executable(protoc)
-        .compile_protos(PROTOS, &["proto"])?;
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc);
+    prost_reflect_build::Builder::new()
+        .descriptor_pool("crate::DESCRIPTOR_POOL")
+        .compile_protos_with_config(config, PROTOS, &["proto"])?;
     Ok(())
 }

@@ -19,11 +19,12 @@ use thiserror::Error;
 
 use crate::admin::{self, AdminState};
 use crate::backend::SharedStore;
-use crate::qos::{Clock, Limiter, MonotonicClock};
+use crate::qos::{Clock, GroupJoin, Limiter, MonotonicClock};
 use crate::spec::{DeviceSpec, SpecError};
 use crate::stats::DeviceStats;
 use crate::sys::control::{self, ControlError};
 use crate::sys::device::{self, DeviceError, StartMode, StartedDevice};
+use crate::sys::shm::{self, ShmError};
 
 /// Default folder for device records and server logs.
 pub const DEFAULT_RUN_DIR: &str = "/run/mesoblk-target";
@@ -56,6 +57,9 @@ pub enum DaemonError {
     /// A control command failed.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The device's QoS group could not be joined.
+    #[error(transparent)]
+    QosGroup(#[from] ShmError),
     /// The server reported an error before the device started.
     #[error("{0}")]
     Server(String),
@@ -205,6 +209,19 @@ fn prepare(spec: &DeviceSpec, mode: StartMode) -> Result<SharedStore, DaemonErro
     Ok(store)
 }
 
+/// The device's rate limiter: its own limits, plus its group's shared budget if it has one.
+pub fn limiter_for(spec: &DeviceSpec, run_dir: &RunDir) -> Result<Limiter, DaemonError> {
+    let group = match &spec.qos_group {
+        Some(name) => Some(
+            shm::open_group(run_dir.path(), name, GroupJoin::Existing)?
+                .0
+                .into(),
+        ),
+        None => None,
+    };
+    Ok(Limiter::new(&spec.qos, group, MonotonicClock.now()).map_err(SpecError::from)?)
+}
+
 /// What a server does once its device is live: publish the record, open the admin socket,
 /// report ready.
 struct Announcer<W> {
@@ -272,11 +289,8 @@ pub fn serve(
     report: impl Write + Send + Sync + 'static,
 ) -> Result<(), DaemonError> {
     let report = Arc::new(Mutex::new(Some(report)));
-    let prepared = prepare(spec, mode).and_then(|store| {
-        let limiter =
-            Limiter::new(&spec.qos, None, MonotonicClock.now()).map_err(SpecError::from)?;
-        Ok((store, Arc::new(limiter)))
-    });
+    let prepared =
+        prepare(spec, mode).and_then(|store| Ok((store, Arc::new(limiter_for(spec, run_dir)?))));
     let (store, limiter) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {

@@ -69,6 +69,10 @@ pub struct DeviceSpec {
     /// Rate limits (none by default).
     #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
     pub qos: QosLimits,
+    /// A QoS group (one tenant's shared budget) this device also draws from; the group is
+    /// created and changed with `mesoblk-target set-qos --group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_group: Option<String>,
 }
 
 /// Why a spec cannot become a device.
@@ -268,6 +272,7 @@ mod tests {
             depth: 64,
             max_io_bytes: 512 << 10,
             qos: QosLimits::default(),
+            qos_group: None,
         }
     }
 

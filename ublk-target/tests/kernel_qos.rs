@@ -201,3 +201,90 @@ fn bad_qos_requests_are_refused_with_one_line() {
     );
     device.delete();
 }
+
+/// IOPS of two concurrent fio jobs, one per device.
+fn concurrent_iops(a: &str, b: &str, seconds: u32) -> (f64, f64) {
+    let (a, b) = (a.to_owned(), b.to_owned());
+    let first = std::thread::spawn(move || measured_iops(&a, seconds));
+    let second = measured_iops(&b, seconds);
+    (first.join().expect("fio thread"), second)
+}
+
+#[test]
+fn devices_in_a_group_share_its_budget() {
+    kernel::require_ublk();
+    let work = tempfile::tempdir().unwrap();
+    let run_dir = work.path().join("run");
+    let run_dir_arg = run_dir.to_str().unwrap();
+    run(
+        TARGET_BIN,
+        &[
+            "--run-dir",
+            run_dir_arg,
+            "set-qos",
+            "--group",
+            "tenant",
+            "--iops-total",
+            "1000",
+        ],
+    );
+    let a = Device::add(
+        work.path(),
+        &["--backend", "ram", "--size", "64M", "--qos-group", "tenant"],
+    );
+    let b = Device::add(
+        work.path(),
+        &["--backend", "ram", "--size", "64M", "--qos-group", "tenant"],
+    );
+
+    let (ia, ib) = concurrent_iops(a.path(), b.path(), 8);
+    assert_near(ia + ib, 1000.0);
+    assert!(
+        ia > 300.0 && ib > 300.0,
+        "one device starved the other: {ia:.0} vs {ib:.0}"
+    );
+
+    // A live change of the group reaches both servers at once.
+    run(
+        TARGET_BIN,
+        &[
+            "--run-dir",
+            run_dir_arg,
+            "set-qos",
+            "--group",
+            "tenant",
+            "--iops-total",
+            "600",
+        ],
+    );
+    let (ia, ib) = concurrent_iops(a.path(), b.path(), 8);
+    assert_near(ia + ib, 600.0);
+    a.delete();
+    b.delete();
+}
+
+#[test]
+fn joining_a_group_that_does_not_exist_is_refused() {
+    kernel::require_ublk();
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(TARGET_BIN)
+        .args([
+            "--run-dir",
+            work.path().join("run").to_str().unwrap(),
+            "add",
+            "--backend",
+            "ram",
+        ])
+        .args(["--size", "16M", "--qos-group", "nobody"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "joined a missing group");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        run(TARGET_BIN, &["list", "--json"])
+            .stdout
+            .starts_with(b"["),
+        "list broken"
+    );
+}

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ublk_target::admin::{self, AdminRequest, AdminResponse, DeviceReport};
 use ublk_target::daemon::{self, DeviceRecord, RunDir};
-use ublk_target::qos::{BytesLimit, OpsLimit, QosLimits};
+use ublk_target::qos::{BytesLimit, Clock, GroupJoin, Joined, MonotonicClock, OpsLimit, QosLimits};
 use ublk_target::spec::{BackendSpec, DeviceSpec};
 use ublk_target::sys::control::{self, ControlError, DeviceState, DeviceStatus};
 use ublk_target::sys::device::StartMode;
+use ublk_target::sys::shm;
 
 use crate::{AddArgs, BackendKind, Cli, Command, DelArgs, QosArgs, ServeArgs, SetQosArgs};
 
@@ -62,6 +63,7 @@ fn spec_from(args: &AddArgs) -> Result<DeviceSpec> {
         depth: args.depth,
         max_io_bytes,
         qos: qos_limits(&args.qos)?,
+        qos_group: args.qos_group.clone(),
     })
 }
 
@@ -86,22 +88,32 @@ fn set_qos(args: &SetQosArgs, run_dir: &RunDir) -> Result<()> {
     if limits.is_unlimited() && !args.unlimited {
         bail!("give at least one limit, or --unlimited to remove them all");
     }
-    let mut record = run_dir.read(args.id).with_context(|| {
-        format!(
-            "no record of device {} in {}",
-            args.id,
-            run_dir.path().display()
-        )
-    })?;
+    match (&args.group, args.id) {
+        (Some(group), _) => set_group_qos(group, &limits, run_dir),
+        (None, Some(id)) => set_device_qos(id, limits, run_dir),
+        (None, None) => bail!("give --id or --group"),
+    }
+}
+
+fn set_group_qos(name: &str, limits: &QosLimits, run_dir: &RunDir) -> Result<()> {
+    let (group, joined) = shm::open_group(run_dir.path(), name, GroupJoin::CreateOrJoin(limits))?;
+    if joined != Joined::Created {
+        group.set_limits(limits, MonotonicClock.now())?;
+    }
+    Ok(())
+}
+
+fn set_device_qos(id: u32, limits: QosLimits, run_dir: &RunDir) -> Result<()> {
+    let mut record = run_dir
+        .read(id)
+        .with_context(|| format!("no record of device {id} in {}", run_dir.path().display()))?;
     record.spec.qos = limits;
     // Validate against the device's own I/O size before bothering the server.
     record.spec.check_limits()?;
-    admin::ask(
-        &run_dir.socket_path(args.id),
-        &AdminRequest::SetQos {
-            limits: Box::new(limits),
-        },
-    )?;
+    let request = AdminRequest::SetQos {
+        limits: Box::new(limits),
+    };
+    admin::ask(&run_dir.socket_path(id), &request)?;
     // Recorded so a recovered server starts with the same limits.
     run_dir.write(&record)?;
     Ok(())
@@ -111,6 +123,7 @@ fn add(args: AddArgs, run_dir: &RunDir) -> Result<()> {
     let spec = spec_from(&args)?;
     // Validate everything before touching the kernel, so a bad request leaves nothing behind.
     spec.open()?;
+    daemon::limiter_for(&spec, run_dir)?;
     require_driver()?;
     if let Some(id) = spec.id {
         if control::device_ids().contains(&id) {

@@ -118,6 +118,9 @@ struct AddArgs {
     direct_io: DirectIoArg,
     #[command(flatten)]
     qos: QosArgs,
+    /// Also draw from this QoS group's shared budget (see `set-qos --group`).
+    #[arg(long, value_name = "NAME")]
+    qos_group: Option<String>,
     /// Serve in the foreground instead of in a background process.
     #[arg(long)]
     foreground: bool,
@@ -155,10 +158,15 @@ struct QosArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "group"])))]
 struct SetQosArgs {
     /// The device id (N in /dev/ublkbN).
     #[arg(long, short = 'n', value_name = "ID")]
-    id: u32,
+    id: Option<u32>,
+    /// A QoS group instead of a device: created if missing, else its shared limits change for
+    /// every member at once.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
     /// Remove every limit.
     #[arg(long, conflicts_with = "qos_json")]
     unlimited: bool,

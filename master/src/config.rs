@@ -1,0 +1,135 @@
+//! The master's settings, and stout's duration syntax (`1secs`, `500ms`, `2mins`) that Mesos
+//! flags use.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The Mesos version the master speaks, reported by `/version`, GET_VERSION and
+/// `MasterInfo.version`. Clients parse it as dotted integers (pymesos crashes on anything else).
+pub const MESOS_VERSION: &str = "1.11.0";
+
+/// How often a subscribed framework gets HEARTBEAT, as Mesos's `DEFAULT_HEARTBEAT_INTERVAL`.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How many removed frameworks the master remembers (`--max_completed_frameworks`).
+pub const DEFAULT_MAX_COMPLETED_FRAMEWORKS: usize = 50;
+
+/// Events buffered for one subscriber before it counts as too slow and is disconnected.
+pub const DEFAULT_EVENT_QUEUE_MAX: usize = 4096;
+
+// A heartbeat interval of zero would spin; the flag parser and `Config::validate` refuse it.
+const _: () = assert!(DEFAULT_HEARTBEAT_INTERVAL.as_millis() > 0);
+const _: () = assert!(DEFAULT_EVENT_QUEUE_MAX > 0);
+
+/// Everything the master needs to know at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Hostname advertised in `MasterInfo` and used by `/master/redirect`.
+    pub hostname: String,
+    /// IPv4 address advertised in `MasterInfo`.
+    pub advertise_ip: Ipv4Addr,
+    /// Port advertised in `MasterInfo`.
+    pub advertise_port: u16,
+    /// Interval between HEARTBEAT events on framework streams.
+    pub heartbeat_interval: Duration,
+    /// Removed frameworks remembered (their ids get "Framework has been removed").
+    pub max_completed_frameworks: usize,
+    /// Events buffered per subscriber.
+    pub event_queue_max: usize,
+    /// Whether frameworks may run as `root` (Mesos's `--root_submissions`).
+    pub root_submissions: bool,
+    /// Batch allocation interval (used by the allocator, next milestone).
+    pub allocation_interval: Duration,
+    /// Where the registry lives (next milestone).
+    pub work_dir: Option<PathBuf>,
+    /// The flags as given, reported by GET_FLAGS.
+    pub flags: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Settings for a master advertising `hostname`, `ip`:`port`, everything else at Mesos's
+    /// defaults.
+    pub fn new(hostname: impl Into<String>, ip: Ipv4Addr, port: u16) -> Self {
+        Config {
+            hostname: hostname.into(),
+            advertise_ip: ip,
+            advertise_port: port,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            max_completed_frameworks: DEFAULT_MAX_COMPLETED_FRAMEWORKS,
+            event_queue_max: DEFAULT_EVENT_QUEUE_MAX,
+            root_submissions: true,
+            allocation_interval: Duration::from_secs(1),
+            work_dir: None,
+            flags: Vec::new(),
+        }
+    }
+
+    /// Checks the settings that would make the master misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval.is_zero() {
+            return Err("the heartbeat interval must be positive".into());
+        }
+        if self.event_queue_max == 0 {
+            return Err("the event queue bound must be positive".into());
+        }
+        if self.allocation_interval.is_zero() {
+            return Err("--allocation_interval must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses a stout duration: a decimal number followed by `ns`, `us`, `ms`, `secs`, `mins`, `hrs`,
+/// `days` or `weeks` (`1secs`, `0.5secs`, `100ms`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| {
+            format!("invalid duration '{text}': missing unit (ns|us|ms|secs|mins|hrs|days|weeks)")
+        })?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration '{text}': bad number '{number}'"))?;
+    let unit_secs = match unit {
+        "ns" => 1e-9,
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "secs" => 1.0,
+        "mins" => 60.0,
+        "hrs" => 3600.0,
+        "days" => 86_400.0,
+        "weeks" => 604_800.0,
+        _ => return Err(format!("invalid duration '{text}': unknown unit '{unit}'")),
+    };
+    Duration::try_from_secs_f64(value * unit_secs)
+        .map_err(|e| format!("invalid duration '{text}': {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stout_durations_parse() {
+        assert_eq!(parse_duration("1secs"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0.5secs"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2mins"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1weeks"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5s").is_err());
+        assert!(parse_duration("secs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn zero_intervals_are_refused() {
+        let mut config = Config::new("h", Ipv4Addr::LOCALHOST, 5050);
+        assert!(config.validate().is_ok());
+        config.heartbeat_interval = Duration::ZERO;
+        assert!(config.validate().is_err());
+    }
+}
