@@ -5,27 +5,7 @@
 #[path = "kernel/mod.rs"]
 mod kernel;
 
-use std::process::Command;
-
-use kernel::{run, Device, TARGET_BIN};
-
-fn refused(args: &[&str], needle: &str) {
-    let out = Command::new(TARGET_BIN)
-        .args(args)
-        .output()
-        .expect("run mesoblk-target");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(
-        stderr.contains(needle),
-        "{args:?}: expected {needle:?} in {stderr:?}"
-    );
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "{args:?}: not one line: {stderr:?}"
-    );
-}
+use kernel::{refused, run, Device, TARGET_BIN};
 
 #[test]
 fn a_chosen_id_is_used_and_cannot_be_taken_twice() {

@@ -5,7 +5,7 @@
 #[path = "kernel/mod.rs"]
 mod kernel;
 
-use kernel::{run, Device, TARGET_BIN};
+use kernel::{crash_and_recover, refused, run, Device, TARGET_BIN};
 
 /// Measured IOPS of 4k random reads at depth 32, after a ramp that drains the initial burst.
 fn measured_iops(device: &str, seconds: u32) -> f64 {
@@ -134,32 +134,7 @@ fn limits_survive_recovery() {
         ],
     );
 
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join(format!("{id}.json"))).unwrap())
-            .unwrap();
-    run("kill", &["-9", &record["pid"].to_string()]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let out = std::process::Command::new(TARGET_BIN)
-            .args([
-                "--run-dir",
-                run_dir.to_str().unwrap(),
-                "recover",
-                "--id",
-                &id,
-            ])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "recover kept failing: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    crash_and_recover(&run_dir, device.id());
     assert_eq!(
         listed_qos(&run_dir, device.id())["total_ops"]["ops_per_sec"],
         800
@@ -178,22 +153,13 @@ fn bad_qos_requests_are_refused_with_one_line() {
         &["--backend", "ram", "--size", "16M", "--iops-total", "1000"],
     );
     let id = device.id().to_string();
-    for args in [&["--iops-total", "0"][..], &[][..]] {
-        let out = std::process::Command::new(TARGET_BIN)
-            .args([
-                "--run-dir",
-                run_dir.to_str().unwrap(),
-                "set-qos",
-                "--id",
-                &id,
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} accepted");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    }
+    let run_dir_arg = run_dir.to_str().unwrap();
+    let set_qos = ["--run-dir", run_dir_arg, "set-qos", "--id", &id];
+    refused(
+        &[&set_qos[..], &["--iops-total", "0"]].concat(),
+        "out of range",
+    );
+    refused(&set_qos, "at least one limit");
     assert_eq!(
         listed_qos(&run_dir, device.id())["total_ops"]["ops_per_sec"],
         1000,
@@ -267,20 +233,17 @@ fn devices_in_a_group_share_its_budget() {
 fn joining_a_group_that_does_not_exist_is_refused() {
     kernel::require_ublk();
     let work = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(TARGET_BIN)
-        .args([
-            "--run-dir",
-            work.path().join("run").to_str().unwrap(),
-            "add",
-            "--backend",
-            "ram",
-        ])
-        .args(["--size", "16M", "--qos-group", "nobody"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "joined a missing group");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let run_dir = work.path().join("run");
+    let add = [
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "add",
+        "--backend",
+        "ram",
+        "--size",
+        "16M",
+    ];
+    refused(&[&add[..], &["--qos-group", "nobody"]].concat(), "nobody");
     assert!(
         run(TARGET_BIN, &["list", "--json"])
             .stdout

@@ -8,25 +8,7 @@ mod kernel;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kernel::{pattern, run, Device, Mount, TARGET_BIN};
-
-fn server_pid(run_dir: &std::path::Path, id: u32) -> u32 {
-    let record: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(run_dir.join(format!("{id}.json"))).expect("device record"),
-    )
-    .expect("record json");
-    record["pid"].as_u64().expect("pid in record") as u32
-}
-
-fn device_state(id: u32) -> String {
-    let out = run(TARGET_BIN, &["list", "--json"]);
-    let devices: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list json");
-    devices
-        .as_array()
-        .and_then(|all| all.iter().find(|d| d["id"] == id))
-        .map(|d| d["state"].as_str().unwrap_or("?").to_owned())
-        .unwrap_or_else(|| "absent".to_owned())
-}
+use kernel::{crash_and_recover, device_state, pattern, refused, run, Device, Mount};
 
 #[test]
 fn killed_server_is_recovered_under_a_mounted_file_system_and_running_fio() {
@@ -81,36 +63,7 @@ fn killed_server_is_recovered_under_a_mounted_file_system_and_running_fio() {
         "fio finished before the crash; make the job longer"
     );
 
-    let old_pid = server_pid(&run_dir, device.id());
-    run("kill", &["-9", &old_pid.to_string()]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while device_state(device.id()) != "quiesced" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "device never quiesced: {}",
-            device_state(device.id())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    let out = run(
-        TARGET_BIN,
-        &[
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-            "recover",
-            "--id",
-            &device.id().to_string(),
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        stdout.trim(),
-        format!("{}\t{}", device.id(), device.path()),
-        "recover reported another device"
-    );
-    assert_eq!(device_state(device.id()), "live");
-    assert_ne!(server_pid(&run_dir, device.id()), old_pid, "no new server");
+    crash_and_recover(&run_dir, device.id());
 
     let fio_out = fio.wait_with_output().expect("wait for fio");
     assert!(
@@ -149,20 +102,18 @@ fn recover_refuses_a_live_device_with_one_line() {
         work.path(),
         &["--backend", "file", "--path", backing.to_str().unwrap()],
     );
-    let out = Command::new(TARGET_BIN)
-        .args([
+    let run_dir = work.path().join("run");
+    let id = device.id().to_string();
+    refused(
+        &[
             "--run-dir",
-            work.path().join("run").to_str().unwrap(),
+            run_dir.to_str().unwrap(),
             "recover",
             "--id",
-            &device.id().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not quiesced"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            &id,
+        ],
+        "not quiesced",
+    );
     assert_eq!(
         device_state(device.id()),
         "live",

@@ -92,7 +92,7 @@ pub enum ShmError {
     #[error("invalid QoS group limits")]
     InvalidLimits(#[source] QosError),
     /// Joining, without limits, a group that nobody created.
-    #[error("QoS group {name:?} does not exist ({path}): give its limits to create it")]
+    #[error("QoS group {name:?} does not exist ({path}); create it with `mesoblk-target set-qos --group {name} <limits>`")]
     NoSuchGroup {
         /// The group.
         name: String,

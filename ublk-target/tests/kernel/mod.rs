@@ -43,6 +43,87 @@ pub fn run(program: &str, args: &[&str]) -> Output {
     output
 }
 
+/// Runs `mesoblk-target` with `args`, successful or not.
+pub fn target(args: &[&str]) -> Output {
+    Command::new(TARGET_BIN)
+        .args(args)
+        .output()
+        .expect("run mesoblk-target")
+}
+
+/// Runs `mesoblk-target` with `args`, asserts that it fails with exactly one line on stderr
+/// mentioning `needle`, and returns that line.
+pub fn refused(args: &[&str], needle: &str) -> String {
+    let out = target(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected {needle:?} in {stderr:?}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?}: not one line: {stderr:?}"
+    );
+    stderr
+}
+
+/// The pid of device `id`'s server, from its record.
+pub fn server_pid(run_dir: &Path, id: u32) -> u32 {
+    let text = std::fs::read_to_string(run_dir.join(format!("{id}.json"))).expect("device record");
+    let record: serde_json::Value = serde_json::from_str(&text).expect("record json");
+    u32::try_from(record["pid"].as_u64().expect("pid in record")).expect("pid fits u32")
+}
+
+/// The kernel's state of device `id` as `list --json` reports it, or "absent".
+pub fn device_state(id: u32) -> String {
+    let devices: serde_json::Value =
+        serde_json::from_slice(&run(TARGET_BIN, &["list", "--json"]).stdout).expect("list json");
+    devices
+        .as_array()
+        .and_then(|all| all.iter().find(|d| d["id"] == id))
+        .map_or_else(
+            || "absent".to_owned(),
+            |d| d["state"].as_str().unwrap_or("?").to_owned(),
+        )
+}
+
+/// `kill -9`s device `id`'s server, waits until the kernel has quiesced the device, runs
+/// `recover`, and returns the old server's pid.
+pub fn crash_and_recover(run_dir: &Path, id: u32) -> u32 {
+    let old_pid = server_pid(run_dir, id);
+    run("kill", &["-9", &old_pid.to_string()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while device_state(id) != "quiesced" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "device never quiesced: {}",
+            device_state(id)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = run(
+        TARGET_BIN,
+        &[
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "recover",
+            "--id",
+            &id.to_string(),
+        ],
+    );
+    let reported = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        reported,
+        format!("{id}\t/dev/ublkb{id}"),
+        "recover reported another device"
+    );
+    assert_eq!(device_state(id), "live");
+    assert_ne!(server_pid(run_dir, id), old_pid, "no new server");
+    old_pid
+}
+
 /// `len` bytes of a deterministic pseudo-random pattern (xorshift), different per `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
