@@ -45,6 +45,29 @@ const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 pub trait Submitter {
     /// Runs one SQE to completion and returns its result.
     async fn submit(&self, sqe: squeue::Entry) -> i32;
+
+    /// The fixed-file slot at which the backing store is registered on this ring, if any:
+    /// a registered file saves a file-table lookup and reference count per operation.
+    fn backing_slot(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Builds an SQE against the backing store, as a registered file when the ring has one.
+/// (io-uring's fd types share only a sealed trait, so each arm instantiates the builder.)
+macro_rules! on_store {
+    ($backend:expr, |$fd:ident| $build:expr) => {
+        match $backend.ring.backing_slot() {
+            Some(slot) => {
+                let $fd = types::Fixed(slot);
+                $build
+            }
+            None => {
+                let $fd = types::Fd($backend.store.file.as_raw_fd());
+                $build
+            }
+        }
+    };
 }
 
 /// Whether to open the backing store with `O_DIRECT`.
@@ -199,6 +222,11 @@ impl FileStore {
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// The open descriptor, for registering it with a ring as a fixed file.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
 }
 
 fn open_with_policy(path: &Path, policy: DirectIo) -> std::io::Result<(File, bool)> {
@@ -251,10 +279,6 @@ impl<S: Submitter> FileBackend<S> {
     /// Serves `store` through `ring`.
     pub fn new(store: Arc<FileStore>, ring: S) -> Self {
         FileBackend { store, ring }
-    }
-
-    fn fd(&self) -> types::Fd {
-        types::Fd(self.store.file.as_raw_fd())
     }
 
     /// Submits `make_sqe(done)` until `total` bytes have been transferred.
@@ -318,10 +342,10 @@ impl<S: Submitter> FileBackend<S> {
 
     async fn fallocate(&self, op: Op, offset: u64, len: u64, mode: i32) -> Result<(), IoError> {
         self.run(op, offset, len, || {
-            opcode::Fallocate::new(self.fd(), len)
+            on_store!(self, |fd| opcode::Fallocate::new(fd, len)
                 .offset(offset)
                 .mode(mode)
-                .build()
+                .build())
         })
         .await
     }
@@ -384,9 +408,10 @@ impl<S: Submitter> Backend for FileBackend<S> {
             // `done < total`, so the pointer stays inside `buf`, which this future borrows
             // until the transfer completes.
             let ptr = base.wrapping_add(done);
-            opcode::Read::new(self.fd(), ptr, (total - done) as u32)
+            let len = (total - done) as u32;
+            on_store!(self, |fd| opcode::Read::new(fd, ptr, len)
                 .offset(offset + done as u64)
-                .build()
+                .build())
         })
         .await
     }
@@ -397,19 +422,20 @@ impl<S: Submitter> Backend for FileBackend<S> {
         let rw_flags = if fua { libc::RWF_DSYNC } else { 0 };
         self.transfer(Op::Write, offset, total, |done| {
             let ptr = base.wrapping_add(done);
-            opcode::Write::new(self.fd(), ptr, (total - done) as u32)
+            let len = (total - done) as u32;
+            on_store!(self, |fd| opcode::Write::new(fd, ptr, len)
                 .offset(offset + done as u64)
                 .rw_flags(rw_flags)
-                .build()
+                .build())
         })
         .await
     }
 
     async fn flush(&self) -> Result<(), IoError> {
         self.run(Op::Flush, 0, 0, || {
-            opcode::Fsync::new(self.fd())
+            on_store!(self, |fd| opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
-                .build()
+                .build())
         })
         .await
     }

@@ -96,6 +96,14 @@ impl SharedStore {
         }
     }
 
+    /// The backing store's descriptor, for stores that have one.
+    pub fn backing_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            SharedStore::File(store) => Some(store.raw_fd()),
+            SharedStore::Ram(_) | SharedStore::Null(_) => None,
+        }
+    }
+
     /// Device size in bytes.
     pub fn size(&self) -> u64 {
         match self {

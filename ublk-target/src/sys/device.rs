@@ -90,9 +90,19 @@ pub enum DeviceError {
 /// Submits a backend's SQEs on the current queue thread's ublk ring (libublk keeps that ring in
 /// a thread-local), so backend I/O and ublk commands complete on one ring.
 #[derive(Clone, Copy, Debug)]
-pub struct QueueRing;
+pub struct QueueRing {
+    /// Whether the backing store is registered at [`BACKING_SLOT`].
+    backing_registered: bool,
+}
+
+/// libublk registers `tgt.fds` as the queue ring's fixed files; slot 0 is `/dev/ublkcN`.
+const BACKING_SLOT: u32 = 1;
 
 impl Submitter for QueueRing {
+    fn backing_slot(&self) -> Option<u32> {
+        self.backing_registered.then_some(BACKING_SLOT)
+    }
+
     async fn submit(&self, sqe: squeue::Entry) -> i32 {
         // libublk resolves this future only when the operation's CQE is reaped, which is the
         // contract `Submitter` asks for; the engine keeps the request buffer borrowed until then.
@@ -141,9 +151,23 @@ pub fn serve(
             source,
         })?;
     let params = device_params(&geometry, caps.volatile_cache);
+    let backing_fd = store.backing_fd();
     let init = move |dev: &mut UblkDev| {
         dev.tgt.dev_size = geometry.size;
         dev.tgt.params = params;
+        if let Some(fd) = backing_fd {
+            // libublk registers fds[0..nr_fds] with each queue ring; fds[0] is the char device.
+            let slot = dev.tgt.nr_fds;
+            if u32::try_from(slot).ok() != Some(BACKING_SLOT) {
+                tracing::error!(
+                    slot,
+                    "libublk's fixed-file table is not laid out as expected"
+                );
+                return Err(UblkError::OtherError(-libc::EINVAL));
+            }
+            dev.tgt.fds[BACKING_SLOT as usize] = fd;
+            dev.tgt.nr_fds = slot + 1;
+        }
         Ok(())
     };
     let queue = move |qid: u16, dev: &UblkDev| {
@@ -242,7 +266,9 @@ fn serve_queue(
         }
     };
     let context = Rc::new(TagContext {
-        backend: store.for_queue(QueueRing),
+        backend: store.for_queue(QueueRing {
+            backing_registered: store.backing_fd().is_some(),
+        }),
         limiter: Arc::clone(shared.limiter),
         stats: Arc::clone(shared.stats),
         geometry,
@@ -283,9 +309,10 @@ struct QueueShared<'a> {
 async fn sleep_on_ring(delay: Duration) {
     let timespec = types::Timespec::from(delay);
     // `timespec` lives in this future's frame, which stays pinned until the timeout completes.
-    let result = QueueRing
-        .submit(opcode::Timeout::new(&timespec).build())
-        .await;
+    let ring = QueueRing {
+        backing_registered: false,
+    };
+    let result = ring.submit(opcode::Timeout::new(&timespec).build()).await;
     debug_assert!(
         result == -libc::ETIME || result >= 0,
         "timeout failed: {result}"
