@@ -8,8 +8,10 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "proto/mesos/v1/mesos.proto",
     "proto/mesos/v1/scheduler/scheduler.proto",
+    "proto/mesos/v1/executor/executor.proto",
     "proto/mesos/v1/quota/quota.proto",
     "proto/mesos/v1/master/master.proto",
+    "proto/mesoblk/agent/v1/agent.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

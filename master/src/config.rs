@@ -3,7 +3,11 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth::AuthConfig;
+use crate::registry::{InMemoryRegistry, Registry};
 
 /// The Mesos version the master speaks, reported by `/version`, GET_VERSION and
 /// `MasterInfo.version`. Clients parse it as dotted integers (pymesos crashes on anything else).
@@ -17,6 +21,22 @@ pub const DEFAULT_MAX_COMPLETED_FRAMEWORKS: usize = 50;
 
 /// Events buffered for one subscriber before it counts as too slow and is disconnected.
 pub const DEFAULT_EVENT_QUEUE_MAX: usize = 4096;
+
+/// Mesos's `--agent_ping_timeout` default: how often the master pings an agent.
+pub const DEFAULT_AGENT_PING_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Mesos's `--max_agent_ping_timeouts` default: missed pings before an agent is unreachable.
+pub const DEFAULT_MAX_AGENT_PING_TIMEOUTS: u32 = 5;
+
+/// First retry of an unacknowledged status update to its scheduler (Mesos's agent uses 10 s,
+/// doubling up to 10 minutes).
+pub const DEFAULT_STATUS_UPDATE_RETRY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Longest interval between retries of one status update.
+pub const STATUS_UPDATE_RETRY_INTERVAL_MAX: Duration = Duration::from_secs(600);
+
+/// Terminal tasks remembered per framework (`--max_completed_tasks_per_framework`).
+pub const DEFAULT_MAX_COMPLETED_TASKS_PER_FRAMEWORK: usize = 1000;
 
 // A heartbeat interval of zero would spin; the flag parser and `Config::validate` refuse it.
 const _: () = assert!(DEFAULT_HEARTBEAT_INTERVAL.as_millis() > 0);
@@ -39,12 +59,30 @@ pub struct Config {
     pub event_queue_max: usize,
     /// Whether frameworks may run as `root` (Mesos's `--root_submissions`).
     pub root_submissions: bool,
-    /// Batch allocation interval (used by the allocator, next milestone).
+    /// Batch allocation interval.
     pub allocation_interval: Duration,
-    /// Where the registry lives (next milestone).
+    /// The master's work directory (`--work_dir`); the embedded registry lives in its
+    /// `registry/` subdirectory.
     pub work_dir: Option<PathBuf>,
     /// The flags as given, reported by GET_FLAGS.
     pub flags: Vec<(String, String)>,
+    /// How often agents are pinged (`--agent_ping_timeout`).
+    pub agent_ping_timeout: Duration,
+    /// Missed pings (or that many ping intervals without a stream) before an agent is removed
+    /// as unreachable (`--max_agent_ping_timeouts`).
+    pub max_agent_ping_timeouts: u32,
+    /// Offers older than this are rescinded (`--offer_timeout`; off by default).
+    pub offer_timeout: Option<Duration>,
+    /// First retry of an unacknowledged status update; doubles up to
+    /// [`STATUS_UPDATE_RETRY_INTERVAL_MAX`].
+    pub status_update_retry_interval: Duration,
+    /// Terminal tasks remembered per framework.
+    pub max_completed_tasks_per_framework: usize,
+    /// Where the master's persistent state goes (`--registry`, `--work_dir`); in memory unless
+    /// the binary opens an embedded registry.
+    pub registry: Arc<dyn Registry>,
+    /// What requests must authenticate (`--credentials`, `--authenticate_*`).
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -62,7 +100,21 @@ impl Config {
             allocation_interval: Duration::from_secs(1),
             work_dir: None,
             flags: Vec::new(),
+            agent_ping_timeout: DEFAULT_AGENT_PING_TIMEOUT,
+            max_agent_ping_timeouts: DEFAULT_MAX_AGENT_PING_TIMEOUTS,
+            offer_timeout: None,
+            status_update_retry_interval: DEFAULT_STATUS_UPDATE_RETRY_INTERVAL,
+            max_completed_tasks_per_framework: DEFAULT_MAX_COMPLETED_TASKS_PER_FRAMEWORK,
+            registry: Arc::new(InMemoryRegistry::new()),
+            auth: AuthConfig::default(),
         }
+    }
+
+    /// How long an agent may go without answering a ping (or without a stream) before it is
+    /// removed: `agent_ping_timeout × max_agent_ping_timeouts`.
+    pub fn agent_removal_timeout(&self) -> Duration {
+        self.agent_ping_timeout
+            .saturating_mul(self.max_agent_ping_timeouts.max(1))
     }
 
     /// Checks the settings that would make the master misbehave.
@@ -76,6 +128,19 @@ impl Config {
         if self.allocation_interval.is_zero() {
             return Err("--allocation_interval must be positive".into());
         }
+        if self.agent_ping_timeout.is_zero() {
+            return Err("--agent_ping_timeout must be positive".into());
+        }
+        if self.max_agent_ping_timeouts == 0 {
+            return Err("--max_agent_ping_timeouts must be positive".into());
+        }
+        if self.offer_timeout.is_some_and(|t| t.is_zero()) {
+            return Err("--offer_timeout must be positive".into());
+        }
+        if self.status_update_retry_interval.is_zero() {
+            return Err("--status_update_retry_interval must be positive".into());
+        }
+        self.auth.validate()?;
         Ok(())
     }
 }

@@ -6,18 +6,28 @@
 //!
 //! Layout:
 //! - [`config`]: the master's settings (from Mesos-named flags in the binary);
-//! - [`state`]: the [`state::Master`] books (frameworks today; agents, offers and tasks next),
-//!   synchronous and free of I/O, behind a [`state::MasterHandle`];
+//! - [`registry`]: what survives a restart (agents, frameworks, weights, quotas, volumes,
+//!   disks), behind the [`registry::Registry`] trait, with an embedded crash-safe log in
+//!   `--work_dir`;
+//! - [`auth`]: HTTP Basic principals for frameworks and operators, the agents' shared secret;
+//! - [`state`]: the [`state::Master`] books (frameworks, agents, the allocator and its offers,
+//!   tasks, operations), synchronous and free of I/O, behind a [`state::MasterHandle`] whose
+//!   driver ticks the timers;
+//! - [`flags`]: the agent, offer and task flags the binary adds to its command line;
 //! - [`stream`]: the RecordIO event stream each subscribed framework reads, with heartbeats;
-//! - [`http`]: the axum [`http::router`] with `/api/v1/scheduler`, `/api/v1` and the plain
-//!   endpoints, status codes and messages as Mesos gives them ([`error::ApiError`]).
+//! - [`http`]: the axum [`http::router`] with `/api/v1/scheduler`, `/api/v1`, the agent protocol
+//!   (`/agent/v1/...`), `/master/state`, metrics and the plain endpoints, status codes and
+//!   messages as Mesos gives them ([`error::ApiError`]).
 
 #![forbid(unsafe_code)]
 
 pub mod allocator;
+pub mod auth;
 pub mod config;
 pub mod error;
+pub mod flags;
 pub mod http;
+pub mod registry;
 pub mod state;
 pub mod stream;
 

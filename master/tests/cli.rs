@@ -25,6 +25,11 @@ fn help_lists_mesos_flag_names() {
         "--work_dir",
         "--allocation_interval",
         "--advertise_ip",
+        "--agent_ping_timeout",
+        "--max_agent_ping_timeouts",
+        "--offer_timeout",
+        "--status_update_retry_interval",
+        "--max_completed_tasks_per_framework",
     ] {
         assert!(stdout.contains(flag), "{flag} in:\n{stdout}");
     }
@@ -39,6 +44,9 @@ fn bad_flags_are_one_line_errors() {
         &["--allocation_interval", "5"],
         &["--heartbeat_interval", "0secs"],
         &["--ip", "999.1.1.1"],
+        &["--agent_ping_timeout", "5"],
+        &["--max_agent_ping_timeouts", "0"],
+        &["--offer_timeout", "0secs"],
     ] {
         let (code, stdout, stderr) = run(args);
         assert_ne!(code, 0, "{args:?}");

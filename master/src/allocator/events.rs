@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use super::conversions::unconverted;
 use super::resources::ResourceSet;
 use super::state::{validate_role, AgentState, FrameworkState, OfferFilter};
 use super::{
@@ -400,11 +401,13 @@ impl Allocator {
         }
         self.track_usage(&o.framework, &o.role, &accept.used);
         let returned = plan.returned;
+        // As Mesos: what the conversions produced is not implicitly declined.
+        let refused = unconverted(&returned, &accept.conversions);
         self.install_filter(
             &o.framework,
             &o.role,
             &o.agent,
-            returned.clone(),
+            refused,
             accept.refuse_seconds,
             now,
         );

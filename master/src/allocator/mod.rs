@@ -63,6 +63,7 @@
 //! or deactivating an agent or framework returns the affected offers to the caller instead of
 //! waiting for the master to recover them.
 
+mod conversions;
 mod cycle;
 mod error;
 mod events;

@@ -7,9 +7,15 @@
 //! | `GET /version` | `{"version":"1.11.0","build_date",...}` |
 //! | `GET /health`, `/master/health` | 200, empty |
 //! | `/master/redirect` | 307 to `//<hostname>:<port>` (this master is always the leader) |
+//! | `GET /master/state`, `/master/state.json` | Mesos's "model" JSON, `?jsonp=` ([`model`]) |
+//! | `GET /metrics/snapshot`, `/metrics` | Mesos metric names; Prometheus text ([`metrics`]) |
+//! | `POST /agent/v1/...` | the agent protocol ([`agent`]) |
 //!
 //! Request bodies are limited to [`BODY_BYTES_MAX`].
 
+pub mod agent;
+pub mod metrics;
+pub mod model;
 pub mod operator;
 pub mod scheduler;
 
@@ -42,7 +48,17 @@ pub fn router(master: MasterHandle) -> Router {
             "/master/redirect/{*rest}",
             any(|| async { StatusCode::NOT_FOUND }),
         )
+        .route("/master/state", get(model::state_handler))
+        .route("/master/state.json", get(model::state_handler))
+        .route("/metrics/snapshot", get(metrics::snapshot_handler))
+        .route("/metrics", get(metrics::prometheus_handler))
+        .merge(agent::routes())
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        // Outermost: authentication runs before anything else looks at the request (`crate::auth`).
+        .layer(axum::middleware::from_fn_with_state(
+            crate::auth::AuthState::new(&master),
+            crate::auth::authenticate,
+        ))
         .with_state(master)
 }
 

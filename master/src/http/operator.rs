@@ -4,11 +4,9 @@
 //!
 //! Implemented: GET_HEALTH, GET_FLAGS, GET_VERSION, GET_METRICS, GET_STATE, GET_AGENTS,
 //! GET_FRAMEWORKS, GET_EXECUTORS, GET_OPERATIONS, GET_TASKS, GET_ROLES, GET_WEIGHTS,
-//! UPDATE_WEIGHTS, GET_MASTER, GET_QUOTA, UPDATE_QUOTA, TEARDOWN. Agents, tasks and operations are
-//! empty until agents can register; weights and quotas are kept in memory until the registry
-//! lands. The other calls (SUBSCRIBE, maintenance, volumes, files, logging) answer 501.
-
-use std::time::SystemTime;
+//! UPDATE_WEIGHTS, GET_MASTER, GET_QUOTA, UPDATE_QUOTA, TEARDOWN, over the real agents, tasks,
+//! executors and operations. The other calls (SUBSCRIBE, maintenance, volumes, files, logging)
+//! answer 501.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -17,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use mesoblk_proto::codec::ContentType;
 use mesoblk_proto::mesos::v1::master::{call, response, Call, Response as MasterResponse};
 use mesoblk_proto::mesos::v1::quota::QuotaStatus;
-use mesoblk_proto::mesos::v1::{Flag, FrameworkId, Metric, Role, WeightInfo};
+use mesoblk_proto::mesos::v1::{AgentId, Flag, FrameworkId, Metric, Role, WeightInfo};
 
 use super::{decode_call, request_content_type, response_content_type, version_info};
+use crate::allocator::{AgentId as AllocAgentId, ResourceSet};
 use crate::error::ApiError;
-use crate::state::{epoch_secs, time_info, validation, Master, MasterHandle};
+use crate::state::{convert, epoch_secs, time_info, validation, Master, MasterHandle};
 
 /// Axum handler.
 pub async fn handle(
@@ -115,7 +114,7 @@ fn answer(
             ..typed(R::GetState)
         },
         T::GetAgents => MasterResponse {
-            get_agents: Some(response::GetAgents::default()),
+            get_agents: Some(get_agents(m)),
             ..typed(R::GetAgents)
         },
         T::GetFrameworks => MasterResponse {
@@ -123,15 +122,21 @@ fn answer(
             ..typed(R::GetFrameworks)
         },
         T::GetExecutors => MasterResponse {
-            get_executors: Some(response::GetExecutors::default()),
+            get_executors: Some(get_executors(m)),
             ..typed(R::GetExecutors)
         },
         T::GetOperations => MasterResponse {
-            get_operations: Some(response::GetOperations::default()),
+            get_operations: Some(response::GetOperations {
+                operations: m
+                    .operations()
+                    .values()
+                    .map(|r| r.operation.clone())
+                    .collect(),
+            }),
             ..typed(R::GetOperations)
         },
         T::GetTasks => MasterResponse {
-            get_tasks: Some(response::GetTasks::default()),
+            get_tasks: Some(get_tasks(m)),
             ..typed(R::GetTasks)
         },
         T::GetRoles => MasterResponse {
@@ -208,20 +213,39 @@ fn answer(
     Ok(reply(accept, &response))
 }
 
-/// GET_FRAMEWORKS: registered frameworks (connected or not) and the removed ones remembered.
+/// GET_FRAMEWORKS: registered frameworks (connected or not) with their offers and resources,
+/// and the removed ones remembered.
 pub fn get_frameworks(m: &Master) -> response::GetFrameworks {
     let frameworks = m
         .frameworks()
-        .values()
-        .map(|f| response::get_frameworks::Framework {
-            framework_info: f.info.clone(),
-            active: f.active,
-            connected: f.connection.is_some(),
-            recovered: false,
-            registered_time: Some(time_info(f.registered_time)),
-            reregistered_time: f.reregistered_time.map(time_info),
-            offer_constraints: f.offer_constraints.clone(),
-            ..Default::default()
+        .iter()
+        .map(|(id, f)| {
+            let offers: Vec<_> = m
+                .allocator()
+                .offers()
+                .filter(|o| o.framework.0 == *id)
+                .filter_map(|o| m.offer_proto(o))
+                .collect();
+            let offered_resources = offers.iter().flat_map(|o| o.resources.clone()).collect();
+            let allocated_resources = m
+                .tasks()
+                .range((id.clone(), String::new())..)
+                .take_while(|(k, _)| k.0 == *id)
+                .flat_map(|(_, r)| r.task.resources.clone())
+                .collect();
+            response::get_frameworks::Framework {
+                framework_info: f.info.clone(),
+                active: f.active,
+                connected: f.connection.is_some(),
+                recovered: f.recovered,
+                registered_time: Some(time_info(f.registered_time)),
+                reregistered_time: f.reregistered_time.map(time_info),
+                offer_constraints: f.offer_constraints.clone(),
+                offers,
+                offered_resources,
+                allocated_resources,
+                ..Default::default()
+            }
         })
         .collect();
     let completed_frameworks = m
@@ -247,10 +271,119 @@ pub fn get_frameworks(m: &Master) -> response::GetFrameworks {
 /// GET_STATE: tasks, executors, frameworks and agents in one answer.
 pub fn get_state(m: &Master) -> response::GetState {
     response::GetState {
-        get_tasks: Some(response::GetTasks::default()),
-        get_executors: Some(response::GetExecutors::default()),
+        get_tasks: Some(get_tasks(m)),
+        get_executors: Some(get_executors(m)),
         get_frameworks: Some(get_frameworks(m)),
-        get_agents: Some(response::GetAgents::default()),
+        get_agents: Some(get_agents(m)),
+    }
+}
+
+/// GET_AGENTS: every registered agent with its total, allocated and offered resources.
+pub fn get_agents(m: &Master) -> response::GetAgents {
+    let allocator = m.allocator();
+    let agents = m
+        .agents()
+        .iter()
+        .map(|(id, agent)| {
+            let alloc_id = AllocAgentId(id.clone());
+            let total = allocator
+                .agent_total(&alloc_id)
+                .cloned()
+                .unwrap_or_default();
+            let available = allocator
+                .agent_available(&alloc_id)
+                .cloned()
+                .unwrap_or_default();
+            let mut offered = ResourceSet::new();
+            for offer in allocator.offers().filter(|o| o.agent.0 == *id) {
+                let _ = offered.add(&offer.resources);
+            }
+            let allocated = total
+                .checked_sub(&available)
+                .and_then(|s| s.checked_sub(&offered))
+                .unwrap_or_default();
+            let mut info = agent.info.clone();
+            info.resources = convert::to_protos(&total);
+            let providers = agent
+                .resource_providers
+                .iter()
+                .map(|p| response::get_agents::agent::ResourceProvider {
+                    resource_provider_info: p.clone(),
+                    total_resources: info
+                        .resources
+                        .iter()
+                        .filter(|r| r.provider_id.is_some() && r.provider_id == p.id)
+                        .cloned()
+                        .collect(),
+                })
+                .collect();
+            response::get_agents::Agent {
+                agent_info: info.clone(),
+                active: agent.connected(),
+                deactivated: Some(false),
+                version: agent.version.clone().unwrap_or_default(),
+                pid: Some(agent.pid()),
+                registered_time: Some(time_info(agent.registered_time)),
+                reregistered_time: agent.reregistered_time.map(time_info),
+                total_resources: info.resources,
+                allocated_resources: convert::to_protos(&allocated),
+                offered_resources: convert::to_protos(&offered),
+                capabilities: agent.capabilities.clone(),
+                resource_providers: providers,
+                drain_info: None,
+                estimated_drain_start_time: None,
+            }
+        })
+        .collect();
+    response::GetAgents {
+        agents,
+        recovered_agents: Vec::new(),
+    }
+}
+
+/// GET_TASKS: live tasks, and every framework's completed ones.
+pub fn get_tasks(m: &Master) -> response::GetTasks {
+    let tasks = m.tasks().values().map(|r| r.task.clone()).collect();
+    let mut completed_tasks: Vec<_> = m
+        .frameworks()
+        .values()
+        .flat_map(|f| f.completed_tasks.iter().cloned())
+        .collect();
+    completed_tasks.extend(
+        m.completed_frameworks()
+            .iter()
+            .flat_map(|f| f.completed_tasks.iter().cloned()),
+    );
+    #[allow(deprecated)]
+    response::GetTasks {
+        pending_tasks: Vec::new(),
+        tasks,
+        unreachable_tasks: Vec::new(),
+        completed_tasks,
+        orphan_tasks: Vec::new(),
+    }
+}
+
+/// GET_EXECUTORS: the executors the master knows on its agents.
+pub fn get_executors(m: &Master) -> response::GetExecutors {
+    let executors = m
+        .agents()
+        .iter()
+        .flat_map(|(id, agent)| {
+            agent.executors.values().flat_map(move |by_id| {
+                by_id
+                    .values()
+                    .map(move |e| response::get_executors::Executor {
+                        executor_info: e.info.clone(),
+                        agent_id: AgentId { value: id.clone() },
+                    })
+            })
+        })
+        .collect();
+    #[allow(deprecated)]
+    response::GetExecutors {
+        executors,
+        orphan_executors: Vec::new(),
     }
 }
 
@@ -280,42 +413,15 @@ fn roles(m: &Master) -> Vec<Role> {
         .collect()
 }
 
-/// The metrics Mesos names that this master can already tell.
+/// GET_METRICS: the `/metrics/snapshot` values.
 fn metrics(m: &Master) -> Vec<Metric> {
-    let connected = m
-        .frameworks()
-        .values()
-        .filter(|f| f.connection.is_some())
-        .count();
-    let active = m.frameworks().values().filter(|f| f.active).count();
-    let uptime = SystemTime::now()
-        .duration_since(m.start_time())
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    #[allow(clippy::cast_precision_loss)] // counts are far below 2^52.
-    let count = |n: usize| Some(n as f64);
-    [
-        ("master/elected", Some(1.0)),
-        ("master/uptime_secs", Some(uptime)),
-        ("master/frameworks_connected", count(connected)),
-        (
-            "master/frameworks_disconnected",
-            count(m.frameworks().len() - connected),
-        ),
-        ("master/frameworks_active", count(active)),
-        (
-            "master/frameworks_inactive",
-            count(m.frameworks().len() - active),
-        ),
-        ("master/slaves_active", Some(0.0)),
-        ("master/tasks_running", Some(0.0)),
-    ]
-    .into_iter()
-    .map(|(name, value)| Metric {
-        name: name.into(),
-        value,
-    })
-    .collect()
+    super::metrics::snapshot(m)
+        .into_iter()
+        .map(|(name, value)| Metric {
+            name,
+            value: Some(value),
+        })
+        .collect()
 }
 
 /// Mesos's `validation::master::call::validate` for the calls that need a body.

@@ -111,7 +111,7 @@ fn dispatch(
             Ok(accepted())
         }
         T::Accept => {
-            m.accept(framework_id, &call.accept.unwrap_or_default());
+            m.accept(framework_id, call.accept.unwrap_or_default());
             Ok(accepted())
         }
         T::Decline => {

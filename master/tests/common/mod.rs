@@ -3,6 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)] // Each test binary uses a different part of the harness.
 
+pub mod agent;
+pub mod framework;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -27,6 +30,18 @@ impl Drop for TestMaster {
     fn drop(&mut self) {
         self.server.abort();
     }
+}
+
+/// Short timers for agent, offer and task tests: 50 ms allocation batches, agents removed after
+/// 4 × 150 ms without a pong, status updates retried after 300 ms.
+pub fn fast_config() -> Config {
+    let mut config = Config::new("test-master.local", Ipv4Addr::LOCALHOST, 5050);
+    config.heartbeat_interval = Duration::from_secs(600);
+    config.allocation_interval = Duration::from_millis(50);
+    config.agent_ping_timeout = Duration::from_millis(150);
+    config.max_agent_ping_timeouts = 4;
+    config.status_update_retry_interval = Duration::from_millis(300);
+    config
 }
 
 /// A master with Mesos's defaults but the given heartbeat interval.
@@ -179,6 +194,44 @@ impl EventStream {
     pub async fn next_event(&mut self) -> Option<Event> {
         let record = self.next_record().await?;
         Some(self.content_type.decode(&record).expect("event decodes"))
+    }
+
+    /// The next event within `limit`, or `None` if none comes (or the stream ends).
+    pub async fn next_event_within(&mut self, limit: Duration) -> Option<Event> {
+        loop {
+            if let Some(record) = self.records.pop_front() {
+                return Some(self.content_type.decode(&record).expect("event decodes"));
+            }
+            let chunk = match tokio::time::timeout(limit, self.response.chunk()).await {
+                Ok(chunk) => chunk.expect("stream reads")?,
+                Err(_) => return None,
+            };
+            self.raw.extend_from_slice(&chunk);
+            self.records
+                .extend(self.decoder.feed(&chunk).expect("valid RecordIO"));
+        }
+    }
+
+    /// Skips events until one of type `kind`.
+    pub async fn next_of(&mut self, kind: event::Type) -> Event {
+        loop {
+            let event = self.next_event().await.expect("the stream is open");
+            if event.r#type() == kind {
+                return event;
+            }
+        }
+    }
+
+    /// An event of type `kind` arriving within `limit`, if any (others are skipped).
+    pub async fn any_of_within(&mut self, kind: event::Type, limit: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next_event_within(left).await?;
+            if event.r#type() == kind {
+                return Some(event);
+            }
+        }
     }
 
     /// The next event that is not a HEARTBEAT.
