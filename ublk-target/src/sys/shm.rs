@@ -551,7 +551,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = open_group(dir.path(), "tenant", GroupJoin::Existing).unwrap_err();
         assert!(matches!(err, ShmError::NoSuchGroup { .. }), "{err}");
-        assert!(err.to_string().contains("give its limits"), "{err}");
+        assert!(err.to_string().contains("set-qos --group tenant"), "{err}");
         // An empty file (a creator that died before sizing it) is not a group either, and is
         // left for a creator.
         let path = group_path(dir.path(), "tenant").unwrap();
