@@ -460,6 +460,13 @@ impl Allocator {
         Ok(())
     }
 
+    /// Makes every later offer id at least `floor`. A master restarted on the same registry keeps
+    /// its UUID, so it starts numbering offers in a fresh range (`incarnation << 32`) instead of
+    /// reusing ids a framework may still hold from before the restart.
+    pub fn start_offer_ids_at(&mut self, floor: u64) {
+        self.next_offer = self.next_offer.max(floor);
+    }
+
     /// Sets a role's weight (UPDATE_WEIGHTS); it applies from the next allocation.
     pub fn set_weight(&mut self, role: &str, weight: f64) -> Result<(), AllocatorError> {
         validate_role(role)?;

@@ -766,3 +766,23 @@ fn update_framework_rescinds_offers_of_roles_it_left() {
     assert!(offers.iter().all(|o| o.role == "r2") && offers.len() == 2);
     a.check_invariants().unwrap();
 }
+
+#[test]
+fn offer_ids_start_at_the_floor_after_a_restart() {
+    let mut a = allocator();
+    a.start_offer_ids_at(3 << 32);
+    add_agents(&mut a, 2, 4.0, 8192.0);
+    a.add_framework(fid("f"), spec(&["r"])).unwrap();
+    let offers = a.allocate(secs(0));
+    assert_eq!(offers.len(), 2);
+    assert!(
+        offers.iter().all(|o| o.id.0 >= 3 << 32),
+        "an offer id from the old range"
+    );
+    // A lower floor never moves the counter back.
+    a.start_offer_ids_at(1);
+    let first_id = offers.iter().map(|o| o.id.0).max().unwrap();
+    a.remove_framework(&fid("f")).unwrap();
+    a.add_framework(fid("g"), spec(&["r"])).unwrap();
+    assert!(a.allocate(secs(10)).iter().all(|o| o.id.0 > first_id));
+}

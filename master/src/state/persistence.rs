@@ -67,6 +67,8 @@ impl Master {
         }
         self.next_framework_id = self.next_framework_id.max(snapshot.next_framework_number());
         self.next_agent_id = self.next_agent_id.max(snapshot.next_agent_number());
+        self.allocator
+            .start_offer_ids_at(snapshot.incarnation.saturating_mul(1 << 32));
         for (role, weight) in &snapshot.weights {
             match self.allocator.set_weight(role, *weight) {
                 Ok(()) => {
