@@ -1,9 +1,16 @@
 //! mesoblk-agent: runs on every machine, reports its cpus, mem, ports and block pools to the
 //! master, runs tasks, and provisions a ublk device per task through `ublk-target`.
 //!
-//! Being built under issue #6. So far: [`storage`] (block pools, profiles, volumes and the ublk
-//! devices attached to tasks).
+//! Being built under issue #6. So far:
+//! - [`storage`]: block pools, profiles, volumes and the ublk devices attached to tasks;
+//! - [`executor`]: the command executor (sandbox, environment, user, process groups, kill with
+//!   grace, cgroup v2 limits) and its `mesoblk-launcher` helper;
+//! - [`status`]: the task state machine and the crash-safe status-update store;
+//! - [`checkpoint`]: what lets a restarted agent find its running tasks.
 
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
+pub mod executor;
+pub mod status;
 pub mod storage;

@@ -1,0 +1,131 @@
+//! Kernel tier for the command executor: tasks in real cgroup v2 groups with `cpu.max`,
+//! `memory.max` and `io.max`. Needs root and cgroup v2 mounted writable at /sys/fs/cgroup (the
+//! qemu guest of scripts/vm-run); fails, never skips, without them.
+
+mod executor_common;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use executor_common::*;
+use mesoblk_agent::executor::{CgroupConfig, CommandExecutor, IoLimits, TaskLaunch, TaskUpdate};
+use mesoblk_proto::mesos::v1::TaskState::*;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// An executor whose task cgroups go under a parent of this test's own.
+fn cgroup_executor(dir: &Path, parent: &str) -> (CommandExecutor, Receiver<TaskUpdate>) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "kernel executor tests need root"
+    );
+    assert!(
+        Path::new(ROOT).join("cgroup.controllers").exists(),
+        "kernel executor tests need cgroup v2 at {ROOT}"
+    );
+    let mut cfg = config(dir);
+    cfg.cgroups = Some(CgroupConfig {
+        root: ROOT.into(),
+        parent: parent.into(),
+        ..Default::default()
+    });
+    let (exec, rx) = executor(cfg);
+    let cgroups = exec.cgroups().expect("cgroup v2 is usable here");
+    assert!(cgroups.is_real());
+    (exec, rx)
+}
+
+/// The `MAJ:MIN` of some block device of this machine.
+fn some_block_device() -> (u32, u32) {
+    let mut devs: Vec<PathBuf> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    devs.sort();
+    let dev = devs.first().expect("a block device");
+    let text = read(dev.join("dev"));
+    let (maj, min) = text.trim().split_once(':').unwrap();
+    (maj.parse().unwrap(), min.parse().unwrap())
+}
+
+#[test]
+fn tasks_run_inside_their_cgroup_with_its_limits() {
+    let dir = work_dir();
+    let parent = format!("mesoblk-test-{}", std::process::id());
+    let (exec, rx) = cgroup_executor(dir.path(), &parent);
+    let (major, minor) = some_block_device();
+    let mut task = shell_task("limited", "cat /proc/self/cgroup > cgroup; sleep 100");
+    task.resources = vec![scalar("cpus", 0.5), scalar("mem", 64.0)];
+    let info = exec
+        .launch(TaskLaunch {
+            framework: framework(false),
+            task,
+            io_limits: Some(IoLimits {
+                major,
+                minor,
+                rbps: Some(10 << 20),
+                wiops: Some(100),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(states(&[next(&rx), next(&rx)]), [TaskStarting, TaskRunning]);
+    let cgroup = info.cgroup.clone().unwrap();
+    let name = format!("0::/{parent}/{}\n", info.run.container_id);
+    eventually("the task to report its cgroup", || {
+        std::fs::read_to_string(info.sandbox.join("cgroup")).is_ok_and(|s| s == name)
+    });
+    assert_eq!(read(cgroup.join("cpu.max")), "50000 100000\n");
+    assert_eq!(read(cgroup.join("memory.max")), "67108864\n");
+    let io = read(cgroup.join("io.max"));
+    assert!(
+        io.contains(&format!(
+            "{major}:{minor} rbps=10485760 wbps=max riops=max wiops=100"
+        )),
+        "{io}"
+    );
+    assert!(read(cgroup.join("cgroup.procs"))
+        .lines()
+        .any(|p| p == info.pid.to_string()));
+    exec.kill(&key("limited"), Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(states(&until_terminal(&rx)), [TaskKilled]);
+    eventually("the task's cgroup to be removed", || !cgroup.exists());
+    drop(exec);
+    std::fs::remove_dir(Path::new(ROOT).join(&parent)).unwrap();
+}
+
+#[test]
+fn a_busy_task_is_throttled_to_its_cpus() {
+    let dir = work_dir();
+    let parent = format!("mesoblk-test-cpu-{}", std::process::id());
+    let (exec, rx) = cgroup_executor(dir.path(), &parent);
+    let mut task = shell_task("busy", "while :; do :; done");
+    task.resources = vec![scalar("cpus", 0.1)];
+    let info = exec
+        .launch(TaskLaunch {
+            framework: framework(false),
+            task,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(states(&[next(&rx), next(&rx)]), [TaskStarting, TaskRunning]);
+    let cgroup = info.cgroup.clone().unwrap();
+    let stat_value = |name: &str| -> u64 {
+        read(cgroup.join("cpu.stat"))
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap()
+    };
+    eventually("the task to be throttled", || {
+        stat_value("nr_throttled ") > 2
+    });
+    exec.kill(&key("busy"), Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(states(&until_terminal(&rx)), [TaskKilled]);
+    eventually("the task's cgroup to be removed", || !cgroup.exists());
+    drop(exec);
+    std::fs::remove_dir(Path::new(ROOT).join(&parent)).unwrap();
+}
