@@ -16,7 +16,8 @@
 //! - [`operations`]: builders for ACCEPT operations (LAUNCH, RESERVE, CREATE_DISK, …);
 //! - [`block`]: mesoblk block disks: RAW pools in offers, CREATE_DISK/DESTROY_DISK, the
 //!   device a task gets;
-//! - [`backoff`], [`duration`], [`transport`]: retry policy, stout durations, HTTP errors.
+//! - [`backoff`], [`transport`]: retry policy, HTTP errors (stout durations come from
+//!   `mesoblk_proto::stout`).
 //!
 //! Everything runs on tokio; nothing panics on bad input or network trouble: failures are the
 //! typed errors of each module. The protobuf types are re-exported as [`proto`].
@@ -26,7 +27,6 @@
 
 pub mod backoff;
 pub mod block;
-pub mod duration;
 pub mod executor;
 mod lifecycle;
 pub mod operations;

@@ -145,32 +145,9 @@ impl Config {
     }
 }
 
-/// Parses a stout duration: a decimal number followed by `ns`, `us`, `ms`, `secs`, `mins`, `hrs`,
-/// `days` or `weeks` (`1secs`, `0.5secs`, `100ms`).
+/// Parses a Mesos (stout) duration flag such as `1secs`, `500ms` or `2mins`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| {
-            format!("invalid duration '{text}': missing unit (ns|us|ms|secs|mins|hrs|days|weeks)")
-        })?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration '{text}': bad number '{number}'"))?;
-    let unit_secs = match unit {
-        "ns" => 1e-9,
-        "us" => 1e-6,
-        "ms" => 1e-3,
-        "secs" => 1.0,
-        "mins" => 60.0,
-        "hrs" => 3600.0,
-        "days" => 86_400.0,
-        "weeks" => 604_800.0,
-        _ => return Err(format!("invalid duration '{text}': unknown unit '{unit}'")),
-    };
-    Duration::try_from_secs_f64(value * unit_secs)
-        .map_err(|e| format!("invalid duration '{text}': {e}"))
+    mesoblk_proto::stout::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

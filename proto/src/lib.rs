@@ -21,6 +21,7 @@ use prost_reflect::DescriptorPool;
 pub mod codec;
 pub mod json;
 pub mod recordio;
+pub mod stout;
 
 /// Descriptors of every message compiled into this crate.
 ///

@@ -14,7 +14,7 @@
 //! | `MESOS_SLAVE_ID` | the agent's id | |
 //! | `MESOS_EXECUTOR_AUTHENTICATION_TOKEN` | a bearer token for the agent's API | |
 //!
-//! Durations are in stout's form ([`crate::duration`]).
+//! Durations are in stout's form ([`mesoblk_proto::stout`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use mesoblk_proto::mesos::v1::{AgentId, ExecutorId, FrameworkId};
 
-use crate::duration::{parse_stout, DurationError};
+use mesoblk_proto::stout::{parse_duration, DurationError};
 
 /// The agent's endpoint.
 pub const MESOS_AGENT_ENDPOINT: &str = "MESOS_AGENT_ENDPOINT";
@@ -114,7 +114,9 @@ impl ExecutorEnvironment {
         let required = |name: &'static str| vars.get(name).cloned().ok_or(EnvError::Missing(name));
         let duration = |name: &'static str, default: Duration| match vars.get(name) {
             None => Ok(default),
-            Some(text) => parse_stout(text).map_err(|source| EnvError::Duration { name, source }),
+            Some(text) => {
+                parse_duration(text).map_err(|source| EnvError::Duration { name, source })
+            }
         };
         Ok(ExecutorEnvironment {
             agent_endpoint: required(MESOS_AGENT_ENDPOINT)?,

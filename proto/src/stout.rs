@@ -1,5 +1,5 @@
-//! Durations in stout's text form, as Mesos writes them into an executor's environment
-//! (`MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD=5secs`, `MESOS_RECOVERY_TIMEOUT=15mins`).
+//! Durations in stout's text form, as Mesos writes them in flags (`--allocation_interval=1secs`)
+//! and in an executor's environment (`MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD=5secs`).
 //!
 //! A duration is a non-negative decimal number immediately followed by one of the units `ns`,
 //! `us`, `ms`, `secs`, `mins`, `hrs`, `days`, `weeks` (stout's `Duration::parse`). Nothing else
@@ -31,7 +31,7 @@ pub enum DurationError {
 }
 
 /// Parses a stout duration (see the module docs).
-pub fn parse_stout(text: &str) -> Result<Duration, DurationError> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| DurationError::MissingUnit(text.to_owned()))?;
@@ -65,46 +65,46 @@ mod tests {
 
     #[test]
     fn parses_every_stout_unit() {
-        assert_eq!(parse_stout("5secs"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_stout("15mins"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_stout("2hrs"), Ok(Duration::from_secs(7_200)));
-        assert_eq!(parse_stout("1days"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_stout("1weeks"), Ok(Duration::from_secs(604_800)));
-        assert_eq!(parse_stout("100ms"), Ok(Duration::from_millis(100)));
-        assert_eq!(parse_stout("250us"), Ok(Duration::from_micros(250)));
-        assert_eq!(parse_stout("10ns"), Ok(Duration::from_nanos(10)));
-        assert_eq!(parse_stout("1.5secs"), Ok(Duration::from_millis(1_500)));
+        assert_eq!(parse_duration("5secs"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("15mins"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2hrs"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(parse_duration("1days"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1weeks"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("10ns"), Ok(Duration::from_nanos(10)));
+        assert_eq!(parse_duration("1.5secs"), Ok(Duration::from_millis(1_500)));
     }
 
     #[test]
     fn refuses_what_stout_refuses() {
         assert!(matches!(
-            parse_stout("5"),
+            parse_duration("5"),
             Err(DurationError::MissingUnit(_))
         ));
         assert!(matches!(
-            parse_stout("5s"),
+            parse_duration("5s"),
             Err(DurationError::UnknownUnit { .. })
         ));
         assert!(matches!(
-            parse_stout("secs"),
+            parse_duration("secs"),
             Err(DurationError::BadNumber(_))
         ));
         assert!(matches!(
-            parse_stout("-1secs"),
+            parse_duration("-1secs"),
             Err(DurationError::BadNumber(_))
         ));
         assert!(matches!(
-            parse_stout("5 secs"),
+            parse_duration("5 secs"),
             Err(DurationError::UnknownUnit { .. })
         ));
-        assert!(parse_stout("").is_err());
+        assert!(parse_duration("").is_err());
         assert!(matches!(
-            parse_stout("1e3secs"),
+            parse_duration("1e3secs"),
             Err(DurationError::UnknownUnit { .. })
         ));
         assert!(matches!(
-            parse_stout("99999999999999999999999weeks"),
+            parse_duration("99999999999999999999999weeks"),
             Err(DurationError::OutOfRange(_))
         ));
     }
