@@ -3,6 +3,7 @@
 //! The crate is layered so that almost all of it runs without ublk in the kernel:
 //! - [`request`]: decoding a ublk I/O descriptor into a validated [`request::Request`];
 //! - [`backend`]: where blocks live (file or block device through io_uring, RAM, null);
+//! - [`cache`]: a writeback/writethrough cache store in front of a backend, crash-consistent;
 //! - [`engine`]: running one request against a backend, producing ublk's result code;
 //! - [`qos`]: per-device and per-group token-bucket throttling (pure; the clock is injected);
 //! - [`stats`]: per-device I/O counters and latency histograms, snapshots and rates (pure);
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod cache;
 pub mod daemon;
 pub mod engine;
 pub mod qos;

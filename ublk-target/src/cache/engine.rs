@@ -1,0 +1,465 @@
+//! The request path through the cache: [`CachedBackend`] serves reads, writes, FLUSH, FUA,
+//! DISCARD and WRITE_ZEROES over a backing backend and a cache-store backend.
+//!
+//! The rules each method keeps (docs/cache.md, "Durability contract"):
+//! - a journal commit first flushes the backing store if anything reached it since its last
+//!   flush (so an invalidation is never durable before the backing write that superseded it),
+//!   then flushes the cache store (so no record is durable before its data), then appends the
+//!   records with FUA;
+//! - a slot becomes reusable only once the record freeing it is committed (`index`);
+//! - a block becomes clean only after the backing store was flushed with its data on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::index::{BlockState, CacheIndex, Entry};
+use super::journal::JournalWriter;
+use super::layout::{Geometry, Record, CACHE_BLOCK};
+use super::policy::{SequentialDetector, WritebackThrottle};
+use super::{CacheMode, CacheShared};
+use crate::backend::{Backend, Capabilities, IoError};
+use crate::request::Op;
+
+const BLOCK_BYTES: usize = CACHE_BLOCK as usize;
+
+/// The error for a request to a cache that was shut down.
+pub(crate) fn shut_down(op: Op, offset: u64, len: u64) -> IoError {
+    IoError {
+        op,
+        offset,
+        len,
+        errno: libc::ESHUTDOWN,
+    }
+}
+
+/// The mutable state of a cache, behind [`CacheShared`]'s lock.
+#[derive(Debug)]
+pub(crate) struct CacheCore {
+    pub(crate) mode: CacheMode,
+    pub(crate) index: CacheIndex,
+    pub(crate) journal: JournalWriter,
+    pub(crate) geometry: Geometry,
+    pub(crate) next_seq: u64,
+    /// Every record with a sequence number up to this one is durable.
+    pub(crate) committed_seq: u64,
+    /// Something reached the backing store since its last flush.
+    pub(crate) backing_unflushed: bool,
+    pub(crate) sequential: SequentialDetector,
+    pub(crate) throttle: WritebackThrottle,
+    /// Shut down in order: nothing more may change the store.
+    pub(crate) closed: bool,
+}
+
+impl CacheCore {
+    pub(crate) fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+}
+
+/// A backend that serves a device from a cache store in front of a backing store. Build one per
+/// queue from the device's [`CacheShared`] and that queue's backends.
+#[derive(Debug)]
+pub struct CachedBackend<B, C> {
+    pub(crate) shared: Arc<CacheShared>,
+    pub(crate) backing: B,
+    pub(crate) store: C,
+}
+
+impl<B: Backend, C: Backend> CachedBackend<B, C> {
+    /// Serves the cache `shared` with this queue's `backing` and cache `store` backends (the
+    /// same stores [`open`](super::open) was given).
+    pub fn new(shared: Arc<CacheShared>, backing: B, store: C) -> Self {
+        CachedBackend {
+            shared,
+            backing,
+            store,
+        }
+    }
+
+    /// The cache's shared state (stats, size).
+    pub fn shared(&self) -> &Arc<CacheShared> {
+        &self.shared
+    }
+
+    /// The first block and block count of a request, or the error for a range the cache cannot
+    /// serve (the engine validated it against the 4 KiB block size this backend declares).
+    fn blocks(&self, op: Op, offset: u64, len: u64) -> Result<(u64, u64), IoError> {
+        let fail = |errno| IoError {
+            op,
+            offset,
+            len,
+            errno,
+        };
+        if offset % CACHE_BLOCK != 0 || len % CACHE_BLOCK != 0 {
+            return Err(fail(libc::EINVAL));
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.shared.backing_size => {
+                Ok((offset / CACHE_BLOCK, len / CACHE_BLOCK))
+            }
+            _ => Err(fail(libc::EIO)),
+        }
+    }
+
+    pub(crate) fn publish(&self, core: &CacheCore) {
+        self.shared.stats.set_occupancy(
+            core.index.len() as u64,
+            core.index.unclean_count(),
+            core.geometry.data_blocks,
+        );
+    }
+
+    /// Flushes the backing store if it has unflushed writes, then declares the blocks written
+    /// back before it clean.
+    pub(crate) async fn flush_backing(&self, core: &mut CacheCore) -> Result<(), IoError> {
+        if core.backing_unflushed {
+            self.backing.flush().await?;
+            core.backing_unflushed = false;
+        }
+        for block in core.index.take_written_back() {
+            if let Some(entry) = core.index.get(block) {
+                core.index.set_state(block, BlockState::Clean);
+                core.journal.append(Record::Clean {
+                    block,
+                    slot: entry.slot,
+                    seq: entry.seq,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable and commits the index: the FLUSH path.
+    pub(crate) async fn commit(&self, core: &mut CacheCore) -> Result<(), IoError> {
+        self.flush_backing(core).await?;
+        if !core.journal.has_pending() {
+            return Ok(());
+        }
+        self.store.flush().await?;
+        let checkpoint = core.journal.needs_checkpoint();
+        if checkpoint {
+            let snapshot = core.index.snapshot();
+            core.journal
+                .checkpoint(&self.store, &snapshot, core.next_seq, false)
+                .await?;
+        } else {
+            core.journal.commit(&self.store).await?;
+        }
+        core.committed_seq = core.next_seq - 1;
+        core.index.commit_done();
+        self.shared.stats.commit(checkpoint);
+        Ok(())
+    }
+
+    /// Evicts a batch of clean blocks; their slots are free after the next commit.
+    fn evict(&self, core: &mut CacheCore) -> u64 {
+        let batch = (core.geometry.data_blocks / 64).max(1);
+        let mut evicted = 0;
+        while evicted < batch {
+            let Some((block, _)) = core.index.evict_one() else {
+                break;
+            };
+            let seq = core.take_seq();
+            core.journal.append(Record::Unmap { block, seq });
+            self.shared.stats.eviction();
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// A slot for new data: a free one, else one freed by evicting clean blocks and committing.
+    /// `None` when every slot holds dirty data.
+    async fn allocate(&self, core: &mut CacheCore) -> Result<Option<u32>, IoError> {
+        if let Some(slot) = core.index.allocate() {
+            return Ok(Some(slot));
+        }
+        if !core.index.has_pending_free()
+            && self.evict(core) == 0
+            && core.index.has_written_back()
+        {
+            self.flush_backing(core).await?;
+            self.evict(core);
+        }
+        if !core.index.has_pending_free() {
+            return Ok(None);
+        }
+        self.commit(core).await?;
+        Ok(core.index.allocate())
+    }
+
+    /// Drops the cached copies of blocks `first..end`.
+    pub(crate) fn invalidate(&self, core: &mut CacheCore, first: u64, end: u64) {
+        for block in core.index.blocks_in(first, end) {
+            core.index.remove(block);
+            let seq = core.take_seq();
+            core.journal.append(Record::Unmap { block, seq });
+        }
+    }
+
+    async fn write_backing(
+        &self,
+        core: &mut CacheCore,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<(), IoError> {
+        core.backing_unflushed = true;
+        self.backing.write(offset, data, fua).await
+    }
+
+    /// Puts `data` in the cache as block `block`'s newest contents, in `state`. Returns false
+    /// when no slot could be found (the caller sends the block to the backing store).
+    async fn cache_block(
+        &self,
+        core: &mut CacheCore,
+        block: u64,
+        data: &[u8],
+        state: BlockState,
+    ) -> Result<bool, IoError> {
+        let old = core.index.get(block);
+        // Data whose record is not committed yet is named by nothing durable: overwrite it.
+        let in_place = old.filter(|e| e.seq > core.committed_seq).map(|e| e.slot);
+        let slot = match in_place {
+            Some(slot) => slot,
+            None => match self.allocate(core).await? {
+                Some(slot) => slot,
+                None => return Ok(false),
+            },
+        };
+        if let Err(e) = self
+            .store
+            .write(core.geometry.slot_offset(slot), data, false)
+            .await
+        {
+            // The slot's contents are unknown now: nothing may point at them.
+            self.invalidate(core, block, block + 1);
+            if in_place.is_none() {
+                core.index.unallocate(slot);
+            }
+            return Err(e);
+        }
+        let state = match (state, old.map(|e| e.state)) {
+            (BlockState::Dirty { .. }, Some(BlockState::Dirty { since })) => {
+                BlockState::Dirty { since }
+            }
+            _ => state,
+        };
+        let seq = core.take_seq();
+        core.index.insert(block, Entry { slot, seq, state });
+        core.journal.append(Record::Map {
+            block,
+            slot,
+            seq,
+            dirty: state != BlockState::Clean,
+        });
+        Ok(true)
+    }
+
+    async fn write_locked(
+        &self,
+        core: &mut CacheCore,
+        first: u64,
+        data: &[u8],
+        fua: bool,
+        bypass: bool,
+        now: Duration,
+    ) -> Result<(), IoError> {
+        let offset = first * CACHE_BLOCK;
+        let end = first + (data.len() / BLOCK_BYTES) as u64;
+        match core.mode {
+            _ if bypass => {
+                self.invalidate(core, first, end);
+                self.write_backing(core, offset, data, fua).await?;
+            }
+            CacheMode::Writearound | CacheMode::None => {
+                self.invalidate(core, first, end);
+                self.write_backing(core, offset, data, fua).await?;
+            }
+            CacheMode::Writethrough => {
+                self.write_backing(core, offset, data, fua).await?;
+                for (block, chunk) in (first..).zip(data.chunks(BLOCK_BYTES)) {
+                    if !self
+                        .cache_block(core, block, chunk, BlockState::WrittenBack)
+                        .await?
+                    {
+                        self.invalidate(core, block, block + 1);
+                    }
+                }
+            }
+            CacheMode::Writeback => {
+                let dirty = BlockState::Dirty { since: now };
+                for (block, chunk) in (first..).zip(data.chunks(BLOCK_BYTES)) {
+                    if !self.cache_block(core, block, chunk, dirty).await? {
+                        self.invalidate(core, block, block + 1);
+                        self.write_backing(core, block * CACHE_BLOCK, chunk, fua)
+                            .await?;
+                    }
+                }
+            }
+        }
+        if fua && core.journal.has_pending() {
+            self.commit(core).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies a block just read from the backing store into the cache.
+    async fn promote(
+        &self,
+        core: &mut CacheCore,
+        block: u64,
+        data: &[u8],
+    ) -> Result<(), IoError> {
+        // What the backing store returned is only known to survive a crash once it was flushed.
+        let state = if core.backing_unflushed {
+            BlockState::WrittenBack
+        } else {
+            BlockState::Clean
+        };
+        if core.index.get(block).is_none() && self.cache_block(core, block, data, state).await? {
+            self.shared.stats.promotion();
+        }
+        Ok(())
+    }
+
+    async fn read_locked(
+        &self,
+        core: &mut CacheCore,
+        first: u64,
+        buf: &mut [u8],
+        promote: bool,
+    ) -> Result<bool, IoError> {
+        let count = buf.len() / BLOCK_BYTES;
+        let mut all_hit = true;
+        let mut i = 0;
+        while i < count {
+            let block = first + i as u64;
+            if let Some(entry) = core.index.get(block) {
+                let out = &mut buf[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+                self.store
+                    .read(core.geometry.slot_offset(entry.slot), out)
+                    .await?;
+                core.index.touch(block);
+                i += 1;
+                continue;
+            }
+            all_hit = false;
+            let mut run_end = i + 1;
+            while run_end < count && core.index.get(first + run_end as u64).is_none() {
+                run_end += 1;
+            }
+            let run = &mut buf[i * BLOCK_BYTES..run_end * BLOCK_BYTES];
+            self.backing.read(block * CACHE_BLOCK, run).await?;
+            if promote {
+                for (n, chunk) in run.chunks(BLOCK_BYTES).enumerate() {
+                    self.promote(core, block + n as u64, chunk).await?;
+                }
+            }
+            i = run_end;
+        }
+        Ok(all_hit)
+    }
+}
+
+impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
+    fn size(&self) -> u64 {
+        self.shared.backing_size
+    }
+
+    /// 4 KiB blocks (the cache's unit). A volatile write cache unless both the backing store and
+    /// the cache store keep completed writes without a flush: the cache's index is committed on
+    /// FLUSH, so the kernel must send one.
+    fn capabilities(&self) -> Capabilities {
+        let backing = self.backing.capabilities();
+        Capabilities {
+            volatile_cache: backing.volatile_cache || !self.shared.volatile_store,
+            logical_block_size: CACHE_BLOCK as u32,
+            stores_data: backing.stores_data,
+        }
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let (first, _) = self.blocks(Op::Read, offset, buf.len() as u64)?;
+        let mut core = self.shared.core.lock().await;
+        if core.closed {
+            return Err(shut_down(Op::Read, offset, buf.len() as u64));
+        }
+        let bypass = core
+            .sequential
+            .observe(offset, buf.len() as u64, self.shared.now());
+        if bypass {
+            self.shared.stats.bypass();
+        }
+        let promote = !bypass && core.mode != CacheMode::None;
+        let result = self.read_locked(&mut core, first, buf, promote).await;
+        if let Ok(hit) = result {
+            self.shared.stats.read(hit);
+        }
+        self.publish(&core);
+        result.map(drop)
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
+        let (first, count) = self.blocks(Op::Write, offset, buf.len() as u64)?;
+        let mut core = self.shared.core.lock().await;
+        if core.closed {
+            return Err(shut_down(Op::Write, offset, buf.len() as u64));
+        }
+        let now = self.shared.now();
+        let bypass = core.sequential.observe(offset, buf.len() as u64, now);
+        if bypass {
+            self.shared.stats.bypass();
+        }
+        let hit = (first..first + count).all(|b| core.index.get(b).is_some());
+        self.shared.stats.write(hit);
+        let result = self
+            .write_locked(&mut core, first, buf, fua, bypass, now)
+            .await;
+        self.publish(&core);
+        result
+    }
+
+    async fn flush(&self) -> Result<(), IoError> {
+        let started = self.shared.now();
+        let mut core = self.shared.core.lock().await;
+        if core.closed {
+            return Err(shut_down(Op::Flush, 0, 0));
+        }
+        let result = self.commit(&mut core).await;
+        self.publish(&core);
+        if result.is_ok() {
+            self.shared
+                .stats
+                .flush(self.shared.now().saturating_sub(started));
+        }
+        result
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
+        let (first, count) = self.blocks(Op::Discard, offset, len)?;
+        let mut core = self.shared.core.lock().await;
+        if core.closed {
+            return Err(shut_down(Op::Discard, offset, len));
+        }
+        self.invalidate(&mut core, first, first + count);
+        core.backing_unflushed = true;
+        let result = self.backing.discard(offset, len).await;
+        self.publish(&core);
+        result
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {
+        let (first, count) = self.blocks(Op::WriteZeroes, offset, len)?;
+        let mut core = self.shared.core.lock().await;
+        if core.closed {
+            return Err(shut_down(Op::WriteZeroes, offset, len));
+        }
+        self.invalidate(&mut core, first, first + count);
+        core.backing_unflushed = true;
+        let result = self.backing.write_zeroes(offset, len, unmap).await;
+        self.publish(&core);
+        result
+    }
+}

@@ -1,0 +1,301 @@
+//! The cache store's metadata I/O: superblocks, reading and validating the journal on open,
+//! appending committed records, and checkpoints that compact the journal into the other region.
+//!
+//! Ordering rules (docs/cache.md, "Recovery"):
+//! - a commit writes its journal blocks one at a time with FUA, so only the last block written
+//!   can ever be torn, and a damaged block followed by a valid one is damage, not a crash;
+//! - a checkpoint writes the other region, flushes, then writes both superblock copies one after
+//!   the other (FUA each): a crash leaves at least one copy describing a complete journal.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use libublk::helpers::IoBuf;
+
+use super::layout::{
+    decode_journal_block, encode_journal_block, Geometry, JournalBlock, JournalPosition, Record,
+    Superblock, SuperblockProblem, CACHE_BLOCK, RECORDS_PER_BLOCK,
+};
+use crate::backend::{Backend, IoError};
+
+/// A page-aligned buffer of one cache block (the store may use O_DIRECT).
+pub(crate) fn block_buffer() -> IoBuf<u8> {
+    let mut buf = IoBuf::<u8>::new(CACHE_BLOCK as usize);
+    buf.zero_buf();
+    buf
+}
+
+/// Both superblock copies as read, each decoded or rejected.
+pub(crate) async fn read_superblocks<C: Backend>(
+    store: &C,
+) -> Result<[Result<Superblock, SuperblockProblem>; 2], IoError> {
+    let mut buf = block_buffer();
+    let mut copies = [Err(SuperblockProblem::Blank), Err(SuperblockProblem::Blank)];
+    for (copy, slot) in copies.iter_mut().enumerate() {
+        store
+            .read(Geometry::superblock_offset(copy as u64), buf.as_mut_slice())
+            .await?;
+        *slot = Superblock::decode(buf.as_slice());
+    }
+    Ok(copies)
+}
+
+/// Why no superblock could be used.
+#[derive(Debug)]
+pub(crate) enum NoSuperblock {
+    /// Neither copy has ever been written.
+    Blank,
+    /// At least one copy was a superblock once, and none is valid now.
+    Invalid(String),
+}
+
+/// The valid copy with the highest generation.
+pub(crate) fn choose_superblock(
+    copies: &[Result<Superblock, SuperblockProblem>; 2],
+) -> Result<Superblock, NoSuperblock> {
+    let best = copies
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .max_by_key(|sb| sb.generation);
+    match best {
+        Some(sb) => Ok(*sb),
+        None if copies
+            .iter()
+            .all(|c| matches!(c, Err(SuperblockProblem::Blank))) =>
+        {
+            Err(NoSuperblock::Blank)
+        }
+        None => Err(NoSuperblock::Invalid(format!(
+            "no valid superblock (copy 0: {}; copy 1: {})",
+            copies[0].as_ref().err().expect("none valid"),
+            copies[1].as_ref().err().expect("none valid"),
+        ))),
+    }
+}
+
+/// Writes `sb` to both superblock copies, one after the other, each durable before the next.
+pub(crate) async fn write_superblocks<C: Backend>(store: &C, sb: &Superblock) -> Result<(), IoError> {
+    let mut buf = block_buffer();
+    sb.encode(buf.as_mut_slice());
+    for copy in 0..2 {
+        store
+            .write(Geometry::superblock_offset(copy), buf.as_slice(), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A format id no earlier format of this store is likely to share.
+fn fresh_format_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64 finaliser over time, pid and a counter.
+    let mut x = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Formats an empty cache: both superblock copies are erased first, so a crash part-way leaves
+/// either the old cache intact or no cache, never a mix.
+pub(crate) async fn format_store<C: Backend>(
+    store: &C,
+    geometry: Geometry,
+    backing_size: u64,
+) -> Result<Superblock, IoError> {
+    let zeroes = block_buffer();
+    for copy in 0..2 {
+        store
+            .write(Geometry::superblock_offset(copy), zeroes.as_slice(), true)
+            .await?;
+    }
+    let sb = Superblock {
+        format_id: fresh_format_id(),
+        generation: 1,
+        geometry,
+        backing_size,
+        active_region: 0,
+        epoch: 1,
+        next_seq: 1,
+        clean_shutdown: true,
+    };
+    write_superblocks(store, &sb).await?;
+    Ok(sb)
+}
+
+/// How the live journal ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum JournalEnd {
+    /// At a block never written in this epoch (or the region's end).
+    Complete,
+    /// At a damaged last block: a commit a crash interrupted, never acknowledged.
+    TornTail,
+    /// At damage that a crash cannot explain.
+    Corrupt(String),
+}
+
+/// The live journal's records, in order, up to where it ends.
+#[derive(Debug)]
+pub(crate) struct JournalRead {
+    pub(crate) records: Vec<Record>,
+    /// Blocks holding those records (where the next commit goes).
+    pub(crate) blocks: u64,
+    pub(crate) end: JournalEnd,
+}
+
+/// Reads and checks the live journal region described by `sb`.
+pub(crate) async fn read_journal<C: Backend>(
+    store: &C,
+    sb: &Superblock,
+) -> Result<JournalRead, IoError> {
+    let geo = sb.geometry;
+    let mut buf = block_buffer();
+    let position = |index| JournalPosition {
+        format_id: sb.format_id,
+        epoch: sb.epoch,
+        index,
+    };
+    let mut records = Vec::new();
+    for index in 0..geo.journal_blocks {
+        let offset = geo.journal_offset(sb.active_region, index);
+        store.read(offset, buf.as_mut_slice()).await?;
+        let end = match decode_journal_block(position(index), buf.as_slice()) {
+            JournalBlock::Valid(found) => {
+                records.extend(found);
+                continue;
+            }
+            JournalBlock::Stale => JournalEnd::Complete,
+            JournalBlock::BadRecord(n) => JournalEnd::Corrupt(format!(
+                "journal block {index} has a valid checksum but an undecodable record {n}"
+            )),
+            JournalBlock::Damaged => {
+                let next = index + 1;
+                let next_is_valid = next < geo.journal_blocks && {
+                    let offset = geo.journal_offset(sb.active_region, next);
+                    store.read(offset, buf.as_mut_slice()).await?;
+                    matches!(
+                        decode_journal_block(position(next), buf.as_slice()),
+                        JournalBlock::Valid(_)
+                    )
+                };
+                if next_is_valid {
+                    JournalEnd::Corrupt(format!(
+                        "journal block {index} fails its checksum but block {next} after it is \
+                         valid: damage, not a torn write"
+                    ))
+                } else {
+                    JournalEnd::TornTail
+                }
+            }
+        };
+        return Ok(JournalRead {
+            records,
+            blocks: index,
+            end,
+        });
+    }
+    Ok(JournalRead {
+        records,
+        blocks: geo.journal_blocks,
+        end: JournalEnd::Complete,
+    })
+}
+
+/// Appends records to the live journal.
+#[derive(Debug)]
+pub(crate) struct JournalWriter {
+    sb: Superblock,
+    next_index: u64,
+    pending: Vec<Record>,
+}
+
+impl JournalWriter {
+    /// A writer appending at block `next_index` of the journal `sb` describes.
+    pub(crate) fn new(sb: Superblock, next_index: u64) -> Self {
+        JournalWriter {
+            sb,
+            next_index,
+            pending: Vec::new(),
+        }
+    }
+
+    pub(crate) fn append(&mut self, record: Record) {
+        self.pending.push(record);
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether appending the pending records would overflow the region (a checkpoint is due).
+    pub(crate) fn needs_checkpoint(&self) -> bool {
+        let needed = self.pending.len().div_ceil(RECORDS_PER_BLOCK) as u64;
+        self.next_index + needed > self.sb.geometry.journal_blocks
+    }
+
+    /// Writes the pending records. The caller has made the data they describe durable.
+    pub(crate) async fn commit<C: Backend>(&mut self, store: &C) -> Result<(), IoError> {
+        let mut buf = block_buffer();
+        while !self.pending.is_empty() {
+            let take = self.pending.len().min(RECORDS_PER_BLOCK);
+            let position = JournalPosition {
+                format_id: self.sb.format_id,
+                epoch: self.sb.epoch,
+                index: self.next_index,
+            };
+            encode_journal_block(position, &self.pending[..take], buf.as_mut_slice());
+            let offset = self
+                .sb
+                .geometry
+                .journal_offset(self.sb.active_region, self.next_index);
+            store.write(offset, buf.as_slice(), true).await?;
+            self.next_index += 1;
+            self.pending.drain(..take);
+        }
+        Ok(())
+    }
+
+    /// Writes `snapshot` (the whole index) as a new journal in the other region and switches
+    /// to it; pending records are superseded by the snapshot. The caller has made the data the
+    /// snapshot describes durable, and with `clean_shutdown` also flushed the backing store
+    /// and stopped serving.
+    pub(crate) async fn checkpoint<C: Backend>(
+        &mut self,
+        store: &C,
+        snapshot: &[Record],
+        next_seq: u64,
+        clean_shutdown: bool,
+    ) -> Result<(), IoError> {
+        let next = Superblock {
+            generation: self.sb.generation + 1,
+            active_region: 1 - self.sb.active_region,
+            epoch: self.sb.epoch + 1,
+            next_seq,
+            clean_shutdown,
+            ..self.sb
+        };
+        let mut buf = block_buffer();
+        let mut index = 0u64;
+        for chunk in snapshot.chunks(RECORDS_PER_BLOCK) {
+            let position = JournalPosition {
+                format_id: next.format_id,
+                epoch: next.epoch,
+                index,
+            };
+            encode_journal_block(position, chunk, buf.as_mut_slice());
+            let offset = next.geometry.journal_offset(next.active_region, index);
+            store.write(offset, buf.as_slice(), false).await?;
+            index += 1;
+        }
+        store.flush().await?;
+        write_superblocks(store, &next).await?;
+        self.sb = next;
+        self.next_index = index;
+        self.pending.clear();
+        Ok(())
+    }
+}
