@@ -1,0 +1,481 @@
+//! Model-based crash tests of the cache tier (issue #4's durability contract).
+//!
+//! Random interleavings of reads, writes, FUA writes, flushes, discards, write-zeroes, background
+//! writeback steps, mode switches, clean shutdowns and crashes run against a [`CachedBackend`]
+//! whose cache store and backing store are [`CrashStore`]s on one power supply. The cache is tiny
+//! (12 slots for a 48-block device), so eviction, slot reuse, bypass and journal checkpoints
+//! happen all the time. Crashes strike between requests or, through an armed power cut, in the
+//! middle of one: between a data write and its journal record, inside a commit, inside a
+//! checkpoint. Each crash keeps a random subset of the unflushed writes and may tear the write
+//! in flight.
+//!
+//! The model keeps, per block, every value it may hold and the oldest one it may still show:
+//! - between crashes, a read returns exactly the newest acknowledged value;
+//! - after a crash and reopen, every block reads back a value at least as new as the newest one
+//!   acknowledged before the last completed FLUSH (or FUA write of that block): nothing older
+//!   ever replaces it; and the cache always reopens (a crash never makes it invalid).
+
+mod cache_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_support::{CrashChoice, CrashStore, Power};
+use proptest::prelude::*;
+use smol::block_on;
+use ublk_target::backend::Backend;
+use ublk_target::cache::{self, CacheConfig, CacheMode, CachedBackend, WritebackPolicy};
+use ublk_target::qos::ManualClock;
+
+const BLOCK: usize = 4096;
+const DEVICE_BLOCKS: u64 = 48;
+/// 2 superblocks + 2 × 3 journal blocks + 12 data slots.
+const CACHE_STORE_BYTES: u64 = 20 * BLOCK as u64;
+const JOURNAL_BLOCKS: u64 = 3;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Write { block: u64, blocks: u64, fua: bool },
+    Read { block: u64, blocks: u64 },
+    Flush,
+    Discard { block: u64, blocks: u64 },
+    WriteZeroes { block: u64, blocks: u64 },
+    Writeback { advance_ms: u64 },
+    SetMode(CacheMode),
+    Shutdown,
+    /// A crash; `recovery_cut` cuts the power again while the cache reopens.
+    Crash { seed: u64, tear: bool, recovery_cut: Option<u64> },
+    ArmPowerCut { after_ops: u64 },
+}
+
+fn range() -> impl Strategy<Value = (u64, u64)> {
+    (0..DEVICE_BLOCKS).prop_flat_map(|block| (Just(block), 1..=(DEVICE_BLOCKS - block).min(6)))
+}
+
+fn mode() -> impl Strategy<Value = CacheMode> {
+    prop::sample::select(CacheMode::ALL.to_vec())
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (range(), any::<bool>()).prop_map(|((block, blocks), fua)| Step::Write { block, blocks, fua }),
+        4 => range().prop_map(|(block, blocks)| Step::Read { block, blocks }),
+        3 => Just(Step::Flush),
+        1 => range().prop_map(|(block, blocks)| Step::Discard { block, blocks }),
+        1 => range().prop_map(|(block, blocks)| Step::WriteZeroes { block, blocks }),
+        2 => (0..3000u64).prop_map(|advance_ms| Step::Writeback { advance_ms }),
+        1 => mode().prop_map(Step::SetMode),
+        1 => Just(Step::Shutdown),
+        2 => (any::<u64>(), any::<bool>(), prop::option::of(0..12u64))
+            .prop_map(|(seed, tear, recovery_cut)| Step::Crash { seed, tear, recovery_cut }),
+        2 => (0..40u64).prop_map(|after_ops| Step::ArmPowerCut { after_ops }),
+    ]
+}
+
+/// Block contents that name their write: tag and block number up front, a pattern after.
+fn contents(tag: u64, block: u64) -> Vec<u8> {
+    let mut data: Vec<u8> = (0..BLOCK)
+        .map(|i| (tag as u8) ^ (block as u8).wrapping_mul(3) ^ (i as u8))
+        .collect();
+    data[..8].copy_from_slice(&tag.to_le_bytes());
+    data[8..16].copy_from_slice(&block.to_le_bytes());
+    data
+}
+
+/// A short name for block contents in failure messages: the tag of a whole write, "zeroes",
+/// or "mixed".
+fn describe(data: &[u8], block: u64) -> String {
+    if data.iter().all(|&b| b == 0) {
+        return "zeroes".to_owned();
+    }
+    let tag = u64::from_le_bytes(data[..8].try_into().unwrap());
+    if data == contents(tag, block).as_slice() {
+        format!("tag {tag}")
+    } else {
+        "mixed sectors".to_owned()
+    }
+}
+
+/// Per block: the contents it may hold, in order of writing, and the index of the oldest one it
+/// may still show after a crash.
+struct Model {
+    versions: Vec<Vec<Vec<u8>>>,
+    floor: Vec<usize>,
+    next_tag: u64,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            versions: vec![vec![vec![0; BLOCK]]; DEVICE_BLOCKS as usize],
+            floor: vec![0; DEVICE_BLOCKS as usize],
+            next_tag: 1,
+        }
+    }
+
+    /// Records a write of `tag` (0: zeroes) to `blocks` blocks from `block`.
+    fn record(&mut self, block: u64, blocks: u64, tag: u64, durable: bool) {
+        for b in block..block + blocks {
+            let history = &mut self.versions[b as usize];
+            history.push(if tag == 0 {
+                vec![0; BLOCK]
+            } else {
+                contents(tag, b)
+            });
+            if durable {
+                self.floor[b as usize] = history.len() - 1;
+            }
+        }
+    }
+
+    fn flushed(&mut self) {
+        for (floor, history) in self.floor.iter_mut().zip(&self.versions) {
+            *floor = history.len() - 1;
+        }
+    }
+
+    fn latest(&self, block: u64) -> &[u8] {
+        self.versions[block as usize].last().unwrap()
+    }
+
+    /// After a crash: every 512-byte sector of every block is that sector of a version at
+    /// least as new as the block's floor (a write in flight may survive torn, as on any disk).
+    /// What was read becomes the truth.
+    fn check_recovered(&mut self, image: &[u8]) -> Result<(), TestCaseError> {
+        for (block, data) in image.chunks(BLOCK).enumerate() {
+            let allowed = &self.versions[block][self.floor[block]..];
+            for (n, sector) in data.chunks(512).enumerate() {
+                let at = n * 512;
+                prop_assert!(
+                    allowed.iter().any(|v| &v[at..at + 512] == sector),
+                    "block {block} sector {n} after the crash is older than its last flushed \
+                     write: block holds {}; acceptable: {:?}",
+                    describe(data, block as u64),
+                    allowed.iter().map(|v| describe(v, block as u64)).collect::<Vec<_>>()
+                );
+            }
+            self.versions[block] = vec![data.to_vec()];
+            self.floor[block] = 0;
+        }
+        Ok(())
+    }
+}
+
+struct Rig {
+    power: Arc<Power>,
+    backing: CrashStore,
+    store: CrashStore,
+    clock: Arc<ManualClock>,
+    config: CacheConfig,
+    cache: CachedBackend<CrashStore, CrashStore>,
+}
+
+impl Rig {
+    fn new(mode: CacheMode) -> Rig {
+        let power = Power::new();
+        let backing = CrashStore::new(DEVICE_BLOCKS * BLOCK as u64, Arc::clone(&power));
+        let store = CrashStore::new(CACHE_STORE_BYTES, Arc::clone(&power));
+        block_on(cache::format(&store, backing.size(), Some(JOURNAL_BLOCKS))).expect("format");
+        let config = CacheConfig {
+            mode,
+            volatile_store: false,
+            sequential_cutoff: 8 * BLOCK as u64,
+            writeback: WritebackPolicy {
+                high_watermark_percent: 50,
+                low_watermark_percent: 25,
+                max_dirty_age: Duration::from_secs(2),
+                rate_bytes_per_sec: 1 << 30,
+                batch_blocks: 4,
+            },
+        };
+        let clock = Arc::new(ManualClock::new());
+        let cache = Self::open(&backing, &store, &config, &clock);
+        Rig {
+            power,
+            backing,
+            store,
+            clock,
+            config,
+            cache,
+        }
+    }
+
+    fn open(
+        backing: &CrashStore,
+        store: &CrashStore,
+        config: &CacheConfig,
+        clock: &Arc<ManualClock>,
+    ) -> CachedBackend<CrashStore, CrashStore> {
+        let shared = block_on(cache::open(backing, store, config, clock.clone()))
+            .unwrap_or_else(|e| panic!("the cache must reopen after any crash: {e}"));
+        CachedBackend::new(shared, backing.clone(), store.clone())
+    }
+
+    fn lose_power(&self, seed: u64, tear: bool) {
+        self.backing.crash(&CrashChoice { seed, tear });
+        self.store.crash(&CrashChoice {
+            seed: seed.rotate_left(17) ^ 0x5555,
+            tear,
+        });
+    }
+
+    /// Power failure: both stores lose what the crash choice drops; the cache reopens. With
+    /// `recovery_cut`, the power fails again during that reopen, and the cache reopens after.
+    fn crash(&mut self, seed: u64, tear: bool, recovery_cut: Option<u64>) {
+        self.lose_power(seed, tear);
+        if let Some(after_ops) = recovery_cut {
+            self.power.arm(after_ops);
+            let reopened = block_on(cache::open(
+                &self.backing,
+                &self.store,
+                &self.config,
+                self.clock.clone(),
+            ));
+            match reopened {
+                Ok(shared) => {
+                    self.power.disarm();
+                    self.cache =
+                        CachedBackend::new(shared, self.backing.clone(), self.store.clone());
+                    return;
+                }
+                Err(e) => assert!(self.power.is_out(), "open failed with the power on: {e}"),
+            }
+            self.lose_power(seed ^ 0xabcd, tear);
+        }
+        self.reopen();
+    }
+
+    fn reopen(&mut self) {
+        self.cache = Self::open(&self.backing, &self.store, &self.config, &self.clock);
+    }
+
+    fn read(&self, block: u64, blocks: u64) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; blocks as usize * BLOCK];
+        block_on(self.cache.read(block * BLOCK as u64, &mut buf)).ok()?;
+        Some(buf)
+    }
+
+    fn check_recovered(&self, model: &mut Model) -> Result<(), TestCaseError> {
+        let image = self.read(0, DEVICE_BLOCKS).expect("reads work after reopening");
+        model.check_recovered(&image)
+    }
+
+    /// Without a crash since the last write, every block reads exactly its newest contents.
+    fn check_exact(&self, model: &Model, block: u64, data: &[u8], when: &str) -> Result<(), TestCaseError> {
+        for (b, got) in (block..).zip(data.chunks(BLOCK)) {
+            prop_assert!(
+                got == model.latest(b),
+                "block {b} {when}: reads {} instead of {}",
+                describe(got, b),
+                describe(model.latest(b), b)
+            );
+        }
+        Ok(())
+    }
+}
+
+fn run(mode: CacheMode, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut rig = Rig::new(mode);
+    let mut model = Model::new();
+    for step in steps {
+        let ok = match *step {
+            Step::Write { block, blocks, fua } => {
+                let tag = model.next_tag;
+                model.next_tag += 1;
+                let data: Vec<u8> = (block..block + blocks)
+                    .flat_map(|b| contents(tag, b))
+                    .collect();
+                let ok = block_on(rig.cache.write(block * BLOCK as u64, &data, fua)).is_ok();
+                model.record(block, blocks, tag, ok && fua);
+                ok
+            }
+            Step::Read { block, blocks } => match rig.read(block, blocks) {
+                Some(data) => {
+                    rig.check_exact(&model, block, &data, "between crashes")?;
+                    true
+                }
+                None => false,
+            },
+            Step::Flush => {
+                let ok = block_on(rig.cache.flush()).is_ok();
+                if ok {
+                    model.flushed();
+                }
+                ok
+            }
+            Step::Discard { block, blocks } => {
+                let ok = block_on(rig.cache.discard(block * BLOCK as u64, blocks * BLOCK as u64))
+                    .is_ok();
+                model.record(block, blocks, 0, false);
+                ok
+            }
+            Step::WriteZeroes { block, blocks } => {
+                let len = blocks * BLOCK as u64;
+                let ok = block_on(rig.cache.write_zeroes(block * BLOCK as u64, len, true)).is_ok();
+                model.record(block, blocks, 0, false);
+                ok
+            }
+            Step::Writeback { advance_ms } => {
+                rig.clock.advance(Duration::from_millis(advance_ms));
+                block_on(rig.cache.writeback_step()).is_ok()
+            }
+            Step::SetMode(mode) => block_on(rig.cache.set_mode(mode)).is_ok(),
+            Step::Shutdown => {
+                if block_on(rig.cache.shutdown()).is_ok() {
+                    // An orderly stop is a completed flush of everything.
+                    model.flushed();
+                    rig.power.disarm();
+                    rig.reopen();
+                    let data = rig.read(0, DEVICE_BLOCKS).expect("reads after reopen");
+                    rig.check_exact(&model, 0, &data, "after a clean stop")?;
+                    true
+                } else {
+                    false
+                }
+            }
+            Step::Crash {
+                seed,
+                tear,
+                recovery_cut,
+            } => {
+                rig.crash(seed, tear, recovery_cut);
+                rig.check_recovered(&mut model)?;
+                true
+            }
+            Step::ArmPowerCut { after_ops } => {
+                rig.power.arm(after_ops);
+                true
+            }
+        };
+        if !ok {
+            prop_assert!(rig.power.is_out(), "{step:?} failed with the power on");
+            rig.crash(model.next_tag, true, None);
+            rig.check_recovered(&mut model)?;
+        }
+    }
+    // The end of the run is one more crash, at whatever point the steps left things.
+    rig.crash(0xfeed, true, None);
+    rig.check_recovered(&mut model)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn flushed_writes_survive_any_crash(mode in mode(), steps in prop::collection::vec(step(), 1..60)) {
+        run(mode, &steps)?;
+    }
+}
+
+/// Runs `prefix`, then `suffix` with the power failing at its first, second, ... operation (with
+/// and without tearing the write in flight), until a run completes without a cut.
+fn cut_everywhere(mode: CacheMode, prefix: &[Step], suffix: &[Step]) {
+    for tear in [false, true] {
+        for after_ops in 0.. {
+            let mut steps = prefix.to_vec();
+            steps.push(Step::ArmPowerCut { after_ops });
+            steps.extend_from_slice(suffix);
+            steps.push(Step::Crash {
+                seed: after_ops,
+                tear,
+                recovery_cut: None,
+            });
+            run(mode, &steps).unwrap_or_else(|e| {
+                panic!("{mode:?}, power cut at operation {after_ops} of {suffix:?}: {e}")
+            });
+            // A cut beyond the last operation never fires: every point was covered.
+            if after_ops > 200 {
+                panic!("scenario never completed");
+            }
+            let mut probe = prefix.to_vec();
+            probe.push(Step::ArmPowerCut { after_ops });
+            probe.extend_from_slice(suffix);
+            if !cuts_in(mode, &probe) {
+                break;
+            }
+        }
+    }
+}
+
+/// Whether the armed power cut fires during `steps`.
+fn cuts_in(mode: CacheMode, steps: &[Step]) -> bool {
+    let mut rig = Rig::new(mode);
+    let mut model = Model::new();
+    for step in steps {
+        if let Step::ArmPowerCut { after_ops } = step {
+            rig.power.arm(*after_ops);
+            continue;
+        }
+        let _ = apply_simple(&mut rig, &mut model, step);
+        if rig.power.is_out() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Issues one I/O step without checking (for probing where a cut lands).
+fn apply_simple(rig: &mut Rig, model: &mut Model, step: &Step) -> bool {
+    let at = |block: u64| block * BLOCK as u64;
+    match *step {
+        Step::Write { block, blocks, fua } => {
+            let tag = model.next_tag;
+            model.next_tag += 1;
+            let data: Vec<u8> = (block..block + blocks).flat_map(|b| contents(tag, b)).collect();
+            block_on(rig.cache.write(at(block), &data, fua)).is_ok()
+        }
+        Step::Flush => block_on(rig.cache.flush()).is_ok(),
+        Step::Discard { block, blocks } => {
+            block_on(rig.cache.discard(at(block), blocks * BLOCK as u64)).is_ok()
+        }
+        Step::Writeback { advance_ms } => {
+            rig.clock.advance(Duration::from_millis(advance_ms));
+            block_on(rig.cache.writeback_step()).is_ok()
+        }
+        _ => unreachable!("scenarios use writes, flushes, discards and writeback only"),
+    }
+}
+
+const fn write(block: u64, blocks: u64, fua: bool) -> Step {
+    Step::Write { block, blocks, fua }
+}
+
+#[test]
+fn a_power_cut_at_every_point_of_a_fua_write_and_a_flush() {
+    for mode in CacheMode::ALL {
+        cut_everywhere(
+            mode,
+            &[write(1, 4, false), Step::Flush],
+            &[write(3, 3, true), write(20, 6, false), Step::Flush],
+        );
+    }
+}
+
+#[test]
+fn a_power_cut_at_every_point_of_a_discard_over_dirty_data() {
+    // The backing store holds an older version (written back), the cache a newer flushed one;
+    // the discard's invalidation must never become durable without the discard itself.
+    cut_everywhere(
+        CacheMode::Writeback,
+        &[
+            write(2, 2, false),
+            Step::Flush,
+            Step::Writeback { advance_ms: 10_000 },
+            write(2, 2, false),
+            Step::Flush,
+        ],
+        &[Step::Discard { block: 2, blocks: 2 }, Step::Flush],
+    );
+}
+
+#[test]
+fn a_power_cut_at_every_point_of_a_bypass_over_dirty_data() {
+    // Twelve dirty flushed blocks fill the cache; rewriting one finds no slot and goes to the
+    // backing store, invalidating the cached copy. That invalidation must not outlive the
+    // backing write in a crash, or the block would fall back to the older backing contents.
+    cut_everywhere(
+        CacheMode::Writeback,
+        &[write(0, 6, false), write(6, 6, false), Step::Flush],
+        &[write(0, 1, false), Step::Flush],
+    );
+}
