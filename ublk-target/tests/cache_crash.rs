@@ -45,7 +45,9 @@ enum Step {
     Shutdown,
     /// A crash; `recovery_cut` cuts the power again while the cache reopens.
     Crash { seed: u64, tear: bool, recovery_cut: Option<u64> },
-    ArmPowerCut { after_ops: u64 },
+    /// The power fails at the `after_ops`-th next store operation; the crash keeps unflushed
+    /// writes as `seed` decides.
+    ArmPowerCut { after_ops: u64, seed: u64 },
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -68,7 +70,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Shutdown),
         2 => (any::<u64>(), any::<bool>(), prop::option::of(0..12u64))
             .prop_map(|(seed, tear, recovery_cut)| Step::Crash { seed, tear, recovery_cut }),
-        2 => (0..40u64).prop_map(|after_ops| Step::ArmPowerCut { after_ops }),
+        2 => (0..40u64, any::<u64>()).prop_map(|(after_ops, seed)| Step::ArmPowerCut { after_ops, seed }),
     ]
 }
 
@@ -277,6 +279,7 @@ impl Rig {
 fn run(mode: CacheMode, steps: &[Step]) -> Result<(), TestCaseError> {
     let mut rig = Rig::new(mode);
     let mut model = Model::new();
+    let mut cut_seed = 0;
     for step in steps {
         let ok = match *step {
             Step::Write { block, blocks, fua } => {
@@ -342,14 +345,15 @@ fn run(mode: CacheMode, steps: &[Step]) -> Result<(), TestCaseError> {
                 rig.check_recovered(&mut model)?;
                 true
             }
-            Step::ArmPowerCut { after_ops } => {
+            Step::ArmPowerCut { after_ops, seed } => {
                 rig.power.arm(after_ops);
+                cut_seed = seed;
                 true
             }
         };
         if !ok {
             prop_assert!(rig.power.is_out(), "{step:?} failed with the power on");
-            rig.crash(model.next_tag, true, None);
+            rig.crash(cut_seed, true, None);
             rig.check_recovered(&mut model)?;
         }
     }
@@ -368,15 +372,19 @@ proptest! {
 }
 
 /// Runs `prefix`, then `suffix` with the power failing at its first, second, ... operation (with
-/// and without tearing the write in flight), until a run completes without a cut.
+/// and without tearing the write in flight, and several choices of surviving unflushed writes),
+/// until a run completes without a cut.
 fn cut_everywhere(mode: CacheMode, prefix: &[Step], suffix: &[Step]) {
-    for tear in [false, true] {
+    for (tear, seed) in [false, true].into_iter().flat_map(|t| (0..4u64).map(move |s| (t, s))) {
         for after_ops in 0.. {
             let mut steps = prefix.to_vec();
-            steps.push(Step::ArmPowerCut { after_ops });
+            steps.push(Step::ArmPowerCut {
+                after_ops,
+                seed: seed * 1000 + after_ops,
+            });
             steps.extend_from_slice(suffix);
             steps.push(Step::Crash {
-                seed: after_ops,
+                seed: seed * 1000 + after_ops + 1,
                 tear,
                 recovery_cut: None,
             });
@@ -388,7 +396,7 @@ fn cut_everywhere(mode: CacheMode, prefix: &[Step], suffix: &[Step]) {
                 panic!("scenario never completed");
             }
             let mut probe = prefix.to_vec();
-            probe.push(Step::ArmPowerCut { after_ops });
+            probe.push(Step::ArmPowerCut { after_ops, seed });
             probe.extend_from_slice(suffix);
             if !cuts_in(mode, &probe) {
                 break;
@@ -402,7 +410,7 @@ fn cuts_in(mode: CacheMode, steps: &[Step]) -> bool {
     let mut rig = Rig::new(mode);
     let mut model = Model::new();
     for step in steps {
-        if let Step::ArmPowerCut { after_ops } = step {
+        if let Step::ArmPowerCut { after_ops, .. } = step {
             rig.power.arm(*after_ops);
             continue;
         }
