@@ -1,6 +1,7 @@
-//! One conformance suite, run against every backend, plus a differential property test that
-//! drives random request sequences through each data-storing backend and through a plain
-//! in-memory reference, comparing every read byte for byte.
+//! One conformance suite, run against every backend (the cache tier in every mode included),
+//! plus a differential property test that drives random request sequences through each
+//! data-storing backend and through a plain in-memory reference, comparing every read byte for
+//! byte.
 //!
 //! Kernel-free: the file backend runs on a private io_uring (`BlockingRing`), the same SQE
 //! mapping the ublk queue threads use. Buffers are page-aligned because the file backend uses
@@ -12,6 +13,8 @@ use libublk::helpers::IoBuf;
 use proptest::prelude::*;
 use ublk_target::backend::file::DirectIo;
 use ublk_target::backend::{Backend, FileBackend, FileStore, NullBackend, RamBackend};
+use ublk_target::cache::{self, CacheConfig, CacheMode, CachedBackend};
+use ublk_target::qos::ManualClock;
 use ublk_target::sys::ring::BlockingRing;
 
 const DEVICE_BYTES: u64 = 4 << 20;
@@ -62,6 +65,40 @@ fn ram_subject() -> Subject<RamBackend> {
         backend: RamBackend::new(DEVICE_BYTES),
         _file: None,
     }
+}
+
+/// A cache over `backing` in a freshly formatted `store`. `journal_blocks` shrinks the journal
+/// so small stores still have room for data.
+fn cached<B: Backend, C: Backend>(
+    backing: B,
+    store: C,
+    mode: CacheMode,
+    journal_blocks: Option<u64>,
+) -> CachedBackend<B, C> {
+    smol::block_on(cache::format(&store, backing.size(), journal_blocks)).expect("format cache");
+    let config = CacheConfig {
+        mode,
+        sequential_cutoff: 512 << 10,
+        ..CacheConfig::default()
+    };
+    let shared = smol::block_on(cache::open(
+        &backing,
+        &store,
+        &config,
+        Arc::new(ManualClock::new()),
+    ))
+    .expect("open cache");
+    CachedBackend::new(shared, backing, store)
+}
+
+/// A cache of 54 slots in front of a 1024-block RAM disk: evictions and bypasses all the time.
+fn small_cached_ram(mode: CacheMode) -> CachedBackend<RamBackend, RamBackend> {
+    cached(
+        RamBackend::new(DEVICE_BYTES),
+        RamBackend::new(64 * BLOCK as u64),
+        mode,
+        Some(4),
+    )
 }
 
 // ---- the conformance checks -------------------------------------------------------------
@@ -169,6 +206,32 @@ fn file_backend_with_direct_io_conforms() {
 fn file_backend_buffered_conforms() {
     let subject = file_subject(DirectIo::Disabled);
     run_storing_suite(&subject.backend);
+}
+
+#[test]
+fn cached_backend_conforms_in_every_mode() {
+    for mode in CacheMode::ALL {
+        let roomy = cached(
+            RamBackend::new(DEVICE_BYTES),
+            RamBackend::new(2 << 20),
+            mode,
+            None,
+        );
+        run_storing_suite(&roomy);
+        run_storing_suite(&small_cached_ram(mode));
+    }
+}
+
+#[test]
+fn cached_backend_over_files_conforms() {
+    // Both stores through io_uring with O_DIRECT where allowed: every cache buffer is aligned.
+    let backing = file_subject(DirectIo::Optional);
+    let store = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).expect("temp file");
+    store.as_file().set_len(2 << 20).expect("size cache file");
+    let cache_store = FileStore::open(store.path(), None, DirectIo::Optional).expect("open store");
+    let cache_backend = FileBackend::new(Arc::new(cache_store), BlockingRing::new().expect("ring"));
+    let subject = cached(backing.backend, cache_backend, CacheMode::Writeback, None);
+    run_storing_suite(&subject);
 }
 
 #[test]
@@ -295,6 +358,14 @@ proptest! {
     #[test]
     fn ram_matches_the_reference(steps in steps()) {
         agrees_with_reference(&ram_subject().backend, &steps)?;
+    }
+
+    #[test]
+    fn cached_matches_the_reference(
+        mode in prop::sample::select(CacheMode::ALL.to_vec()),
+        steps in steps(),
+    ) {
+        agrees_with_reference(&small_cached_ram(mode), &steps)?;
     }
 
     #[test]
