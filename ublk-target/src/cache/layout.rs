@@ -26,9 +26,9 @@ const JOURNAL_HEADER_BYTES: usize = 64;
 const RECORD_BYTES: usize = 32;
 /// Index records one journal block holds.
 pub const RECORDS_PER_BLOCK: usize = (BLOCK_BYTES - JOURNAL_HEADER_BYTES) / RECORD_BYTES;
-/// Journal blocks per region beyond one full checkpoint, by default: commits between
-/// compactions.
-const DEFAULT_JOURNAL_HEADROOM: u64 = 64;
+/// Journal blocks per region beyond two full checkpoints, by default: commits between
+/// compactions (fewer on small stores, so they still have room for data).
+const MAX_JOURNAL_HEADROOM: u64 = 64;
 
 /// How a cache store is divided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,13 +47,15 @@ impl Geometry {
 
     /// The largest cache that fits in `store_bytes`. `journal_blocks` overrides the region size
     /// (at least a checkpoint plus two blocks); by default a region holds two checkpoints plus
-    /// 64 blocks of commits. `None` if the store is too small for even one data block.
+    /// up to 64 blocks of commits (a sixteenth of the store at most). `None` if the store is
+    /// too small for even one data block.
     pub fn plan(store_bytes: u64, journal_blocks: Option<u64>) -> Option<Geometry> {
         let available = (store_bytes / CACHE_BLOCK).checked_sub(SUPERBLOCK_COPIES)?;
+        let headroom = (available / 16).clamp(2, MAX_JOURNAL_HEADROOM);
         let journal_for = |data: u64| {
             let minimum = Self::checkpoint_blocks(data) + 2;
             journal_blocks
-                .unwrap_or(2 * Self::checkpoint_blocks(data) + DEFAULT_JOURNAL_HEADROOM)
+                .unwrap_or(2 * Self::checkpoint_blocks(data) + headroom)
                 .max(minimum)
         };
         let fits = |data: u64| data + 2 * journal_for(data) <= available;
@@ -387,11 +389,9 @@ mod tests {
 
     #[test]
     fn plans_fit_their_store_and_leave_room_for_a_checkpoint() {
-        for store in [3 * CACHE_BLOCK, 1 << 20, 64 << 20, 10 << 30] {
-            let Some(geo) = Geometry::plan(store, None) else {
-                assert!(store < 1 << 20, "{store} should fit a cache");
-                continue;
-            };
+        assert_eq!(Geometry::plan(10 * CACHE_BLOCK, None), None);
+        for store in [11 * CACHE_BLOCK, 64 * CACHE_BLOCK, 1 << 20, 64 << 20, 10 << 30] {
+            let geo = Geometry::plan(store, None).expect("fits");
             assert!(geo.store_bytes() <= store);
             assert!(geo.journal_blocks >= 2 * Geometry::checkpoint_blocks(geo.data_blocks));
             // Not wasteful: growing the data area by one block can grow each journal region by
