@@ -21,6 +21,9 @@ use crate::backend::{Backend, Capabilities, IoError};
 use crate::request::Op;
 
 const BLOCK_BYTES: usize = CACHE_BLOCK as usize;
+/// Uncommitted records that trigger a commit without a FLUSH (dm-writecache's autocommit): a
+/// device that is never flushed must not grow its pending journal without bound.
+const AUTOCOMMIT_RECORDS: usize = 1024;
 
 /// The error for a request to a cache that was shut down.
 pub(crate) fn shut_down(op: Op, offset: u64, len: u64) -> IoError {
@@ -150,6 +153,40 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         core.committed_seq = core.next_seq - 1;
         core.index.commit_done();
         self.shared.stats.commit(checkpoint);
+        Ok(())
+    }
+
+    /// DISCARD (`unmap: None`) and WRITE_ZEROES: the cached copies are invalidated and the
+    /// backing store does the zeroing.
+    async fn zero_range(
+        &self,
+        op: Op,
+        offset: u64,
+        len: u64,
+        unmap: Option<bool>,
+    ) -> Result<(), IoError> {
+        let (first, count) = self.blocks(op, offset, len)?;
+        let mut core = self.shared.core.lock().await;
+        if core.closed {
+            return Err(shut_down(op, offset, len));
+        }
+        self.invalidate(&mut core, first, first + count);
+        core.backing_unflushed = true;
+        let mut result = match unmap {
+            None => self.backing.discard(offset, len).await,
+            Some(unmap) => self.backing.write_zeroes(offset, len, unmap).await,
+        };
+        if result.is_ok() {
+            result = self.autocommit(&mut core).await;
+        }
+        self.publish(&core);
+        result
+    }
+
+    async fn autocommit(&self, core: &mut CacheCore) -> Result<(), IoError> {
+        if core.journal.pending_len() >= AUTOCOMMIT_RECORDS {
+            self.commit(core).await?;
+        }
         Ok(())
     }
 
@@ -397,8 +434,12 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
         if let Ok(hit) = result {
             self.shared.stats.read(hit);
         }
+        let result = match result {
+            Ok(_) => self.autocommit(&mut core).await,
+            Err(e) => Err(e),
+        };
         self.publish(&core);
-        result.map(drop)
+        result
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
@@ -414,9 +455,12 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
         }
         let hit = (first..first + count).all(|b| core.index.get(b).is_some());
         self.shared.stats.write(hit);
-        let result = self
+        let mut result = self
             .write_locked(&mut core, first, buf, fua, bypass, now)
             .await;
+        if result.is_ok() {
+            result = self.autocommit(&mut core).await;
+        }
         self.publish(&core);
         result
     }
@@ -438,28 +482,11 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        let (first, count) = self.blocks(Op::Discard, offset, len)?;
-        let mut core = self.shared.core.lock().await;
-        if core.closed {
-            return Err(shut_down(Op::Discard, offset, len));
-        }
-        self.invalidate(&mut core, first, first + count);
-        core.backing_unflushed = true;
-        let result = self.backing.discard(offset, len).await;
-        self.publish(&core);
-        result
+        self.zero_range(Op::Discard, offset, len, None).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {
-        let (first, count) = self.blocks(Op::WriteZeroes, offset, len)?;
-        let mut core = self.shared.core.lock().await;
-        if core.closed {
-            return Err(shut_down(Op::WriteZeroes, offset, len));
-        }
-        self.invalidate(&mut core, first, first + count);
-        core.backing_unflushed = true;
-        let result = self.backing.write_zeroes(offset, len, unmap).await;
-        self.publish(&core);
-        result
+        self.zero_range(Op::WriteZeroes, offset, len, Some(unmap))
+            .await
     }
 }

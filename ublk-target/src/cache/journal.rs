@@ -231,6 +231,10 @@ impl JournalWriter {
         !self.pending.is_empty()
     }
 
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Whether appending the pending records would overflow the region (a checkpoint is due).
     pub(crate) fn needs_checkpoint(&self) -> bool {
         let needed = self.pending.len().div_ceil(RECORDS_PER_BLOCK) as u64;
