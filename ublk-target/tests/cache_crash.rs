@@ -35,19 +35,41 @@ const JOURNAL_BLOCKS: u64 = 3;
 
 #[derive(Clone, Debug)]
 enum Step {
-    Write { block: u64, blocks: u64, fua: bool },
-    Read { block: u64, blocks: u64 },
+    Write {
+        block: u64,
+        blocks: u64,
+        fua: bool,
+    },
+    Read {
+        block: u64,
+        blocks: u64,
+    },
     Flush,
-    Discard { block: u64, blocks: u64 },
-    WriteZeroes { block: u64, blocks: u64 },
-    Writeback { advance_ms: u64 },
+    Discard {
+        block: u64,
+        blocks: u64,
+    },
+    WriteZeroes {
+        block: u64,
+        blocks: u64,
+    },
+    Writeback {
+        advance_ms: u64,
+    },
     SetMode(CacheMode),
     Shutdown,
     /// A crash; `recovery_cut` cuts the power again while the cache reopens.
-    Crash { seed: u64, tear: bool, recovery_cut: Option<u64> },
+    Crash {
+        seed: u64,
+        tear: bool,
+        recovery_cut: Option<u64>,
+    },
     /// The power fails at the `after_ops`-th next store operation; the crash keeps unflushed
     /// writes as `seed` decides.
-    ArmPowerCut { after_ops: u64, seed: u64 },
+    ArmPowerCut {
+        after_ops: u64,
+        seed: u64,
+    },
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -153,7 +175,10 @@ impl Model {
                     "block {block} sector {n} after the crash is older than its last flushed \
                      write: block holds {}; acceptable: {:?}",
                     describe(data, block as u64),
-                    allowed.iter().map(|v| describe(v, block as u64)).collect::<Vec<_>>()
+                    allowed
+                        .iter()
+                        .map(|v| describe(v, block as u64))
+                        .collect::<Vec<_>>()
                 );
             }
             self.versions[block] = vec![data.to_vec()];
@@ -258,12 +283,20 @@ impl Rig {
     }
 
     fn check_recovered(&self, model: &mut Model) -> Result<(), TestCaseError> {
-        let image = self.read(0, DEVICE_BLOCKS).expect("reads work after reopening");
+        let image = self
+            .read(0, DEVICE_BLOCKS)
+            .expect("reads work after reopening");
         model.check_recovered(&image)
     }
 
     /// Without a crash since the last write, every block reads exactly its newest contents.
-    fn check_exact(&self, model: &Model, block: u64, data: &[u8], when: &str) -> Result<(), TestCaseError> {
+    fn check_exact(
+        &self,
+        model: &Model,
+        block: u64,
+        data: &[u8],
+        when: &str,
+    ) -> Result<(), TestCaseError> {
         for (b, got) in (block..).zip(data.chunks(BLOCK)) {
             prop_assert!(
                 got == model.latest(b),
@@ -307,8 +340,11 @@ fn run(mode: CacheMode, steps: &[Step]) -> Result<(), TestCaseError> {
                 ok
             }
             Step::Discard { block, blocks } => {
-                let ok = block_on(rig.cache.discard(block * BLOCK as u64, blocks * BLOCK as u64))
-                    .is_ok();
+                let ok = block_on(
+                    rig.cache
+                        .discard(block * BLOCK as u64, blocks * BLOCK as u64),
+                )
+                .is_ok();
                 model.record(block, blocks, 0, false);
                 ok
             }
@@ -375,7 +411,10 @@ proptest! {
 /// and without tearing the write in flight, and several choices of surviving unflushed writes),
 /// until a run completes without a cut.
 fn cut_everywhere(mode: CacheMode, prefix: &[Step], suffix: &[Step]) {
-    for (tear, seed) in [false, true].into_iter().flat_map(|t| (0..4u64).map(move |s| (t, s))) {
+    for (tear, seed) in [false, true]
+        .into_iter()
+        .flat_map(|t| (0..4u64).map(move |s| (t, s)))
+    {
         for after_ops in 0.. {
             let mut steps = prefix.to_vec();
             steps.push(Step::ArmPowerCut {
@@ -429,7 +468,9 @@ fn apply_simple(rig: &mut Rig, model: &mut Model, step: &Step) -> bool {
         Step::Write { block, blocks, fua } => {
             let tag = model.next_tag;
             model.next_tag += 1;
-            let data: Vec<u8> = (block..block + blocks).flat_map(|b| contents(tag, b)).collect();
+            let data: Vec<u8> = (block..block + blocks)
+                .flat_map(|b| contents(tag, b))
+                .collect();
             block_on(rig.cache.write(at(block), &data, fua)).is_ok()
         }
         Step::Flush => block_on(rig.cache.flush()).is_ok(),
@@ -472,7 +513,13 @@ fn a_power_cut_at_every_point_of_a_discard_over_dirty_data() {
             write(2, 2, false),
             Step::Flush,
         ],
-        &[Step::Discard { block: 2, blocks: 2 }, Step::Flush],
+        &[
+            Step::Discard {
+                block: 2,
+                blocks: 2,
+            },
+            Step::Flush,
+        ],
     );
 }
 

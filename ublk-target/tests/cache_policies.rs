@@ -54,7 +54,9 @@ fn config(mode: CacheMode) -> CacheConfig {
 }
 
 fn data(block: u64) -> Vec<u8> {
-    (0..BLOCK).map(|i| (block as u8).wrapping_add(1) ^ (i as u8)).collect()
+    (0..BLOCK)
+        .map(|i| (block as u8).wrapping_add(1) ^ (i as u8))
+        .collect()
 }
 
 fn write(cache: &impl Backend, block: u64) {
@@ -78,7 +80,10 @@ fn writeback_runs_between_the_watermarks_at_the_rate_limit() {
         write(&rig.cache, block);
     }
     assert_eq!(rig.cache.shared().stats().dirty_bytes, 40 * BLOCK as u64);
-    assert!((0..40).all(|b| !on_backing(&rig, b)), "writeback keeps data in the cache");
+    assert!(
+        (0..40).all(|b| !on_backing(&rig, b)),
+        "writeback keeps data in the cache"
+    );
 
     let step = |advance_ms: u64| {
         rig.clock.advance(Duration::from_millis(advance_ms));
@@ -86,7 +91,10 @@ fn writeback_runs_between_the_watermarks_at_the_rate_limit() {
     };
     // 10 blocks/s: 100 ms earns one block; a second earns a full batch of 8.
     let first = step(100);
-    assert_eq!((first.blocks, first.reason), (1, Some(WritebackReason::Watermark)));
+    assert_eq!(
+        (first.blocks, first.reason),
+        (1, Some(WritebackReason::Watermark))
+    );
     assert_eq!(step(0).blocks, 0, "the bucket is empty");
     assert_eq!(step(1000).blocks, 8);
     assert_eq!(step(1000).blocks, 8);
@@ -175,8 +183,15 @@ fn a_scan_does_not_evict_the_hot_blocks() {
         assert_eq!(read(&rig.cache, b), vec![0; BLOCK]);
     }
     let after = rig.cache.shared().stats();
-    assert_eq!(after.read_hits - before.read_hits, 10, "every hot block survived");
-    assert!(after.evictions >= 500, "the scan did cycle through the cache");
+    assert_eq!(
+        after.read_hits - before.read_hits,
+        10,
+        "every hot block survived"
+    );
+    assert!(
+        after.evictions >= 500,
+        "the scan did cycle through the cache"
+    );
 }
 
 #[test]

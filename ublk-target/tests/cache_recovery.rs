@@ -56,7 +56,9 @@ impl Rig {
     fn superblock(&self) -> Superblock {
         [0, 1]
             .into_iter()
-            .filter_map(|copy| Superblock::decode(&self.store.peek(copy * BLOCK as u64, BLOCK)).ok())
+            .filter_map(|copy| {
+                Superblock::decode(&self.store.peek(copy * BLOCK as u64, BLOCK)).ok()
+            })
             .max_by_key(|sb| sb.generation)
             .expect("a valid superblock")
     }
@@ -69,7 +71,9 @@ impl Rig {
 }
 
 fn pattern(block: u64, tag: u8) -> Vec<u8> {
-    (0..BLOCK).map(|i| tag ^ (block as u8) ^ (i as u8)).collect()
+    (0..BLOCK)
+        .map(|i| tag ^ (block as u8) ^ (i as u8))
+        .collect()
 }
 
 fn write_block<B: Backend>(b: &B, block: u64, tag: u8) {
@@ -107,7 +111,10 @@ fn a_damaged_journal_block_is_refused_with_both_choices() {
         "cache::flush_valid",
         "cache::discard",
     ] {
-        assert!(message.contains(needle), "{needle:?} missing from: {message}");
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from: {message}"
+        );
     }
     // Refusing changed nothing: it is refused again, the same way.
     assert_eq!(rig.open().expect_err("still refused").to_string(), message);
@@ -120,7 +127,11 @@ fn a_damaged_journal_block_is_refused_with_both_choices() {
     assert!(report.journal_problem.unwrap().contains("journal block 1"));
     assert_eq!(read_block(&rig.backing, 0), pattern(0, 1));
     assert_eq!(read_block(&rig.backing, 1), pattern(1, 1));
-    assert_eq!(read_block(&rig.backing, 10), vec![0; BLOCK], "past the damage: lost");
+    assert_eq!(
+        read_block(&rig.backing, 10),
+        vec![0; BLOCK],
+        "past the damage: lost"
+    );
     // The cache is empty and usable again.
     let cache = rig.open().expect("reformatted cache opens");
     assert_eq!(read_block(&cache, 1), pattern(1, 1));
@@ -146,10 +157,16 @@ fn a_torn_last_commit_is_ignored_and_the_rest_kept() {
     three_commits(&rig);
     // A torn write of the last journal block: the header sector made it, a later one did not.
     rig.store.corrupt(rig.journal_block(2) + 2048, &[0xee; 512]);
-    let cache = rig.open().expect("a torn tail is what a crash leaves: accepted");
+    let cache = rig
+        .open()
+        .expect("a torn tail is what a crash leaves: accepted");
     assert_eq!(read_block(&cache, 0), pattern(0, 1));
     assert_eq!(read_block(&cache, 11), pattern(11, 1));
-    assert_eq!(read_block(&cache, 20), vec![0; BLOCK], "the torn commit's data is gone");
+    assert_eq!(
+        read_block(&cache, 20),
+        vec![0; BLOCK],
+        "the torn commit's data is gone"
+    );
     assert_eq!(cache.shared().stats().dirty_bytes, 4 * BLOCK as u64);
 }
 
@@ -166,12 +183,16 @@ fn one_damaged_superblock_copy_is_survived_two_are_not() {
     rig.store.corrupt(BLOCK as u64 + 40, &[1, 2, 3]);
     let err = rig.open().expect_err("refused");
     assert!(
-        err.to_string().contains("copy 0: checksum mismatch; copy 1: checksum mismatch"),
+        err.to_string()
+            .contains("copy 0: checksum mismatch; copy 1: checksum mismatch"),
         "{err}"
     );
     let err = block_on(cache::flush_valid(&rig.backing, &rig.store)).expect_err("nothing valid");
     assert!(matches!(err, CacheError::NothingToRecover(_)), "{err:?}");
-    assert!(err.to_string().contains("only discard is possible"), "{err}");
+    assert!(
+        err.to_string().contains("only discard is possible"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -179,15 +200,30 @@ fn blank_and_foreign_stores_are_named() {
     let rig = Rig::new(CacheMode::Writethrough);
     let blank = CrashStore::new(64 * BLOCK as u64, Power::new());
     let clock: Arc<ManualClock> = Arc::new(ManualClock::new());
-    let err = block_on(cache::open(&rig.backing, &blank, &rig.config, clock.clone()))
-        .expect_err("blank");
+    let err = block_on(cache::open(
+        &rig.backing,
+        &blank,
+        &rig.config,
+        clock.clone(),
+    ))
+    .expect_err("blank");
     assert!(matches!(err, CacheError::NotFormatted), "{err:?}");
-    block_on(cache::open_or_format(&rig.backing, &blank, &rig.config, clock.clone()))
-        .expect("open_or_format formats a blank store");
+    block_on(cache::open_or_format(
+        &rig.backing,
+        &blank,
+        &rig.config,
+        clock.clone(),
+    ))
+    .expect("open_or_format formats a blank store");
 
     let other_backing = RamBackend::new(2 * DEVICE_BYTES);
-    let err = block_on(cache::open(&other_backing, &rig.store, &rig.config, clock.clone()))
-        .expect_err("wrong backing");
+    let err = block_on(cache::open(
+        &other_backing,
+        &rig.store,
+        &rig.config,
+        clock.clone(),
+    ))
+    .expect_err("wrong backing");
     assert!(
         matches!(err, CacheError::WrongBacking { expected, actual } if expected == DEVICE_BYTES && actual == 2 * DEVICE_BYTES),
         "{err:?}"
@@ -207,8 +243,13 @@ fn a_memory_only_cache_is_never_writeback() {
         volatile_store: true,
         ..CacheConfig::default()
     };
-    let err = block_on(cache::open(&backing, &store, &volatile(CacheMode::Writeback), clock.clone()))
-        .expect_err("refused");
+    let err = block_on(cache::open(
+        &backing,
+        &store,
+        &volatile(CacheMode::Writeback),
+        clock.clone(),
+    ))
+    .expect_err("refused");
     assert!(matches!(err, CacheError::VolatileWriteback), "{err:?}");
     assert!(err.to_string().contains("use writethrough"), "{err}");
     let shared = block_on(cache::open(

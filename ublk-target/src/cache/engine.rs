@@ -212,9 +212,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         if let Some(slot) = core.index.allocate() {
             return Ok(Some(slot));
         }
-        if !core.index.has_pending_free()
-            && self.evict(core) == 0
-            && core.index.has_written_back()
+        if !core.index.has_pending_free() && self.evict(core) == 0 && core.index.has_written_back()
         {
             self.flush_backing(core).await?;
             self.evict(core);
@@ -343,12 +341,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     }
 
     /// Copies a block just read from the backing store into the cache.
-    async fn promote(
-        &self,
-        core: &mut CacheCore,
-        block: u64,
-        data: &[u8],
-    ) -> Result<(), IoError> {
+    async fn promote(&self, core: &mut CacheCore, block: u64, data: &[u8]) -> Result<(), IoError> {
         // What the backing store returned is only known to survive a crash once it was flushed.
         let state = if core.backing_unflushed {
             BlockState::WrittenBack

@@ -173,7 +173,10 @@ impl CacheIndex {
     /// The clean block to evict next (2Q), removed from the index.
     pub(crate) fn evict_one(&mut self) -> Option<(u64, Entry)> {
         let block = self.clean.pop_victim()?;
-        let entry = self.entries.remove(&block).expect("2Q holds only cached blocks");
+        let entry = self
+            .entries
+            .remove(&block)
+            .expect("2Q holds only cached blocks");
         self.pending_free.push(entry.slot);
         Some((block, entry))
     }
@@ -255,7 +258,10 @@ pub(crate) fn replay(
         next_seq = next_seq.max(seq + 1);
     }
     // Replay rebuilt the free list from scratch: every slot not owned is free now.
-    index.free = (0..slots).rev().filter(|s| !owner.contains_key(s)).collect();
+    index.free = (0..slots)
+        .rev()
+        .filter(|s| !owner.contains_key(s))
+        .collect();
     index.pending_free.clear();
     Replayed {
         index,
@@ -387,7 +393,10 @@ mod tests {
         for (bad, why) in cases {
             let r = replay(&[map(1, 0, 2, true), bad], 4, 100, 1, Duration::ZERO);
             let problem = r.problem.expect("refused");
-            assert!(problem.contains("journal record 1") && problem.contains(why), "{problem}");
+            assert!(
+                problem.contains("journal record 1") && problem.contains(why),
+                "{problem}"
+            );
             assert_eq!(r.index.get(1).unwrap().slot, 0, "the prefix is applied");
         }
     }
@@ -424,14 +433,24 @@ mod tests {
     fn only_clean_blocks_are_evicted() {
         let mut index = CacheIndex::new(4);
         for (block, state) in [
-            (1, BlockState::Dirty {
-                since: Duration::ZERO,
-            }),
+            (
+                1,
+                BlockState::Dirty {
+                    since: Duration::ZERO,
+                },
+            ),
             (2, BlockState::WrittenBack),
             (3, BlockState::Clean),
         ] {
             let slot = index.allocate().unwrap();
-            index.insert(block, Entry { slot, seq: block, state });
+            index.insert(
+                block,
+                Entry {
+                    slot,
+                    seq: block,
+                    state,
+                },
+            );
         }
         assert_eq!(index.evict_one().map(|(b, _)| b), Some(3));
         assert_eq!(index.evict_one(), None);

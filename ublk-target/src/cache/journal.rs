@@ -66,14 +66,17 @@ pub(crate) fn choose_superblock(
         }
         None => Err(NoSuperblock::Invalid(format!(
             "no valid superblock (copy 0: {}; copy 1: {})",
-            copies[0].as_ref().err().expect("none valid"),
-            copies[1].as_ref().err().expect("none valid"),
+            copies[0].as_ref().expect_err("none valid"),
+            copies[1].as_ref().expect_err("none valid"),
         ))),
     }
 }
 
 /// Writes `sb` to both superblock copies, one after the other, each durable before the next.
-pub(crate) async fn write_superblocks<C: Backend>(store: &C, sb: &Superblock) -> Result<(), IoError> {
+pub(crate) async fn write_superblocks<C: Backend>(
+    store: &C,
+    sb: &Superblock,
+) -> Result<(), IoError> {
     let mut buf = block_buffer();
     sb.encode(buf.as_mut_slice());
     for copy in 0..2 {
@@ -94,7 +97,9 @@ fn fresh_format_id() -> u64 {
     // splitmix64 finaliser over time, pid and a counter.
     let mut x = nanos
         ^ (u64::from(std::process::id()) << 32)
-        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)

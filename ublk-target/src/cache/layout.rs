@@ -213,11 +213,15 @@ impl Superblock {
             clean_shutdown: block[57] == 1,
         };
         if block[57] > 1 {
-            return Err(SuperblockProblem::Inconsistent("shutdown flag is not 0 or 1"));
+            return Err(SuperblockProblem::Inconsistent(
+                "shutdown flag is not 0 or 1",
+            ));
         }
         let geo = sb.geometry;
         if geo.data_blocks == 0 || geo.data_blocks > u64::from(u32::MAX) {
-            return Err(SuperblockProblem::Inconsistent("data area size out of range"));
+            return Err(SuperblockProblem::Inconsistent(
+                "data area size out of range",
+            ));
         }
         if geo.journal_blocks < Geometry::checkpoint_blocks(geo.data_blocks) + 2 {
             return Err(SuperblockProblem::Inconsistent(
@@ -225,7 +229,9 @@ impl Superblock {
             ));
         }
         if sb.active_region > 1 {
-            return Err(SuperblockProblem::Inconsistent("active region is not 0 or 1"));
+            return Err(SuperblockProblem::Inconsistent(
+                "active region is not 0 or 1",
+            ));
         }
         if sb.backing_size == 0 || sb.backing_size % CACHE_BLOCK != 0 {
             return Err(SuperblockProblem::Inconsistent(
@@ -285,7 +291,13 @@ impl Record {
                 slot,
                 seq,
                 dirty,
-            } => (KIND_MAP, if dirty { FLAG_DIRTY } else { 0 }, block, slot, seq),
+            } => (
+                KIND_MAP,
+                if dirty { FLAG_DIRTY } else { 0 },
+                block,
+                slot,
+                seq,
+            ),
             Record::Clean { block, slot, seq } => (KIND_CLEAN, 0, block, slot, seq),
             Record::Unmap { block, seq } => (KIND_UNMAP, 0, block, 0, seq),
         };
@@ -390,13 +402,22 @@ mod tests {
     #[test]
     fn plans_fit_their_store_and_leave_room_for_a_checkpoint() {
         assert_eq!(Geometry::plan(10 * CACHE_BLOCK, None), None);
-        for store in [11 * CACHE_BLOCK, 64 * CACHE_BLOCK, 1 << 20, 64 << 20, 10 << 30] {
+        for store in [
+            11 * CACHE_BLOCK,
+            64 * CACHE_BLOCK,
+            1 << 20,
+            64 << 20,
+            10 << 30,
+        ] {
             let geo = Geometry::plan(store, None).expect("fits");
             assert!(geo.store_bytes() <= store);
             assert!(geo.journal_blocks >= 2 * Geometry::checkpoint_blocks(geo.data_blocks));
             // Not wasteful: growing the data area by one block can grow each journal region by
             // two (one more checkpoint block, counted twice), so at most 5 blocks stay unused.
-            assert!(store - geo.store_bytes() < 6 * CACHE_BLOCK, "{store}: {geo:?}");
+            assert!(
+                store - geo.store_bytes() < 6 * CACHE_BLOCK,
+                "{store}: {geo:?}"
+            );
         }
         assert_eq!(Geometry::plan(CACHE_BLOCK, None), None);
         let small = Geometry::plan(1 << 20, Some(3)).unwrap();
@@ -481,6 +502,9 @@ mod tests {
         put_u32(&mut block, 36, 0);
         let crc = crc32c(&block);
         put_u32(&mut block, 36, crc);
-        assert_eq!(decode_journal_block(pos, &block), JournalBlock::BadRecord(0));
+        assert_eq!(
+            decode_journal_block(pos, &block),
+            JournalBlock::BadRecord(0)
+        );
     }
 }

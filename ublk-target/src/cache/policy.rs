@@ -181,7 +181,8 @@ impl WritebackThrottle {
     fn refill(&mut self, now: Duration) {
         let elapsed = now.saturating_sub(self.last_refill);
         self.last_refill = self.last_refill.max(now);
-        let earned = u128::from(self.policy.rate_bytes_per_sec) * elapsed.as_nanos() / 1_000_000_000;
+        let earned =
+            u128::from(self.policy.rate_bytes_per_sec) * elapsed.as_nanos() / 1_000_000_000;
         let earned = u64::try_from(earned).unwrap_or(u64::MAX);
         self.tokens = self.tokens.saturating_add(earned).min(self.burst_bytes());
     }
@@ -203,8 +204,8 @@ impl WritebackThrottle {
         if dirty <= percent(self.policy.low_watermark_percent) {
             self.draining = false;
         }
-        let affordable = (self.tokens / super::layout::CACHE_BLOCK)
-            .min(u64::from(self.policy.batch_blocks));
+        let affordable =
+            (self.tokens / super::layout::CACHE_BLOCK).min(u64::from(self.policy.batch_blocks));
         let aged = oldest_dirty_since
             .is_some_and(|since| now.saturating_sub(since) >= self.policy.max_dirty_age);
         let (reason, wanted, dirty_before) = if self.draining {
@@ -283,11 +284,18 @@ mod tests {
         let now = Duration::from_secs(100); // bucket full
         assert_eq!(t.plan(now, 50, 100, Some(now)).blocks, 0, "at high: idle");
         let plan = t.plan(now, 51, 100, Some(now));
-        assert_eq!((plan.blocks, plan.reason), (11, Some(WritebackReason::Watermark)));
+        assert_eq!(
+            (plan.blocks, plan.reason),
+            (11, Some(WritebackReason::Watermark))
+        );
         // Between the marks it keeps going until the low one.
         assert_eq!(t.plan(now, 45, 100, Some(now)).blocks, 5);
         assert_eq!(t.plan(now, 40, 100, Some(now)).blocks, 0);
-        assert_eq!(t.plan(now, 45, 100, Some(now)).blocks, 0, "stopped below high");
+        assert_eq!(
+            t.plan(now, 45, 100, Some(now)).blocks,
+            0,
+            "stopped below high"
+        );
     }
 
     #[test]
@@ -312,7 +320,13 @@ mod tests {
         assert_eq!(t.plan(MS * 50, 90, 100, None).blocks, 0, "spent");
         assert_eq!(t.plan(MS * 60, 90, 100, None).blocks, 1);
         // Idle time accrues at most one batch.
-        let mut t = WritebackThrottle::new(WritebackPolicy { batch_blocks: 8, ..policy() }, Duration::ZERO);
+        let mut t = WritebackThrottle::new(
+            WritebackPolicy {
+                batch_blocks: 8,
+                ..policy()
+            },
+            Duration::ZERO,
+        );
         assert_eq!(t.plan(Duration::from_secs(3600), 90, 100, None).blocks, 8);
     }
 

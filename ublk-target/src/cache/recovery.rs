@@ -34,8 +34,8 @@ pub async fn format<C: Backend>(
     journal_blocks: Option<u64>,
 ) -> Result<Superblock, CacheError> {
     check_backing(backing_size)?;
-    let geometry = Geometry::plan(store.size(), journal_blocks)
-        .ok_or(CacheError::TooSmall(store.size()))?;
+    let geometry =
+        Geometry::plan(store.size(), journal_blocks).ok_or(CacheError::TooSmall(store.size()))?;
     tracing::info!(
         data_blocks = geometry.data_blocks,
         journal_blocks = geometry.journal_blocks,
@@ -107,7 +107,10 @@ pub async fn open<B: Backend, C: Backend>(
     match &journal.end {
         JournalEnd::Corrupt(problem) => return Err(invalid(problem.clone())),
         JournalEnd::TornTail => {
-            tracing::info!(block = journal.blocks, "journal ends in a torn commit; ignored")
+            tracing::info!(
+                block = journal.blocks,
+                "journal ends in a torn commit; ignored"
+            )
         }
         JournalEnd::Complete => {}
     }
@@ -129,7 +132,10 @@ pub async fn open<B: Backend, C: Backend>(
     }
     if !sb.clean_shutdown {
         let dropped = index.drop_clean();
-        tracing::info!(dropped, "cache was not shut down cleanly: clean blocks dropped");
+        tracing::info!(
+            dropped,
+            "cache was not shut down cleanly: clean blocks dropped"
+        );
     }
     let mut writer = JournalWriter::new(sb, journal.blocks);
     // A fresh checkpoint: compacts the journal, forgets any torn tail, and records that the

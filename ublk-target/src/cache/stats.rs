@@ -96,11 +96,25 @@ fn mode_from_code(code: u64) -> CacheMode {
 
 impl CacheStats {
     pub(crate) fn read(&self, hit: bool) {
-        bump(if hit { &self.read_hits } else { &self.read_misses }, 1);
+        bump(
+            if hit {
+                &self.read_hits
+            } else {
+                &self.read_misses
+            },
+            1,
+        );
     }
 
     pub(crate) fn write(&self, hit: bool) {
-        bump(if hit { &self.write_hits } else { &self.write_misses }, 1);
+        bump(
+            if hit {
+                &self.write_hits
+            } else {
+                &self.write_misses
+            },
+            1,
+        );
     }
 
     pub(crate) fn bypass(&self) {
@@ -120,7 +134,14 @@ impl CacheStats {
     }
 
     pub(crate) fn commit(&self, checkpoint: bool) {
-        bump(if checkpoint { &self.checkpoints } else { &self.commits }, 1);
+        bump(
+            if checkpoint {
+                &self.checkpoints
+            } else {
+                &self.commits
+            },
+            1,
+        );
     }
 
     pub(crate) fn flush(&self, latency: Duration) {

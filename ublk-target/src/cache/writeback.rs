@@ -144,7 +144,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         } else {
             DrainReport::default()
         };
-        tracing::info!(to = mode.name(), blocks = drained.blocks, "cache mode changed");
+        tracing::info!(
+            to = mode.name(),
+            blocks = drained.blocks,
+            "cache mode changed"
+        );
         Ok(ModeChange {
             from,
             to: mode,
