@@ -27,6 +27,10 @@
 //! An `open` that fails with [`CacheError::Invalid`] must be shown to the operator, who then
 //! calls [`flush_valid`] or [`discard`]; the cache is never used silently.
 //!
+//! Wiring note: a queue's `FileBackend` addresses the *backing* store's registered fixed file
+//! when its submitter reports one (`Submitter::backing_slot`); the cache store's backend needs a
+//! submitter that reports the cache store's own slot, or none.
+//!
 //! # Concurrency
 //! All queues of a device share one [`CacheShared`]; each request holds its async lock for its
 //! whole duration (index lookups and the I/O they imply), so requests through the cache are
@@ -222,5 +226,29 @@ impl CacheShared {
 
     fn now(&self) -> Duration {
         self.clock.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_state_can_cross_queue_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<CacheShared>();
+        shareable::<Arc<CacheShared>>();
+    }
+
+    #[test]
+    fn modes_parse_from_their_names() {
+        for mode in CacheMode::ALL {
+            assert_eq!(mode.name().parse::<CacheMode>(), Ok(mode));
+        }
+        let err = "fast".parse::<CacheMode>().unwrap_err();
+        assert!(
+            err.contains("writeback, writethrough, writearound or none"),
+            "{err}"
+        );
     }
 }
