@@ -7,7 +7,7 @@ mod cache_support;
 
 use std::sync::Arc;
 
-use cache_support::{CrashStore, Power};
+use cache_support::{CrashChoice, CrashStore, Power};
 use smol::block_on;
 use ublk_target::backend::{Backend, RamBackend};
 use ublk_target::cache::layout::Superblock;
@@ -26,9 +26,13 @@ struct Rig {
 
 impl Rig {
     fn new(mode: CacheMode) -> Rig {
+        Rig::with_store_blocks(mode, 128)
+    }
+
+    fn with_store_blocks(mode: CacheMode, blocks: u64) -> Rig {
         let rig = Rig {
             backing: RamBackend::new(DEVICE_BYTES),
-            store: CrashStore::new(128 * BLOCK as u64, Power::new()),
+            store: CrashStore::new(blocks * BLOCK as u64, Power::new()),
             clock: Arc::new(ManualClock::new()),
             config: CacheConfig {
                 mode,
@@ -293,4 +297,46 @@ fn a_clean_shutdown_keeps_the_warm_cache_and_a_crash_drops_it() {
     assert_eq!(read_block(&cold, 0), pattern(0, 5));
     let stats = cold.shared().stats();
     assert_eq!((stats.read_hits, stats.read_misses), (0, 1));
+}
+
+#[test]
+fn blocks_of_a_checkpoint_that_never_took_effect_are_never_replayed() {
+    // A checkpoint interrupted before its superblock switch leaves valid-looking blocks in the
+    // other region. The next checkpoint into that region must not let them count as journal.
+    let power = Power::new();
+    let mut rig = Rig::with_store_blocks(CacheMode::Writeback, 400);
+    rig.store = CrashStore::new(400 * BLOCK as u64, Arc::clone(&power));
+    block_on(cache::format(&rig.store, DEVICE_BYTES, Some(8))).expect("format");
+    let cache = rig.open().expect("open");
+    // Eight one-block commits fill the 8-block journal region.
+    for block in 240..248 {
+        write_block(&cache, block, 1);
+        block_on(cache.flush()).expect("flush");
+    }
+    // 200 more dirty blocks: their commit needs a checkpoint of 208 records (two blocks),
+    // which the power cuts at its superblock write (flush, 2 blocks, flush, superblock).
+    for block in 0..200 {
+        write_block(&cache, block, 2);
+    }
+    power.arm(4);
+    block_on(cache.flush()).expect_err("power cut");
+    drop(cache);
+    rig.store.crash(&CrashChoice {
+        seed: 1,
+        tear: false,
+    });
+    // The old journal is intact: the eight committed blocks are back, the unflushed 200 are not.
+    let cache = rig.open().expect("reopen after the cut");
+    assert_eq!(read_block(&cache, 240), pattern(240, 1));
+    drop(cache);
+    // Reopening writes a one-block checkpoint into the region the cut left stale blocks in.
+    let cache = rig
+        .open()
+        .expect("stale checkpoint blocks must not be replayed");
+    assert_eq!(read_block(&cache, 247), pattern(247, 1));
+    assert_eq!(
+        read_block(&cache, 150),
+        vec![0; BLOCK],
+        "never flushed, never resurrected"
+    );
 }

@@ -87,8 +87,8 @@ pub(crate) async fn write_superblocks<C: Backend>(
     Ok(())
 }
 
-/// A format id no earlier format of this store is likely to share.
-fn fresh_format_id() -> u64 {
+/// A 64-bit id no earlier format or checkpoint of this store is likely to share.
+fn fresh_id() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -119,12 +119,12 @@ pub(crate) async fn format_store<C: Backend>(
             .await?;
     }
     let sb = Superblock {
-        format_id: fresh_format_id(),
+        format_id: fresh_id(),
         generation: 1,
         geometry,
         backing_size,
         active_region: 0,
-        epoch: 1,
+        epoch: fresh_id(),
         next_seq: 1,
         clean_shutdown: true,
     };
@@ -282,7 +282,10 @@ impl JournalWriter {
         let next = Superblock {
             generation: self.sb.generation + 1,
             active_region: 1 - self.sb.active_region,
-            epoch: self.sb.epoch + 1,
+            // Random, not the next number: a checkpoint a crash interrupted before its
+            // superblock switch left blocks in that region, and the retry after recovery must
+            // not find them carrying its own epoch.
+            epoch: fresh_id(),
             next_seq,
             clean_shutdown,
             ..self.sb

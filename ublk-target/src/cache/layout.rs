@@ -113,7 +113,8 @@ pub struct Superblock {
     pub backing_size: u64,
     /// The journal region holding the live journal (0 or 1).
     pub active_region: u8,
-    /// Grows by one per checkpoint; the live region's blocks carry it.
+    /// Random per checkpoint; the live region's blocks carry it, so blocks of an earlier or
+    /// interrupted checkpoint of the same region never replay.
     pub epoch: u64,
     /// The first sequence number not yet used when the checkpoint was written.
     pub next_seq: u64,
