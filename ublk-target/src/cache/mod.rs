@@ -241,6 +241,15 @@ mod tests {
     }
 
     #[test]
+    fn the_config_round_trips_through_json_with_units_in_its_names() {
+        let config = CacheConfig::default();
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["mode"], "writethrough");
+        assert_eq!(json["writeback"]["max_dirty_age_ms"], 30_000);
+        assert_eq!(serde_json::from_value::<CacheConfig>(json).unwrap(), config);
+    }
+
+    #[test]
     fn modes_parse_from_their_names() {
         for mode in CacheMode::ALL {
             assert_eq!(mode.name().parse::<CacheMode>(), Ok(mode));

@@ -73,7 +73,7 @@ pub struct WritebackPolicy {
     /// ... and continues until they drop to this percentage.
     pub low_watermark_percent: u8,
     /// Dirty data older than this is written back whatever the watermarks say.
-    #[serde(with = "duration_ms")]
+    #[serde(rename = "max_dirty_age_ms", with = "duration_ms")]
     pub max_dirty_age: Duration,
     /// Bytes per second background writeback may write (foreground I/O keeps the rest).
     pub rate_bytes_per_sec: u64,
