@@ -28,10 +28,32 @@ use ublk_target::cache::{self, CacheConfig, CacheMode, CachedBackend, WritebackP
 use ublk_target::qos::ManualClock;
 
 const BLOCK: usize = 4096;
-const DEVICE_BLOCKS: u64 = 48;
-/// 2 superblocks + 2 × 3 journal blocks + 12 data slots.
-const CACHE_STORE_BYTES: u64 = 20 * BLOCK as u64;
-const JOURNAL_BLOCKS: u64 = 3;
+
+/// The sizes of one test setup.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    device_blocks: u64,
+    store_blocks: u64,
+    journal_blocks: u64,
+    longest_io: u64,
+}
+
+/// 2 superblocks + 2 × 3 journal blocks + 12 data slots for a 48-block device.
+const SMALL: Shape = Shape {
+    device_blocks: 48,
+    store_blocks: 20,
+    journal_blocks: 3,
+    longest_io: 6,
+};
+
+/// 2 superblocks + 2 × 5 journal blocks + 200 data slots: checkpoints span two journal blocks
+/// and come every few commits.
+const LARGE: Shape = Shape {
+    device_blocks: 320,
+    store_blocks: 212,
+    journal_blocks: 5,
+    longest_io: 48,
+};
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -72,21 +94,24 @@ enum Step {
     },
 }
 
-fn range() -> impl Strategy<Value = (u64, u64)> {
-    (0..DEVICE_BLOCKS).prop_flat_map(|block| (Just(block), 1..=(DEVICE_BLOCKS - block).min(6)))
+fn range(shape: Shape) -> impl Strategy<Value = (u64, u64)> {
+    (0..shape.device_blocks).prop_flat_map(move |block| {
+        let longest = (shape.device_blocks - block).min(shape.longest_io);
+        (Just(block), 1..=longest)
+    })
 }
 
 fn mode() -> impl Strategy<Value = CacheMode> {
     prop::sample::select(CacheMode::ALL.to_vec())
 }
 
-fn step() -> impl Strategy<Value = Step> {
+fn step(shape: Shape) -> impl Strategy<Value = Step> {
     prop_oneof![
-        8 => (range(), any::<bool>()).prop_map(|((block, blocks), fua)| Step::Write { block, blocks, fua }),
-        4 => range().prop_map(|(block, blocks)| Step::Read { block, blocks }),
+        8 => (range(shape), any::<bool>()).prop_map(|((block, blocks), fua)| Step::Write { block, blocks, fua }),
+        4 => range(shape).prop_map(|(block, blocks)| Step::Read { block, blocks }),
         3 => Just(Step::Flush),
-        1 => range().prop_map(|(block, blocks)| Step::Discard { block, blocks }),
-        1 => range().prop_map(|(block, blocks)| Step::WriteZeroes { block, blocks }),
+        1 => range(shape).prop_map(|(block, blocks)| Step::Discard { block, blocks }),
+        1 => range(shape).prop_map(|(block, blocks)| Step::WriteZeroes { block, blocks }),
         2 => (0..3000u64).prop_map(|advance_ms| Step::Writeback { advance_ms }),
         1 => mode().prop_map(Step::SetMode),
         1 => Just(Step::Shutdown),
@@ -129,10 +154,10 @@ struct Model {
 }
 
 impl Model {
-    fn new() -> Self {
+    fn new(blocks: u64) -> Self {
         Model {
-            versions: vec![vec![vec![0; BLOCK]]; DEVICE_BLOCKS as usize],
-            floor: vec![0; DEVICE_BLOCKS as usize],
+            versions: vec![vec![vec![0; BLOCK]]; blocks as usize],
+            floor: vec![0; blocks as usize],
             next_tag: 1,
         }
     }
@@ -189,6 +214,7 @@ impl Model {
 }
 
 struct Rig {
+    shape: Shape,
     power: Arc<Power>,
     backing: CrashStore,
     store: CrashStore,
@@ -198,11 +224,16 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(mode: CacheMode) -> Rig {
+    fn new(mode: CacheMode, shape: Shape) -> Rig {
         let power = Power::new();
-        let backing = CrashStore::new(DEVICE_BLOCKS * BLOCK as u64, Arc::clone(&power));
-        let store = CrashStore::new(CACHE_STORE_BYTES, Arc::clone(&power));
-        block_on(cache::format(&store, backing.size(), Some(JOURNAL_BLOCKS))).expect("format");
+        let backing = CrashStore::new(shape.device_blocks * BLOCK as u64, Arc::clone(&power));
+        let store = CrashStore::new(shape.store_blocks * BLOCK as u64, Arc::clone(&power));
+        block_on(cache::format(
+            &store,
+            backing.size(),
+            Some(shape.journal_blocks),
+        ))
+        .expect("format");
         let config = CacheConfig {
             mode,
             volatile_store: false,
@@ -218,6 +249,7 @@ impl Rig {
         let clock = Arc::new(ManualClock::new());
         let cache = Self::open(&backing, &store, &config, &clock);
         Rig {
+            shape,
             power,
             backing,
             store,
@@ -284,7 +316,7 @@ impl Rig {
 
     fn check_recovered(&self, model: &mut Model) -> Result<(), TestCaseError> {
         let image = self
-            .read(0, DEVICE_BLOCKS)
+            .read(0, self.shape.device_blocks)
             .expect("reads work after reopening");
         model.check_recovered(&image)
     }
@@ -309,9 +341,9 @@ impl Rig {
     }
 }
 
-fn run(mode: CacheMode, steps: &[Step]) -> Result<(), TestCaseError> {
-    let mut rig = Rig::new(mode);
-    let mut model = Model::new();
+fn run(mode: CacheMode, shape: Shape, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut rig = Rig::new(mode, shape);
+    let mut model = Model::new(shape.device_blocks);
     let mut cut_seed = 0;
     for step in steps {
         let ok = match *step {
@@ -365,7 +397,9 @@ fn run(mode: CacheMode, steps: &[Step]) -> Result<(), TestCaseError> {
                     model.flushed();
                     rig.power.disarm();
                     rig.reopen();
-                    let data = rig.read(0, DEVICE_BLOCKS).expect("reads after reopen");
+                    let data = rig
+                        .read(0, shape.device_blocks)
+                        .expect("reads after reopen");
                     rig.check_exact(&model, 0, &data, "after a clean stop")?;
                     true
                 } else {
@@ -402,8 +436,23 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn flushed_writes_survive_any_crash(mode in mode(), steps in prop::collection::vec(step(), 1..60)) {
-        run(mode, &steps)?;
+    fn flushed_writes_survive_any_crash(
+        mode in mode(),
+        steps in prop::collection::vec(step(SMALL), 1..60),
+    ) {
+        run(mode, SMALL, &steps)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn flushed_writes_survive_any_crash_with_multi_block_checkpoints(
+        mode in mode(),
+        steps in prop::collection::vec(step(LARGE), 1..60),
+    ) {
+        run(mode, LARGE, &steps)?;
     }
 }
 
@@ -427,7 +476,7 @@ fn cut_everywhere(mode: CacheMode, prefix: &[Step], suffix: &[Step]) {
                 tear,
                 recovery_cut: None,
             });
-            run(mode, &steps).unwrap_or_else(|e| {
+            run(mode, SMALL, &steps).unwrap_or_else(|e| {
                 panic!("{mode:?}, power cut at operation {after_ops} of {suffix:?}: {e}")
             });
             // A cut beyond the last operation never fires: every point was covered.
@@ -446,8 +495,8 @@ fn cut_everywhere(mode: CacheMode, prefix: &[Step], suffix: &[Step]) {
 
 /// Whether the armed power cut fires during `steps`.
 fn cuts_in(mode: CacheMode, steps: &[Step]) -> bool {
-    let mut rig = Rig::new(mode);
-    let mut model = Model::new();
+    let mut rig = Rig::new(mode, SMALL);
+    let mut model = Model::new(SMALL.device_blocks);
     for step in steps {
         if let Step::ArmPowerCut { after_ops, .. } = step {
             rig.power.arm(*after_ops);

@@ -304,15 +304,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         let offset = first * CACHE_BLOCK;
         let end = first + (data.len() / BLOCK_BYTES) as u64;
         match core.mode {
-            _ if bypass => {
-                self.invalidate(core, first, end);
-                self.write_backing(core, offset, data, fua).await?;
-            }
-            CacheMode::Writearound | CacheMode::None => {
-                self.invalidate(core, first, end);
-                self.write_backing(core, offset, data, fua).await?;
-            }
-            CacheMode::Writethrough => {
+            CacheMode::Writethrough if !bypass => {
                 self.write_backing(core, offset, data, fua).await?;
                 for (block, chunk) in (first..).zip(data.chunks(BLOCK_BYTES)) {
                     if !self
@@ -323,7 +315,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                     }
                 }
             }
-            CacheMode::Writeback => {
+            CacheMode::Writeback if !bypass => {
                 let dirty = BlockState::Dirty { since: now };
                 for (block, chunk) in (first..).zip(data.chunks(BLOCK_BYTES)) {
                     if !self.cache_block(core, block, chunk, dirty).await? {
@@ -332,6 +324,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                             .await?;
                     }
                 }
+            }
+            // Writearound, none, or a sequential stream past the cutoff.
+            _ => {
+                self.invalidate(core, first, end);
+                self.write_backing(core, offset, data, fua).await?;
             }
         }
         if fua && core.journal.has_pending() {
