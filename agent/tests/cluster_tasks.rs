@@ -1,0 +1,172 @@
+//! The real agent binary with the real master and a pymesos scheduler: command tasks finish,
+//! fail and get killed; a custom-executor task is refused; the agent's HTTP API shows them;
+//! a `kill -9` of the agent leaves a running task running, and the restarted agent re-registers
+//! with the same id and reports the task's end.
+
+mod cluster_common;
+
+use cluster_common::{Agent, Master, Scheduler};
+use serde_json::Value;
+
+fn tasks_of(state: &Value) -> Vec<Value> {
+    state["frameworks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["executors"].as_array().cloned().unwrap_or_default())
+        .flat_map(|e| e["tasks"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn task_state(state: &Value, id: &str) -> Option<String> {
+    tasks_of(state)
+        .iter()
+        .find(|t| t["id"] == id)
+        .and_then(|t| t["state"].as_str().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_tasks_finish_fail_get_killed_and_show_in_the_agent_api() {
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&master.address(), dir.path(), &[]);
+    let mut scheduler = Scheduler::start(&master.address());
+
+    scheduler
+        .launch(&[
+            ("hello", "echo hello-from-the-agent"),
+            ("oops", "echo oops >&2; exit 3"),
+            ("long", "sleep 1000"),
+        ])
+        .await;
+    let finished = scheduler.update("hello", "TASK_FINISHED").await;
+    assert_eq!(
+        scheduler.states("hello"),
+        ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    );
+    let failed = scheduler.update("oops", "TASK_FAILED").await;
+    assert_eq!(failed["message"], "Command exited with status 3");
+    scheduler.update("long", "TASK_RUNNING").await;
+
+    let state = agent
+        .wait_state("the long task running", |s| {
+            task_state(s, "long").as_deref() == Some("TASK_RUNNING")
+        })
+        .await;
+    assert_eq!(state["id"], finished["agent_id"], "{state:#}");
+    assert_eq!(state["hostname"], "127.0.0.1");
+    assert_eq!(state["resources"]["cpus"], 4.0);
+    assert_eq!(state["resources"]["ports"], "[31000-32000]");
+    let long = tasks_of(&state)
+        .into_iter()
+        .find(|t| t["id"] == "long")
+        .unwrap();
+    assert_eq!(long["resources"]["cpus"], 0.1);
+
+    // The finished task's stdout, found through /files/browse and read through /files/read.
+    let agent_id = state["id"].as_str().unwrap();
+    let framework_id = state["frameworks"][0]["id"].as_str().unwrap();
+    let runs = agent.work_dir.join(format!(
+        "slaves/{agent_id}/frameworks/{framework_id}/executors/hello/runs"
+    ));
+    let listing = agent
+        .get_json(&format!("/files/browse?path={}", runs.display()))
+        .await;
+    let run = listing[0]["path"].as_str().expect("one run").to_owned();
+    assert!(listing[0]["mode"].as_str().unwrap().starts_with('d'), "{listing}");
+    let read = agent
+        .get_json(&format!("/files/read?path={run}/stdout&offset=0&length=100"))
+        .await;
+    assert_eq!(read["data"], "hello-from-the-agent\n");
+    assert_eq!(read["offset"], 0);
+    let size = agent
+        .get_json(&format!("/files/read?path={run}/stdout&offset=-1"))
+        .await;
+    assert_eq!(size["offset"], 21);
+    // Nothing outside the sandboxes is served.
+    assert_eq!(agent.get("/files/read?path=/etc/passwd&offset=0").await.0, 404);
+    assert_eq!(agent.get("/files/browse").await.0, 400);
+    assert_eq!(
+        agent.get(&format!("/files/read?path={run}/stdout&offset=x")).await.0,
+        400
+    );
+
+    scheduler.send(serde_json::json!({"cmd": "kill", "id": "long"})).await;
+    let killed = scheduler.update("long", "TASK_KILLED").await;
+    assert_eq!(killed["agent_id"], agent_id);
+
+    // A task for a custom executor is refused, for now, with a clear message.
+    scheduler
+        .launch_specs(vec![serde_json::json!({
+            "id": "custom", "command": "true", "executor": true
+        })])
+        .await;
+    let error = scheduler.update("custom", "TASK_ERROR").await;
+    assert_eq!(error["message"], "custom executors are not supported yet");
+
+    assert_eq!(agent.get("/health").await.0, 200);
+    let version = agent.get_json("/version").await;
+    assert!(version["version"].is_string());
+    let metrics = agent.get_json("/metrics/snapshot").await;
+    assert_eq!(metrics["slave/registered"], 1);
+    assert_eq!(metrics["slave/tasks_finished"], 1, "{metrics:#}");
+    assert_eq!(metrics["slave/tasks_failed"], 1);
+    assert_eq!(metrics["slave/tasks_killed"], 1);
+    assert_eq!(metrics["slave/tasks_error"], 1);
+    assert_eq!(metrics["slave/cpus_total"], 4.0);
+    // Acknowledged tasks leave the books and show as completed.
+    let state = agent
+        .wait_state("every task completed", |s| tasks_of(s).is_empty())
+        .await;
+    let completed: Vec<&str> = state["completed_frameworks"][0]["completed_executors"][0]
+        ["completed_tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    for id in ["hello", "oops", "long", "custom"] {
+        assert!(completed.contains(&id), "{id} in {completed:?}");
+    }
+    scheduler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_outlives_a_kill_9_of_the_agent_and_its_end_is_reported_after_restart() {
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("go");
+    let mut agent = Agent::start(&master.address(), dir.path(), &[]);
+    let mut scheduler = Scheduler::start(&master.address());
+    let command = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo released",
+        gate.display()
+    );
+    scheduler.launch(&[("survivor", &command)]).await;
+    let running = scheduler.update("survivor", "TASK_RUNNING").await;
+    let agent_id = running["agent_id"].as_str().unwrap().to_owned();
+
+    agent.kill9();
+    agent.restart();
+    let state = agent
+        .wait_state("the task recovered and the agent re-registered", |s| {
+            s["registered"] == true && task_state(s, "survivor").as_deref() == Some("TASK_RUNNING")
+        })
+        .await;
+    assert_eq!(state["id"], agent_id.as_str(), "the same agent id");
+    assert!(
+        agent.log_text().contains("re-attached to a running task"),
+        "{}",
+        agent.log_text()
+    );
+
+    std::fs::write(&gate, b"").unwrap();
+    let finished = scheduler.update("survivor", "TASK_FINISHED").await;
+    assert_eq!(finished["agent_id"], agent_id.as_str());
+    assert!(
+        !scheduler.states("survivor").contains(&"TASK_LOST".to_string()),
+        "{:?}",
+        scheduler.states("survivor")
+    );
+    scheduler.stop().await;
+}
