@@ -95,13 +95,21 @@ fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading --agent_secret_file {}", path.display()))?;
     let secret = text.trim();
-    anyhow::ensure!(!secret.is_empty(), "--agent_secret_file {} is empty", path.display());
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "--agent_secret_file {} is empty",
+        path.display()
+    );
     Ok(secret.to_owned())
 }
 
 fn cgroups(isolation: &str, root: &str) -> anyhow::Result<Option<CgroupConfig>> {
     let mut cgroups = false;
-    for part in isolation.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for part in isolation
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         match part {
             "cgroups/cpu" | "cgroups/mem" => cgroups = true,
             "posix/cpu" | "posix/mem" => {}
@@ -150,7 +158,11 @@ impl Flags {
             .map_err(|e| anyhow::anyhow!("--resources: {e}"))?;
         let attributes = resources::parse_attributes(&self.attributes)
             .map_err(|e| anyhow::anyhow!("--attributes: {e}"))?;
-        let secret = self.agent_secret_file.as_ref().map(read_secret).transpose()?;
+        let secret = self
+            .agent_secret_file
+            .as_ref()
+            .map(read_secret)
+            .transpose()?;
         let (_, endpoint) = self.address();
         Ok(AgentConfig {
             master_url,
@@ -165,7 +177,9 @@ impl Flags {
             switch_user: self.switch_user,
             cgroups: cgroups(&self.isolation, &self.cgroups_root)?,
             executor_shutdown_grace_period: self.executor_shutdown_grace_period,
-            registration_backoff: self.registration_backoff_factor.max(Duration::from_millis(10)),
+            registration_backoff: self
+                .registration_backoff_factor
+                .max(Duration::from_millis(10)),
             status_backoff: Backoff::MESOS,
         })
     }

@@ -11,7 +11,11 @@ fn refused(args: &[&str]) -> String {
         .expect("run mesoblk-agent");
     assert!(!output.status.success(), "{args:?} must fail");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line for {args:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line for {args:?}: {stderr}"
+    );
     stderr
 }
 
@@ -22,26 +26,58 @@ fn bad_flags_get_one_line_and_a_non_zero_exit() {
     let work = work.to_str().unwrap();
     assert!(refused(&["--work_dir", work]).contains("--master"));
     assert!(refused(&["--master", "127.0.0.1:5050"]).contains("--work_dir"));
-    assert!(refused(&["--master", "127.0.0.1:5050", "--work_dir", work, "--bogus"])
-        .contains("--bogus"));
     assert!(
-        refused(&["--master", "no-port", "--work_dir", work]).contains("--master must be HOST:PORT")
+        refused(&["--master", "127.0.0.1:5050", "--work_dir", work, "--bogus"]).contains("--bogus")
     );
-    let bad = refused(&["--master", "127.0.0.1:5050", "--work_dir", work, "--resources", "cpus:abc"]);
-    assert!(bad.contains("--resources") && bad.contains("cpus:abc"), "{bad}");
+    assert!(refused(&["--master", "no-port", "--work_dir", work])
+        .contains("--master must be HOST:PORT"));
     let bad = refused(&[
-        "--master", "127.0.0.1:5050", "--work_dir", work, "--executor_shutdown_grace_period", "soon",
+        "--master",
+        "127.0.0.1:5050",
+        "--work_dir",
+        work,
+        "--resources",
+        "cpus:abc",
+    ]);
+    assert!(
+        bad.contains("--resources") && bad.contains("cpus:abc"),
+        "{bad}"
+    );
+    let bad = refused(&[
+        "--master",
+        "127.0.0.1:5050",
+        "--work_dir",
+        work,
+        "--executor_shutdown_grace_period",
+        "soon",
     ]);
     assert!(bad.contains("executor_shutdown_grace_period"), "{bad}");
-    let bad = refused(&["--master", "127.0.0.1:5050", "--work_dir", work, "--isolation", "magic"]);
+    let bad = refused(&[
+        "--master",
+        "127.0.0.1:5050",
+        "--work_dir",
+        work,
+        "--isolation",
+        "magic",
+    ]);
     assert!(bad.contains("magic"), "{bad}");
     let missing = dir.path().join("nope.json");
     let bad = refused(&[
-        "--master", "127.0.0.1:5050", "--work_dir", work, "--block_pool_config",
+        "--master",
+        "127.0.0.1:5050",
+        "--work_dir",
+        work,
+        "--block_pool_config",
         missing.to_str().unwrap(),
     ]);
     assert!(bad.contains("--block_pool_config"), "{bad}");
-    assert!(!dir.path().join("work").exists() || std::fs::read_dir(dir.path().join("work")).unwrap().next().is_none());
+    assert!(
+        !dir.path().join("work").exists()
+            || std::fs::read_dir(dir.path().join("work"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
 }
 
 #[test]
@@ -63,9 +99,14 @@ fn block_pools_without_ublk_are_refused_at_startup() {
     .unwrap();
     let work = dir.path().join("work");
     let stderr = refused(&[
-        "--master", "127.0.0.1:5050", "--work_dir", work.to_str().unwrap(),
-        "--block_pool_config", config.to_str().unwrap(),
-        "--block_pool_dirs", pools.to_str().unwrap(),
+        "--master",
+        "127.0.0.1:5050",
+        "--work_dir",
+        work.to_str().unwrap(),
+        "--block_pool_config",
+        config.to_str().unwrap(),
+        "--block_pool_dirs",
+        pools.to_str().unwrap(),
     ]);
     assert!(stderr.contains("ublk"), "{stderr}");
 }

@@ -73,9 +73,14 @@ async fn command_tasks_finish_fail_get_killed_and_show_in_the_agent_api() {
         .get_json(&format!("/files/browse?path={}", runs.display()))
         .await;
     let run = listing[0]["path"].as_str().expect("one run").to_owned();
-    assert!(listing[0]["mode"].as_str().unwrap().starts_with('d'), "{listing}");
+    assert!(
+        listing[0]["mode"].as_str().unwrap().starts_with('d'),
+        "{listing}"
+    );
     let read = agent
-        .get_json(&format!("/files/read?path={run}/stdout&offset=0&length=100"))
+        .get_json(&format!(
+            "/files/read?path={run}/stdout&offset=0&length=100"
+        ))
         .await;
     assert_eq!(read["data"], "hello-from-the-agent\n");
     assert_eq!(read["offset"], 0);
@@ -84,14 +89,22 @@ async fn command_tasks_finish_fail_get_killed_and_show_in_the_agent_api() {
         .await;
     assert_eq!(size["offset"], 21);
     // Nothing outside the sandboxes is served.
-    assert_eq!(agent.get("/files/read?path=/etc/passwd&offset=0").await.0, 404);
+    assert_eq!(
+        agent.get("/files/read?path=/etc/passwd&offset=0").await.0,
+        404
+    );
     assert_eq!(agent.get("/files/browse").await.0, 400);
     assert_eq!(
-        agent.get(&format!("/files/read?path={run}/stdout&offset=x")).await.0,
+        agent
+            .get(&format!("/files/read?path={run}/stdout&offset=x"))
+            .await
+            .0,
         400
     );
 
-    scheduler.send(serde_json::json!({"cmd": "kill", "id": "long"})).await;
+    scheduler
+        .send(serde_json::json!({"cmd": "kill", "id": "long"}))
+        .await;
     let killed = scheduler.update("long", "TASK_KILLED").await;
     assert_eq!(killed["agent_id"], agent_id);
 
@@ -164,7 +177,9 @@ async fn a_task_outlives_a_kill_9_of_the_agent_and_its_end_is_reported_after_res
     let finished = scheduler.update("survivor", "TASK_FINISHED").await;
     assert_eq!(finished["agent_id"], agent_id.as_str());
     assert!(
-        !scheduler.states("survivor").contains(&"TASK_LOST".to_string()),
+        !scheduler
+            .states("survivor")
+            .contains(&"TASK_LOST".to_string()),
         "{:?}",
         scheduler.states("survivor")
     );

@@ -15,11 +15,17 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error;
 use crate::node::Node;
 
 /// Largest `length` served by one read (Mesos's default page is 16 KiB; its limit is larger).
 const READ_MAX: u64 = 4 << 20;
+
+/// An error answer: status and plain-text message, as Mesos's endpoints give them.
+type Refusal = (StatusCode, String);
+
+fn error(status: StatusCode, message: impl Into<String>) -> Refusal {
+    (status, message.into())
+}
 
 /// `/files/browse` query.
 #[derive(Debug, Deserialize)]
@@ -36,12 +42,13 @@ pub(super) struct ReadQuery {
 }
 
 /// The served path `requested` resolves to, or the error answer.
-fn served(node: &Node, requested: Option<&str>) -> Result<PathBuf, Response> {
+fn served(node: &Node, requested: Option<&str>) -> Result<PathBuf, Refusal> {
     let requested = requested
         .filter(|p| !p.is_empty())
         .ok_or_else(|| error(StatusCode::BAD_REQUEST, "Expecting 'path=value' in query."))?;
     let not_found = || error(StatusCode::NOT_FOUND, format!("{requested} not found"));
-    let root = std::fs::canonicalize(node.config.work_dir.join("slaves")).map_err(|_| not_found())?;
+    let root =
+        std::fs::canonicalize(node.config.work_dir.join("slaves")).map_err(|_| not_found())?;
     let path = std::fs::canonicalize(requested).map_err(|_| not_found())?;
     if path.starts_with(&root) {
         Ok(path)
@@ -92,30 +99,24 @@ fn entry(path: &Path, meta: &std::fs::Metadata) -> Value {
 pub(super) async fn browse(
     State(node): State<Arc<Node>>,
     Query(query): Query<BrowseQuery>,
-) -> Response {
-    let path = match served(&node, query.path.as_deref()) {
-        Ok(p) => p,
-        Err(answer) => return answer,
-    };
-    let Ok(meta) = std::fs::metadata(&path) else {
-        return error(StatusCode::NOT_FOUND, "not found");
-    };
+) -> Result<Response, Refusal> {
+    let path = served(&node, query.path.as_deref())?;
+    let meta = std::fs::metadata(&path).map_err(|_| error(StatusCode::NOT_FOUND, "not found"))?;
     if !meta.is_dir() {
-        return Json(json!([entry(&path, &meta)])).into_response();
+        return Ok(Json(json!([entry(&path, &meta)])).into_response());
     }
-    let Ok(read) = std::fs::read_dir(&path) else {
-        return error(StatusCode::NOT_FOUND, "cannot list the folder");
-    };
+    let read = std::fs::read_dir(&path)
+        .map_err(|_| error(StatusCode::NOT_FOUND, "cannot list the folder"))?;
     let mut entries: Vec<(PathBuf, std::fs::Metadata)> = read
         .flatten()
         .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
         .collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let list: Vec<Value> = entries.iter().map(|(p, m)| entry(p, m)).collect();
-    Json(Value::Array(list)).into_response()
+    Ok(Json(Value::Array(list)).into_response())
 }
 
-fn parse_number(name: &str, text: Option<&str>) -> Result<Option<i64>, Response> {
+fn parse_number(name: &str, text: Option<&str>) -> Result<Option<i64>, Refusal> {
     text.map(|t| {
         t.parse::<i64>().map_err(|_| {
             error(
@@ -128,43 +129,44 @@ fn parse_number(name: &str, text: Option<&str>) -> Result<Option<i64>, Response>
 }
 
 /// GET /files/read?path=&offset=&length=
-pub(super) async fn read(State(node): State<Arc<Node>>, Query(query): Query<ReadQuery>) -> Response {
-    let (offset, length) = match (
-        parse_number("offset", query.offset.as_deref()),
-        parse_number("length", query.length.as_deref()),
-    ) {
-        (Ok(o), Ok(l)) => (o, l),
-        (Err(answer), _) | (_, Err(answer)) => return answer,
-    };
+pub(super) async fn read(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Response, Refusal> {
+    let offset = parse_number("offset", query.offset.as_deref())?;
+    let length = parse_number("length", query.length.as_deref())?;
     if offset.is_some_and(|o| o < -1) || length.is_some_and(|l| l < -1) {
-        return error(StatusCode::BAD_REQUEST, "Negative offset or length provided");
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "Negative offset or length provided",
+        ));
     }
-    let path = match served(&node, query.path.as_deref()) {
-        Ok(p) => p,
-        Err(answer) => return answer,
-    };
+    let path = served(&node, query.path.as_deref())?;
     if path.is_dir() {
-        return error(StatusCode::BAD_REQUEST, "Cannot read a directory");
+        return Err(error(StatusCode::BAD_REQUEST, "Cannot read a directory"));
     }
-    let Ok(mut file) = std::fs::File::open(&path) else {
-        return error(StatusCode::NOT_FOUND, "cannot read the file");
-    };
+    let mut file = std::fs::File::open(&path)
+        .map_err(|_| error(StatusCode::NOT_FOUND, "cannot read the file"))?;
     let size = file.metadata().map_or(0, |m| m.len());
     // Mesos: offset -1 (or none) asks only for the size.
     let Some(offset) = offset.filter(|o| *o >= 0).map(|o| o as u64) else {
-        return Json(json!({"data": "", "offset": size})).into_response();
+        return Ok(Json(json!({"data": "", "offset": size})).into_response());
     };
-    let length = length.filter(|l| *l >= 0).map_or(READ_MAX, |l| (l as u64).min(READ_MAX));
+    let length = length
+        .filter(|l| *l >= 0)
+        .map_or(READ_MAX, |l| (l as u64).min(READ_MAX));
     let start = offset.min(size);
     let mut buffer = Vec::new();
-    let read = file
-        .seek(SeekFrom::Start(start))
-        .and_then(|_| (&mut file).take(length).read_to_end(&mut buffer));
-    if let Err(e) = read {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the file: {e}"));
-    }
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| (&mut file).take(length).read_to_end(&mut buffer))
+        .map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the file: {e}"),
+            )
+        })?;
     let data = String::from_utf8_lossy(&buffer).into_owned();
-    Json(json!({"data": data, "offset": start})).into_response()
+    Ok(Json(json!({"data": data, "offset": start})).into_response())
 }
 
 #[cfg(test)]

@@ -23,11 +23,18 @@ fn scalar_sum(resources: &[Resource], name: &str) -> f64 {
 /// GET /metrics/snapshot
 pub(super) async fn snapshot(State(node): State<Arc<Node>>) -> Json<Value> {
     let tasks = node.tasks();
-    let count = |state: TaskState| tasks.iter().filter(|(t, _)| t.state == state as i32).count();
+    let count = |state: TaskState| {
+        tasks
+            .iter()
+            .filter(|(t, _)| t.state == state as i32)
+            .count()
+    };
     let live: Vec<&Resource> = tasks
         .iter()
         .filter(|(t, _)| {
-            !crate::status::is_terminal(TaskState::try_from(t.state).unwrap_or(TaskState::TaskUnknown))
+            !crate::status::is_terminal(
+                TaskState::try_from(t.state).unwrap_or(TaskState::TaskUnknown),
+            )
         })
         .flat_map(|(t, _)| &t.resources)
         .collect();
@@ -51,14 +58,22 @@ pub(super) async fn snapshot(State(node): State<Arc<Node>>) -> Json<Value> {
         ("gone", TaskState::TaskGone),
         ("dropped", TaskState::TaskDropped),
     ] {
-        m.insert(format!("slave/tasks_{name}"), json!(node.counters.ended(state)));
+        m.insert(
+            format!("slave/tasks_{name}"),
+            json!(node.counters.ended(state)),
+        );
     }
     let running = node.runtime().map_or(0, |rt| rt.executor.tasks().len());
-    let frameworks: std::collections::BTreeSet<&str> =
-        tasks.iter().map(|(t, _)| t.framework_id.value.as_str()).collect();
+    let frameworks: std::collections::BTreeSet<&str> = tasks
+        .iter()
+        .map(|(t, _)| t.framework_id.value.as_str())
+        .collect();
     let uptime = node.started.elapsed().map_or(0.0, |d| d.as_secs_f64());
     let link = node.link_status();
-    m.insert("slave/registered".into(), json!(if link.connected { 1 } else { 0 }));
+    m.insert(
+        "slave/registered".into(),
+        json!(if link.connected { 1 } else { 0 }),
+    );
     m.insert("slave/uptime_secs".into(), json!(uptime));
     m.insert("slave/executors_running".into(), json!(running));
     m.insert("slave/frameworks_active".into(), json!(frameworks.len()));
@@ -76,8 +91,15 @@ pub(super) async fn snapshot(State(node): State<Arc<Node>>) -> Json<Value> {
     }
     let (pools, volumes, attached) = {
         let storage = node.storage.lock().unwrap_or_else(|p| p.into_inner());
-        let attached = storage.volumes().filter(|v| v.state.attachment().is_some()).count();
-        (storage.pool_usage().len(), storage.volumes().count(), attached)
+        let attached = storage
+            .volumes()
+            .filter(|v| v.state.attachment().is_some())
+            .count();
+        (
+            storage.pool_usage().len(),
+            storage.volumes().count(),
+            attached,
+        )
     };
     m.insert("mesoblk/pools".into(), json!(pools));
     m.insert("mesoblk/volumes".into(), json!(volumes));

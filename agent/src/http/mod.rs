@@ -19,7 +19,6 @@ mod state;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
@@ -48,9 +47,4 @@ async fn version() -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "build_user": "mesoblk",
     }))
-}
-
-/// A plain-text error answer, as Mesos's endpoints give them.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, message.into()).into_response()
 }

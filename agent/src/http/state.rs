@@ -18,7 +18,11 @@ pub(super) fn resource_summary(resources: &[Resource]) -> Value {
         match resource.r#type() {
             value::Type::Scalar => {
                 let x = resource.scalar.as_ref().map_or(0.0, |s| s.value);
-                let total = out.get(&resource.name).and_then(Value::as_f64).unwrap_or(0.0) + x;
+                let total = out
+                    .get(&resource.name)
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
+                    + x;
                 out.insert(resource.name.clone(), json!(total));
             }
             value::Type::Ranges => {
@@ -28,7 +32,10 @@ pub(super) fn resource_summary(resources: &[Resource]) -> Value {
                     .flat_map(|r| &r.range)
                     .map(|r| format!("{}-{}", r.begin, r.end))
                     .collect();
-                out.insert(resource.name.clone(), json!(format!("[{}]", ranges.join(", "))));
+                out.insert(
+                    resource.name.clone(),
+                    json!(format!("[{}]", ranges.join(", "))),
+                );
             }
             value::Type::Set => {
                 let items = resource.set.iter().flat_map(|s| &s.item).cloned();

@@ -168,7 +168,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let framework = FrameworkInfo {
             name: "fw".into(),
-            id: Some(FrameworkId { value: "f/1".into() }),
+            id: Some(FrameworkId {
+                value: "f/1".into(),
+            }),
             ..Default::default()
         };
         {

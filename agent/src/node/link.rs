@@ -35,7 +35,9 @@ pub(super) enum CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallError::Forbidden => f.write_str("403 Forbidden: the master does not know this agent"),
+            CallError::Forbidden => {
+                f.write_str("403 Forbidden: the master does not know this agent")
+            }
             CallError::Other(m) => f.write_str(m),
         }
     }
@@ -256,7 +258,9 @@ pub(super) async fn run(node: Arc<Node>, client: reqwest::Client) -> Result<(), 
             .ping_interval_seconds
             .filter(|s| s.is_finite() && *s > 0.0)
             .map_or(DEFAULT_SILENCE, |s| {
-                Duration::from_secs_f64(s * f64::from(registered.max_ping_timeouts.unwrap_or(5).max(1) + 1))
+                Duration::from_secs_f64(
+                    s * f64::from(registered.max_ping_timeouts.unwrap_or(5).max(1) + 1),
+                )
             });
         match stream(&node, &client, silence).await {
             Ok(StreamEnd::Shutdown) => return Ok(()),

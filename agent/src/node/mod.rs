@@ -306,8 +306,15 @@ impl Node {
             return Ok(rt);
         }
         let layout = Layout::new(&self.config.work_dir, agent_id);
-        let (store, report) = StatusUpdateStore::open(&layout.status_dir(), self.config.status_backoff)?;
-        tracing::info!(streams = report.streams, pending = report.pending, torn = report.torn.len(), bad = report.bad.len(), "status updates recovered");
+        let (store, report) =
+            StatusUpdateStore::open(&layout.status_dir(), self.config.status_backoff)?;
+        tracing::info!(
+            streams = report.streams,
+            pending = report.pending,
+            torn = report.torn.len(),
+            bad = report.bad.len(),
+            "status updates recovered"
+        );
         let store = Arc::new(Mutex::new(store));
         let (books, problems) = TaskBooks::open(&layout.agent_meta_dir().join("books"))?;
         for problem in problems {
@@ -328,7 +335,12 @@ impl Node {
         exec_config.switch_user = self.config.switch_user;
         exec_config.cgroups = self.config.cgroups.clone();
         let (executor, recovery) = CommandExecutor::recover(exec_config, sink)?;
-        tracing::info!(reattached = recovery.reattached.len(), ended = recovery.ended.len(), unreadable = recovery.unreadable.len(), "command executor recovered");
+        tracing::info!(
+            reattached = recovery.reattached.len(),
+            ended = recovery.ended.len(),
+            unreadable = recovery.unreadable.len(),
+            "command executor recovered"
+        );
         let runtime = Runtime {
             agent_id: agent_id.to_owned(),
             layout,

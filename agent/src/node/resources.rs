@@ -224,8 +224,10 @@ mod tests {
 
     #[test]
     fn parses_scalars_ranges_sets_and_roles() {
-        let r = parse_resources("cpus:2;mem:1024.5; ports:[31000-32000, 40000-40010];z:{a,b};disk(ops):10")
-            .unwrap();
+        let r = parse_resources(
+            "cpus:2;mem:1024.5; ports:[31000-32000, 40000-40010];z:{a,b};disk(ops):10",
+        )
+        .unwrap();
         assert_eq!(r.len(), 5);
         assert_eq!(r[0].scalar.as_ref().unwrap().value, 2.0);
         assert_eq!(r[1].scalar.as_ref().unwrap().value, 1024.5);
@@ -237,7 +239,14 @@ mod tests {
 
     #[test]
     fn refuses_malformed_resources() {
-        for bad in ["cpus", "cpus:", "cpus:-1", "cpus:abc", "ports:[5-1]", "x(:1"] {
+        for bad in [
+            "cpus",
+            "cpus:",
+            "cpus:-1",
+            "cpus:abc",
+            "ports:[5-1]",
+            "x(:1",
+        ] {
             assert!(parse_resources(bad).is_err(), "{bad}");
         }
     }

@@ -58,10 +58,7 @@ async fn send_due(node: &Arc<Node>, client: &reqwest::Client) -> Duration {
         }
     }
     send_operations(node, client).await;
-    let next_operation = lock(&node.operations)
-        .values()
-        .map(|p| p.next_send)
-        .min();
+    let next_operation = lock(&node.operations).values().map(|p| p.next_send).min();
     let next_update = match lock(&rt.store).wake() {
         Wake::Now => Some(Instant::now()),
         Wake::At(at) => Some(at),
@@ -71,7 +68,9 @@ async fn send_due(node: &Arc<Node>, client: &reqwest::Client) -> Duration {
         .into_iter()
         .flatten()
         .min()
-        .map_or(IDLE_CHECK, |at| at.saturating_duration_since(Instant::now()))
+        .map_or(IDLE_CHECK, |at| {
+            at.saturating_duration_since(Instant::now())
+        })
 }
 
 async fn send_operations(node: &Arc<Node>, client: &reqwest::Client) {

@@ -31,7 +31,7 @@ fn booked(framework: &FrameworkInfo, task: &TaskInfo, agent_id: &str) -> Task {
         resources: task.resources.clone(),
         labels: task.labels.clone(),
         discovery: task.discovery.clone(),
-        kill_policy: task.kill_policy.clone(),
+        kill_policy: task.kill_policy,
         user: task
             .command
             .as_ref()
@@ -124,7 +124,11 @@ impl Node {
     /// Hands tasks to a custom executor (RUN_TASK with `TaskInfo.executor`, RUN_TASK_GROUP).
     /// The executor API (`/api/v1/executor`) is not wired in yet, so for now every such task
     /// gets TASK_ERROR; this is the one place to change when it is.
-    pub(super) fn launch_on_custom_executor(&self, framework: &FrameworkInfo, tasks: Vec<TaskInfo>) {
+    pub(super) fn launch_on_custom_executor(
+        &self,
+        framework: &FrameworkInfo,
+        tasks: Vec<TaskInfo>,
+    ) {
         let framework_id = framework.id.clone().unwrap_or_default().value;
         for task in tasks {
             let key = TaskKey::new(framework_id.clone(), task.task_id.value.clone());
@@ -351,7 +355,9 @@ pub(super) async fn watch_ended(
         node.counters.terminal(state);
         let node = Arc::clone(&node);
         let released = tokio::task::spawn_blocking(move || {
-            lock(&node.storage).detach_task(&key.task_id).map_err(|e| (key, e.message()))
+            lock(&node.storage)
+                .detach_task(&key.task_id)
+                .map_err(|e| (key, e.message()))
         })
         .await;
         match released {

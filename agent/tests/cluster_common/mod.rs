@@ -226,7 +226,9 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| {
             let base = std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache")
+                });
             base.join("mesoblk")
         });
     let python = cache.join("venv/bin/python");
@@ -304,7 +306,12 @@ impl Scheduler {
                 .await
                 .unwrap_or_else(|_| panic!("{what} in time; events: {:#?}", self.seen))
                 .expect("read the scheduler")
-                .unwrap_or_else(|| panic!("the scheduler ended before {what}; events: {:#?}", self.seen));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "the scheduler ended before {what}; events: {:#?}",
+                        self.seen
+                    )
+                });
             let event: Value = serde_json::from_str(&line).expect("a JSON event");
             assert_ne!(event["event"], "error", "scheduler error: {event}");
             self.seen.push(event.clone());
@@ -343,7 +350,8 @@ impl Scheduler {
     /// Launches tasks given as JSON specs (see the script's docs).
     pub async fn launch_specs(&mut self, tasks: Vec<Value>) -> Value {
         self.send(json!({"cmd": "launch", "tasks": tasks})).await;
-        self.wait_new("launched", |e| e["event"] == "launched").await
+        self.wait_new("launched", |e| e["event"] == "launched")
+            .await
     }
 
     pub async fn stop(mut self) {
