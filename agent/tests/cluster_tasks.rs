@@ -185,3 +185,49 @@ async fn a_task_outlives_a_kill_9_of_the_agent_and_its_end_is_reported_after_res
     );
     scheduler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_master_restart_the_agent_re_registers_with_its_running_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = cluster_common::MasterProcess::start(
+        cluster_common::free_port(),
+        dir.path().join("master.log"),
+    );
+    let gate = dir.path().join("go");
+    let agent = Agent::start(&master.address(), dir.path(), &[]);
+    let mut scheduler = Scheduler::start(&master.address());
+    let command = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    scheduler.launch(&[("steady", &command)]).await;
+    let running = scheduler.update("steady", "TASK_RUNNING").await;
+    let agent_id = running["agent_id"].as_str().unwrap().to_owned();
+
+    // A new master knows nothing: the agent's calls get 403 and it re-registers with its task.
+    master.restart();
+    let deadline = std::time::Instant::now() + cluster_common::WAIT;
+    loop {
+        let state = master.get_json("/master/state").await;
+        let agents: Vec<&str> = state["slaves"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        if agents == [agent_id.as_str()] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent re-registered with the new master; master state: {state:#}\nagent log:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        task_state(&agent.get_json("/state").await, "steady").as_deref(),
+        Some("TASK_RUNNING")
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let finished = scheduler.update("steady", "TASK_FINISHED").await;
+    assert_eq!(finished["agent_id"], agent_id.as_str());
+    scheduler.stop().await;
+}

@@ -251,6 +251,7 @@ pub fn current_user() -> String {
 
 /// The pymesos scheduler of `tests/compat/scheduler.py`.
 pub struct Scheduler {
+    stderr: tempfile::NamedTempFile,
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
@@ -261,19 +262,22 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn start(master: &str) -> Scheduler {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/compat/scheduler.py");
+        // pymesos logs (reconnections, tracebacks) go to a file shown when a wait fails.
+        let stderr = tempfile::NamedTempFile::new().expect("a log file");
         let mut child = Command::new(python())
             .arg(script)
             .arg(master)
             .arg(current_user())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(stderr.reopen().expect("reopen the log")))
             .kill_on_drop(true)
             .spawn()
             .expect("start python");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = child.stdout.take().expect("stdout");
         Scheduler {
+            stderr,
             child,
             stdin,
             lines: BufReader::new(stdout).lines(),
@@ -321,6 +325,18 @@ impl Scheduler {
         }
     }
 
+    /// The events seen, one per line, offers left out (they are long), and pymesos's log.
+    pub fn summary(&self) -> String {
+        let events: Vec<String> = self
+            .seen
+            .iter()
+            .filter(|e| e["event"] != "offer")
+            .map(Value::to_string)
+            .collect();
+        let log = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+        format!("{}\npymesos log:\n{log}", events.join("\n"))
+    }
+
     /// The update of `task` to `state`.
     pub async fn update(&mut self, task: &str, state: &str) -> Value {
         self.wait_for(&format!("{task} {state}"), |e| {
@@ -357,5 +373,101 @@ impl Scheduler {
     pub async fn stop(mut self) {
         self.send(json!({"cmd": "stop"})).await;
         let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}
+
+/// The real `mesoblk-master` binary as a child process (for master restarts), in-memory
+/// registry. It must be built (`cargo build -p mesoblk-master`; `cargo test --workspace` does).
+pub struct MasterProcess {
+    pub port: u16,
+    pub log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl MasterProcess {
+    pub fn start(port: u16, log: PathBuf) -> MasterProcess {
+        let binary = bin_dir().join("mesoblk-master");
+        assert!(
+            binary.is_file(),
+            "{} is missing: build it with `cargo build -p mesoblk-master`",
+            binary.display()
+        );
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("master log");
+        let port_text = port.to_string();
+        let child = std::process::Command::new(binary)
+            .args([
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &port_text,
+                "--hostname",
+                "127.0.0.1",
+            ])
+            .args([
+                "--allocation_interval",
+                "50ms",
+                "--agent_ping_timeout",
+                "200ms",
+            ])
+            .args([
+                "--max_agent_ping_timeouts",
+                "25",
+                "--heartbeat_interval",
+                "1secs",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("start mesoblk-master");
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            assert!(Instant::now() < deadline, "master listening in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        MasterProcess {
+            port,
+            log,
+            child: Some(child),
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the master (SIGKILL) and starts a new one on the same port; with its in-memory
+    /// registry it knows no agent.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+        let fresh = MasterProcess::start(self.port, self.log.clone());
+        *self = fresh;
+    }
+
+    /// GET on the master: its JSON answer.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let response = tokio::time::timeout(WAIT, reqwest::get(url))
+            .await
+            .expect("the master answers in time")
+            .expect("request");
+        serde_json::from_str(&response.text().await.expect("body")).expect("JSON")
     }
 }

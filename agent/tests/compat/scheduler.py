@@ -4,7 +4,8 @@ Usage: scheduler.py HOST:PORT USER
 
 Reads one JSON command per line on stdin and writes one JSON event per line on stdout:
 
-- {"cmd": "launch", "tasks": [TASK, ...]} launches the tasks on the next unused offer and
+- {"cmd": "launch", "tasks": [TASK, ...]} launches the tasks on the next unused offer (that
+  holds every volume the tasks use; offers without them are declined) and
   answers {"event": "launched", "agent_id": ..}. A TASK is {"id", "command", "cpus", "mem"}
   plus optional "executor": true (a custom executor), "disk": {"mb", "profile", "mount"} (a
   slice of the RAW pool of that profile; "mount" makes it a MOUNT disk at that container path)
@@ -12,7 +13,7 @@ Reads one JSON command per line on stdin and writes one JSON event per line on s
 - {"cmd": "offer"} answers {"event": "offer", "resources": [...]} with the next unused offer,
   which is then declined.
 - {"cmd": "accept", "operations": [OPERATION, ...]} applies offer operations to the next unused
-  offer. An OPERATION is {"create_disk": {"mb", "profile", "type"}} or {"destroy_disk": RESOURCE}.
+  offer (holding every disk a DESTROY_DISK names). An OPERATION is {"create_disk": {"mb", "profile", "type"}} or {"destroy_disk": RESOURCE}.
 - {"cmd": "kill", "id": ID} kills a task.
 - {"cmd": "stop"} stops the driver and exits.
 
@@ -66,15 +67,24 @@ class Driven(Scheduler):
     def error(self, driver, message):
         emit({"event": "error", "message": message})
 
-    def next_offer(self):
+    def next_offer(self, driver, wanted=None):
+        """The next unused offer holding every disk id in `wanted`; others are declined."""
         deadline = time.monotonic() + WAIT_SECS
         with self.changed:
-            while not self.offers:
+            while True:
+                while self.offers:
+                    offer = self.offers.pop(0)
+                    if all(disk_id in disk_ids(offer) for disk_id in wanted or ()):
+                        return offer
+                    driver.declineOffer(offer["id"], filters={"refuse_seconds": 0})
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 self.changed.wait(left)
-            return self.offers.pop(0)
+
+
+def disk_ids(offer):
+    return {r.get("disk", {}).get("source", {}).get("id") for r in offer["resources"]} - {None}
 
 
 def scalar(name, value):
@@ -140,7 +150,11 @@ def main():
         if cmd == "kill":
             driver.killTask({"value": command["id"]})
             continue
-        offer = sched.next_offer()
+        wanted = [spec["volume"]["disk"]["source"]["id"]
+                  for spec in command.get("tasks", []) if "volume" in spec]
+        wanted += [op["destroy_disk"]["disk"]["source"]["id"]
+                   for op in command.get("operations", []) if "destroy_disk" in op]
+        offer = sched.next_offer(driver, wanted)
         if offer is None:
             emit({"event": "error", "message": "no offer within %ss" % WAIT_SECS})
             continue
