@@ -263,13 +263,31 @@ pub(super) async fn run(node: Arc<Node>, client: reqwest::Client) -> Result<(), 
                 )
             });
         match stream(&node, &client, silence).await {
-            Ok(StreamEnd::Shutdown) => return Ok(()),
+            Ok(StreamEnd::Shutdown) => {
+                wait_for_tasks(&node).await;
+                return Ok(());
+            }
             Ok(StreamEnd::Lost(why)) => tracing::warn!(%why, "event stream lost; re-registering"),
             Err(e) => tracing::warn!(error = %e, "cannot open the event stream; re-registering"),
         }
         node.set_connected(false);
         let pause = node.config.registration_backoff.mul_f64(fastrand::f64());
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// After a SHUTDOWN: waits (bounded by the shutdown grace period and a second) for the killed
+/// tasks to end, so their terminal updates are stored before the agent exits.
+async fn wait_for_tasks(node: &Node) {
+    let deadline = tokio::time::Instant::now()
+        + node.config.executor_shutdown_grace_period
+        + Duration::from_secs(1);
+    while node
+        .runtime()
+        .is_some_and(|rt| !rt.executor.tasks().is_empty())
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
