@@ -231,3 +231,62 @@ async fn after_a_master_restart_the_agent_re_registers_with_its_running_task() {
     assert_eq!(finished["agent_id"], agent_id.as_str());
     scheduler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_down_framework_has_its_tasks_killed_and_forgotten() {
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&master.address(), dir.path(), &[]);
+    let mut scheduler = Scheduler::start(&master.address());
+    scheduler.launch(&[("orphan", "sleep 1000")]).await;
+    scheduler.update("orphan", "TASK_RUNNING").await;
+    // pymesos's stop() tears the framework down: the master shuts it down on the agent.
+    scheduler.stop().await;
+    let state = agent
+        .wait_state("the task killed and forgotten", |s| {
+            tasks_of(s).is_empty() && !s["completed_frameworks"].as_array().unwrap().is_empty()
+        })
+        .await;
+    let completed = &state["completed_frameworks"][0]["completed_executors"][0]["completed_tasks"];
+    assert_eq!(completed[0]["id"], "orphan", "{state:#}");
+    assert_eq!(completed[0]["state"], "TASK_KILLED");
+    let metrics = agent.get_json("/metrics/snapshot").await;
+    assert_eq!(metrics["slave/tasks_killed"], 1);
+    assert_eq!(metrics["slave/executors_running"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_present_the_shared_secret_when_the_master_asks_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let secret = secret.to_str().unwrap().to_owned();
+    let master = cluster_common::MasterProcess::start_with(
+        cluster_common::free_port(),
+        dir.path().join("master.log"),
+        &["--authenticate_agents", "--agent_secret_file", &secret],
+    );
+    let with = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &master.address(),
+        with.path(),
+        &["--agent_secret_file".to_string(), secret.clone()],
+    );
+    agent
+        .wait_state("registered with the secret", |s| s["registered"] == true)
+        .await;
+    let without = tempfile::tempdir().unwrap();
+    let stranger = Agent::start(&master.address(), without.path(), &[]);
+    // Bounded pause: the stranger keeps trying and keeps being refused.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let state = stranger.get_json("/state").await;
+    assert_eq!(state["registered"], false, "{}", stranger.log_text());
+    assert_eq!(state["id"], "");
+    assert!(
+        stranger.log_text().contains("401"),
+        "{}",
+        stranger.log_text()
+    );
+    let slaves = master.get_json("/master/state").await["slaves"].clone();
+    assert_eq!(slaves.as_array().map(Vec::len), Some(1), "{slaves:#}");
+}

@@ -38,7 +38,7 @@ mod operations;
 mod sender;
 mod tasks;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -218,6 +218,8 @@ pub struct Node {
     completed: Mutex<VecDeque<Task>>,
     /// Sandboxes of tasks launched by this process (the executor forgets them when they end).
     sandboxes: Mutex<BTreeMap<TaskKey, PathBuf>>,
+    /// Frameworks the master shut down here.
+    shut_down: Mutex<BTreeSet<String>>,
     ended_tx: mpsc::UnboundedSender<(TaskKey, TaskState)>,
 }
 
@@ -376,6 +378,7 @@ pub async fn run(
         operations: Mutex::new(BTreeMap::new()),
         completed: Mutex::new(VecDeque::new()),
         sandboxes: Mutex::new(BTreeMap::new()),
+        shut_down: Mutex::new(BTreeSet::new()),
         ended_tx,
     });
     if let Some(id) = identity::load(&node.config.work_dir)? {

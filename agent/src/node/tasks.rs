@@ -261,6 +261,18 @@ impl Node {
             return;
         };
         tracing::info!(framework = %framework_id, "shutting down the framework's tasks");
+        lock(&self.shut_down).insert(framework_id.to_owned());
+        // As Mesos's agent: the framework is gone, so are the updates of its ended tasks.
+        let ended: Vec<TaskKey> = lock(&rt.books)
+            .tasks()
+            .map(|(key, _)| key.clone())
+            .filter(|key| key.framework_id == framework_id)
+            .collect();
+        for key in ended {
+            if rt.executor.task(&key).is_none() && !lock(&self.launching).contains_key(&key) {
+                self.forget_task(&key);
+            }
+        }
         let grace = Some(self.config.executor_shutdown_grace_period);
         for run in rt.executor.tasks() {
             if run.key.framework_id == framework_id {
@@ -298,26 +310,31 @@ impl Node {
             tracing::warn!(task = %key, "acknowledgement without a 16-byte uuid ignored");
             return;
         };
-        let mut store = lock(&rt.store);
-        let acked = match store.acknowledge(key, &uuid) {
-            Ok(acked) => acked,
-            Err(e) => {
-                tracing::info!(task = %key, error = %e, "acknowledgement ignored");
-                return;
-            }
-        };
+        let acked = lock(&rt.store).acknowledge(key, &uuid);
         self.wake_sender.notify_one();
-        if acked != (crate::status::Acked::Acked { complete: true }) {
+        match acked {
+            Ok(crate::status::Acked::Acked { complete: true }) => self.forget_task(key),
+            Ok(_) => {}
+            Err(e) => tracing::info!(task = %key, error = %e, "acknowledgement ignored"),
+        }
+    }
+
+    /// Forgets an ended task: its updates and its books; `/state` lists it as completed.
+    fn forget_task(&self, key: &TaskKey) {
+        let Some(rt) = self.runtime() else {
             return;
-        }
-        let final_status = store.stream(key).and_then(|s| s.latest().cloned());
-        if let Err(e) = store.forget(key) {
-            tracing::warn!(task = %key, error = %e, "cannot forget the task's updates");
-        }
-        drop(store);
+        };
+        // Lock order: books, then store.
         let mut books = lock(&rt.books);
-        if let Some(task) = books.task(key).cloned() {
-            let mut task = task;
+        let final_status = {
+            let mut store = lock(&rt.store);
+            let status = store.stream(key).and_then(|s| s.latest().cloned());
+            if let Err(e) = store.forget(key) {
+                tracing::warn!(task = %key, error = %e, "cannot forget the task's updates");
+            }
+            status
+        };
+        if let Some(mut task) = books.task(key).cloned() {
             if let Some(status) = final_status {
                 task.state = status.state;
                 task.statuses = vec![status];
@@ -332,6 +349,11 @@ impl Node {
         if let Err(e) = books.remove(key) {
             tracing::warn!(task = %key, error = %e, "cannot remove the task from the books");
         }
+    }
+
+    /// Whether `framework_id` was shut down (its tasks' updates are no longer kept).
+    fn is_shut_down(&self, framework_id: &str) -> bool {
+        lock(&self.shut_down).contains(framework_id)
     }
 }
 
@@ -353,6 +375,9 @@ pub(super) async fn watch_ended(
 ) {
     while let Some((key, state)) = ended.recv().await {
         node.counters.terminal(state);
+        if node.is_shut_down(&key.framework_id) {
+            node.forget_task(&key);
+        }
         let node = Arc::clone(&node);
         let released = tokio::task::spawn_blocking(move || {
             lock(&node.storage)

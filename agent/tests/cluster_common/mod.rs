@@ -381,6 +381,7 @@ impl Scheduler {
 pub struct MasterProcess {
     pub port: u16,
     pub log: PathBuf,
+    extra: Vec<String>,
     child: Option<std::process::Child>,
 }
 
@@ -395,6 +396,11 @@ impl Drop for MasterProcess {
 
 impl MasterProcess {
     pub fn start(port: u16, log: PathBuf) -> MasterProcess {
+        MasterProcess::start_with(port, log, &[])
+    }
+
+    /// A master with extra flags.
+    pub fn start_with(port: u16, log: PathBuf, extra: &[&str]) -> MasterProcess {
         let binary = bin_dir().join("mesoblk-master");
         assert!(
             binary.is_file(),
@@ -428,6 +434,7 @@ impl MasterProcess {
                 "--heartbeat_interval",
                 "1secs",
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -442,6 +449,7 @@ impl MasterProcess {
         MasterProcess {
             port,
             log,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: Some(child),
         }
     }
@@ -457,7 +465,8 @@ impl MasterProcess {
             child.kill().expect("SIGKILL");
             child.wait().expect("reaped");
         }
-        let fresh = MasterProcess::start(self.port, self.log.clone());
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let fresh = MasterProcess::start_with(self.port, self.log.clone(), &extra);
         *self = fresh;
     }
 
