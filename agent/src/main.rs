@@ -3,7 +3,7 @@
 //! keep running when the agent stops; a restarted agent takes them over.
 
 use std::io::IsTerminal as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,8 +30,8 @@ struct Flags {
     /// IP address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     ip: IpAddr,
-    /// IP address the master and tasks reach the agent at (default: --ip, or 127.0.0.1 when
-    /// that is 0.0.0.0).
+    /// IP address the master and tasks reach the agent at (default: --ip; for 0.0.0.0 the
+    /// hostname's address, else 127.0.0.1).
     #[arg(long)]
     advertise_ip: Option<IpAddr>,
     /// Port to listen on.
@@ -132,9 +132,19 @@ impl Flags {
         })
     }
 
-    fn address(&self) -> (SocketAddr, String) {
+    /// The address to bind, and the endpoint the master and tasks reach the agent at:
+    /// `--advertise_ip`, else `--ip`, else (for 0.0.0.0) the hostname's first non-loopback IPv4
+    /// address, as Mesos's agent derives it, else 127.0.0.1.
+    fn address(&self, hostname: &str) -> (SocketAddr, String) {
+        let resolved = || {
+            (hostname, self.port)
+                .to_socket_addrs()
+                .ok()?
+                .map(|a| a.ip())
+                .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        };
         let advertised = self.advertise_ip.unwrap_or(if self.ip.is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
+            resolved().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
         } else {
             self.ip
         });
@@ -163,11 +173,12 @@ impl Flags {
             .as_ref()
             .map(read_secret)
             .transpose()?;
-        let (_, endpoint) = self.address();
+        let hostname = self.hostname.clone().unwrap_or_else(system_hostname);
+        let (_, endpoint) = self.address(&hostname);
         Ok(AgentConfig {
             master_url,
             work_dir: self.work_dir.clone(),
-            hostname: self.hostname.clone().unwrap_or_else(system_hostname),
+            hostname,
             endpoint,
             port: self.port,
             resources: resources::with_defaults(given),
@@ -254,7 +265,7 @@ fn run(flags: &Flags) -> anyhow::Result<()> {
     let storage = flags.storage()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let (address, _) = flags.address();
+        let (address, _) = flags.address(&config.hostname);
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("binding {address}"))?;

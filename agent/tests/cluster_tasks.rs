@@ -57,6 +57,9 @@ async fn command_tasks_finish_fail_get_killed_and_show_in_the_agent_api() {
     assert_eq!(state["hostname"], "127.0.0.1");
     assert_eq!(state["resources"]["cpus"], 4.0);
     assert_eq!(state["resources"]["ports"], "[31000-32000]");
+    assert_eq!(state["attributes"][0]["name"], "rack", "{state:#}");
+    assert_eq!(state["attributes"][0]["text"]["value"], "r1");
+    assert_eq!(state["attributes"][1]["scalar"]["value"], 3.0);
     let long = tasks_of(&state)
         .into_iter()
         .find(|t| t["id"] == "long")

@@ -110,6 +110,8 @@ impl Agent {
             "127.0.0.1",
             "--resources",
             "cpus:4;mem:4096;ports:[31000-32000]",
+            "--attributes",
+            "rack:r1;level:3",
             "--isolation",
             "posix/cpu,posix/mem",
             "--registration_backoff_factor",
