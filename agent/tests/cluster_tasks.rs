@@ -293,3 +293,31 @@ async fn agents_present_the_shared_secret_when_the_master_asks_for_one() {
     let slaves = master.get_json("/master/state").await["slaves"].clone();
     assert_eq!(slaves.as_array().map(Vec::len), Some(1), "{slaves:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_master_stops_answering_gives_up_the_stream_and_re_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = cluster_common::MasterProcess::start(
+        cluster_common::free_port(),
+        dir.path().join("master.log"),
+    );
+    let agent = Agent::start(&master.address(), dir.path(), &[]);
+    agent
+        .wait_state("registered", |s| s["registered"] == true)
+        .await;
+    // A frozen master keeps the connection open but sends no PING.
+    master.signal(nix::sys::signal::Signal::SIGSTOP);
+    let frozen = agent
+        .wait_state("the silent stream given up", |s| s["registered"] == false)
+        .await;
+    master.signal(nix::sys::signal::Signal::SIGCONT);
+    let back = agent
+        .wait_state("registered again", |s| s["registered"] == true)
+        .await;
+    assert_eq!(back["id"], frozen["id"]);
+    assert!(
+        agent.log_text().contains("no PING for"),
+        "{}",
+        agent.log_text()
+    );
+}

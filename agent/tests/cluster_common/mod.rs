@@ -460,6 +460,13 @@ impl MasterProcess {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Sends `signal` to the master.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().expect("running").id();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal the master");
+    }
+
     /// Kills the master (SIGKILL) and starts a new one on the same port; with its in-memory
     /// registry it knows no agent.
     pub fn restart(&mut self) {
