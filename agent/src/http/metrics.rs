@@ -101,6 +101,14 @@ pub(super) async fn snapshot(State(node): State<Arc<Node>>) -> Json<Value> {
             attached,
         )
     };
+    m.insert(
+        "mesoblk/registrations".into(),
+        json!(node.counters.registrations.load(Ordering::Relaxed)),
+    );
+    m.insert(
+        "mesoblk/master_events".into(),
+        json!(node.counters.events.load(Ordering::Relaxed)),
+    );
     m.insert("mesoblk/pools".into(), json!(pools));
     m.insert("mesoblk/volumes".into(), json!(volumes));
     m.insert("mesoblk/devices_attached".into(), json!(attached));

@@ -12,7 +12,7 @@ use mesoblk_proto::mesos::v1::agent_info::{capability, Capability};
 use mesoblk_proto::mesos::v1::{AgentId, AgentInfo, Task};
 use mesoblk_proto::recordio;
 
-use super::{identity, lock, AgentConfig, Node, NodeError};
+use super::{identity, lock, Node, NodeError};
 
 /// Largest event accepted on the stream.
 const EVENT_MAX_BYTES: u64 = 64 << 20;
@@ -23,28 +23,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long without a PING before the stream is given up, when the master names no interval.
 const DEFAULT_SILENCE: Duration = Duration::from_secs(75);
 
-/// The master's answer to a call the agent makes.
-#[derive(Debug)]
+/// Why a call to the master failed.
+#[derive(Debug, thiserror::Error)]
 pub(super) enum CallError {
     /// The master does not know this agent (403): re-register.
+    #[error("403 Forbidden: the master does not know this agent")]
     Forbidden,
     /// Any other failure, for the log.
+    #[error("{0}")]
     Other(String),
 }
 
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Forbidden => {
-                f.write_str("403 Forbidden: the master does not know this agent")
-            }
-            CallError::Other(m) => f.write_str(m),
-        }
-    }
-}
-
 /// The HTTP client for the master (plain HTTP).
-pub(super) fn client(_config: &AgentConfig) -> Result<reqwest::Client, NodeError> {
+pub(super) fn client() -> Result<reqwest::Client, NodeError> {
     Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()?)
@@ -231,8 +222,6 @@ async fn register(
                     node.start_runtime(&id)?;
                 }
                 tracing::info!(agent = %id, master = %registered.master_info.id, "registered with the master");
-                node.registered_flag
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 node.counters
                     .registrations
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

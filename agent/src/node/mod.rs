@@ -40,7 +40,7 @@ mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -212,7 +212,6 @@ pub struct Node {
     pub counters: Counters,
     wake_sender: Arc<Notify>,
     relink: Notify,
-    registered_flag: AtomicBool,
     launching: Mutex<BTreeMap<TaskKey, Launching>>,
     operations: Mutex<BTreeMap<Vec<u8>, PendingOperation>>,
     completed: Mutex<VecDeque<Task>>,
@@ -241,11 +240,6 @@ impl Node {
     /// The link's status.
     pub fn link_status(&self) -> LinkStatus {
         lock(&self.link).clone()
-    }
-
-    /// Whether the agent ever registered (or re-registered) in this process.
-    pub fn has_registered(&self) -> bool {
-        self.registered_flag.load(Ordering::Relaxed)
     }
 
     /// Tasks that ended and whose end the scheduler acknowledged, newest last.
@@ -343,6 +337,7 @@ impl Node {
             unreadable = recovery.unreadable.len(),
             "command executor recovered"
         );
+        self.release_orphan_disks(&executor);
         let runtime = Runtime {
             agent_id: agent_id.to_owned(),
             layout,
@@ -352,6 +347,30 @@ impl Node {
         };
         let _ = self.runtime.set(runtime);
         Ok(self.runtime().expect("just set"))
+    }
+}
+
+impl Node {
+    /// Detaches the disks of tasks that are not running: a task whose end was recorded just
+    /// before the agent died never had its disks released.
+    fn release_orphan_disks(&self, executor: &CommandExecutor) {
+        let running: BTreeSet<String> = executor
+            .tasks()
+            .into_iter()
+            .map(|run| run.key.task_id)
+            .collect();
+        let mut storage = lock(&self.storage);
+        let orphans: BTreeSet<String> = storage
+            .volumes()
+            .filter_map(|v| v.state.attachment().map(|a| a.task_id.clone()))
+            .filter(|task| !running.contains(task))
+            .collect();
+        for task in orphans {
+            tracing::info!(%task, "releasing the disks of a task that is not running");
+            if let Err(e) = storage.detach_task(&task) {
+                tracing::warn!(%task, error = %e.message(), "cannot release the task's disks");
+            }
+        }
     }
 }
 
@@ -373,7 +392,6 @@ pub async fn run(
         counters: Counters::default(),
         wake_sender: Arc::new(Notify::new()),
         relink: Notify::new(),
-        registered_flag: AtomicBool::new(false),
         launching: Mutex::new(BTreeMap::new()),
         operations: Mutex::new(BTreeMap::new()),
         completed: Mutex::new(VecDeque::new()),
@@ -388,7 +406,7 @@ pub async fn run(
     let app = crate::http::router(Arc::clone(&node));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     tokio::spawn(tasks::watch_ended(Arc::clone(&node), ended_rx));
-    let client = link::client(&node.config)?;
+    let client = link::client()?;
     tokio::spawn(sender::run(Arc::clone(&node), client.clone()));
     let outcome = tokio::select! {
         () = shutdown => {
