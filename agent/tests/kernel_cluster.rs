@@ -283,3 +283,62 @@ async fn a_created_volume_keeps_data_between_tasks_and_destroying_it_returns_the
         .await;
     scheduler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_keeps_its_device_across_a_kill_9_of_the_agent() {
+    let scratch = scratch();
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent_with_pool(&master, dir.path(), &scratch);
+    let mut scheduler = Scheduler::start(&master.address());
+    let gate = dir.path().join("go");
+    // Writes a pattern, waits for the gate (the agent dies and comes back meanwhile), then
+    // reads the pattern back through the same device.
+    let command = format!(
+        "set -e; dev=\"$MESOBLK_BLOCK_DEVICE\"; \
+         head -c 4194304 /dev/urandom > pattern; \
+         dd if=pattern of=\"$dev\" bs=1M oflag=direct status=none; \
+         while [ ! -e {gate} ]; do sleep 0.1; done; \
+         dd if=\"$dev\" of=back bs=1M count=4 iflag=direct status=none; cmp pattern back",
+        gate = gate.display()
+    );
+    scheduler
+        .launch_specs(vec![json!({"id": "steady", "command": command, "mem": 128,
+                                  "disk": {"mb": 64, "profile": "fast"}})])
+        .await;
+    scheduler.update("steady", "TASK_RUNNING").await;
+    let before = agent
+        .wait_state("the device attached", |s| {
+            s["volumes"].as_array().is_some_and(|v| v.len() == 1)
+        })
+        .await;
+
+    agent.kill9();
+    agent.restart();
+    let after = agent
+        .wait_state("re-registered with the task running", |s| {
+            s["registered"] == true
+                && s["frameworks"][0]["executors"][0]["tasks"][0]["state"] == "TASK_RUNNING"
+        })
+        .await;
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(
+        after["volumes"], before["volumes"],
+        "the same volume, still attached"
+    );
+
+    std::fs::write(&gate, b"").unwrap();
+    let end = task_end(&mut scheduler, "steady").await;
+    assert_eq!(
+        end["state"],
+        "TASK_FINISHED",
+        "{end}\nagent log:\n{}",
+        agent.log_text()
+    );
+    agent
+        .wait_state("the ephemeral volume gone", |s| {
+            s["pools"][0]["volumes"] == 0
+        })
+        .await;
+    scheduler.stop().await;
+}
