@@ -169,6 +169,11 @@ fn reregistration(node: &Node, agent_id: &str) -> agent::ReregisterAgent {
     }
     // Sent again by the sender right after the stream is up, as Mesos's agent does.
     store.reset_backoff();
+    drop(store);
+    let now = std::time::Instant::now();
+    for pending in lock(&node.operations).values_mut() {
+        pending.next_send = now;
+    }
     message
 }
 

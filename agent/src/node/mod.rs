@@ -346,7 +346,9 @@ impl Node {
             books: Mutex::new(books),
         };
         let _ = self.runtime.set(runtime);
-        Ok(self.runtime().expect("just set"))
+        let runtime = self.runtime().expect("just set");
+        self.recover_operations(runtime);
+        Ok(runtime)
     }
 }
 

@@ -1,6 +1,8 @@
 //! APPLY_OPERATION: CREATE_DISK and DESTROY_DISK go to storage; RESERVE, UNRESERVE, CREATE and
 //! DESTROY are speculative (the master applied them already) and simply finish. Every outcome
-//! is an `OperationStatusUpdate` kept and re-sent until the master acknowledges it.
+//! is an `OperationStatusUpdate` kept and re-sent until the master acknowledges it; pending
+//! ones are kept in `<work_dir>/meta/slaves/<agent>/operations/<status uuid>.update`
+//! (protobuf), so a restarted agent sends them again.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +11,12 @@ use mesoblk_proto::mesoblk::agent::v1 as agent;
 use mesoblk_proto::mesos::v1::offer::operation::Type as OperationType;
 use mesoblk_proto::mesos::v1::{AgentId, OperationState, OperationStatus, Uuid};
 
-use super::{lock, Node, PendingOperation};
+use std::path::PathBuf;
+
+use prost::Message as _;
+
+use super::{lock, Node, PendingOperation, Runtime};
+use crate::checkpoint::{create_dirs, write_atomically};
 
 impl Node {
     /// APPLY_OPERATION.
@@ -87,6 +94,15 @@ impl Node {
             operation_uuid: apply.operation_uuid,
             status,
         };
+        if let Some(rt) = self.runtime() {
+            let path = operation_path(rt, &status_uuid);
+            let written = create_dirs(path.parent().expect("a folder"))
+                .and_then(|()| write_atomically(&path, &update.encode_to_vec()));
+            if let Err(e) = written {
+                // Sent anyway; only a restart before the acknowledgement would lose it.
+                tracing::warn!(error = %e, "cannot checkpoint an operation status");
+            }
+        }
         lock(&self.operations).insert(
             status_uuid,
             PendingOperation {
@@ -101,6 +117,60 @@ impl Node {
     pub(super) fn acknowledge_operation(&self, status_uuid: &[u8]) {
         if lock(&self.operations).remove(status_uuid).is_none() {
             tracing::debug!("acknowledgement of an unknown operation status ignored");
+            return;
+        }
+        if let Some(rt) = self.runtime() {
+            let path = operation_path(rt, status_uuid);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an acknowledged operation status");
+            }
         }
     }
+
+    /// Reads back the operation statuses a previous run left unacknowledged.
+    pub(super) fn recover_operations(&self, rt: &Runtime) {
+        let dir = rt.layout.agent_meta_dir().join(OPERATIONS_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut pending = lock(&self.operations);
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().and_then(|e| e.to_str()) != Some("update") {
+                continue;
+            }
+            let update = std::fs::read(&path)
+                .ok()
+                .and_then(|b| agent::OperationStatusUpdate::decode(b.as_slice()).ok());
+            let Some(update) = update else {
+                tracing::warn!(path = %path.display(), "unreadable operation status left alone");
+                continue;
+            };
+            let Some(uuid) = update.status.uuid.as_ref().map(|u| u.value.clone()) else {
+                continue;
+            };
+            pending.insert(
+                uuid,
+                PendingOperation {
+                    update,
+                    next_send: Instant::now(),
+                },
+            );
+        }
+        if !pending.is_empty() {
+            tracing::info!(
+                count = pending.len(),
+                "unacknowledged operation statuses recovered"
+            );
+        }
+    }
+}
+
+const OPERATIONS_DIR: &str = "operations";
+
+fn operation_path(rt: &Runtime, status_uuid: &[u8]) -> PathBuf {
+    let name: String = status_uuid.iter().map(|b| format!("{b:02x}")).collect();
+    rt.layout
+        .agent_meta_dir()
+        .join(OPERATIONS_DIR)
+        .join(format!("{name}.update"))
 }
