@@ -169,10 +169,11 @@ impl Node {
                 };
                 match rt.executor.launch(launch) {
                     Ok(info) => tracing::info!(task = %key, pid = info.pid, "task launched"),
-                    // The executor reported the end already; its terminal update frees the disks.
+                    // Not reachable (RUN_TASK checked both); no update is sent for these.
                     Err(e @ (LaunchError::AlreadyRunning(_) | LaunchError::NotACommandTask(_))) => {
                         tracing::warn!(task = %key, error = %e, "task not launched")
                     }
+                    // The executor sent the terminal update, which frees the disks.
                     Err(e) => tracing::info!(task = %key, error = %e.message(), "launch failed"),
                 }
             }
