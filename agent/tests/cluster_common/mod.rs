@@ -221,8 +221,18 @@ impl Agent {
     }
 }
 
-/// The pymesos virtualenv's python (`scripts/setup` makes it; a missing one fails the test).
+/// The pymesos virtualenv's python (`scripts/setup` makes it; a missing one fails the test):
+/// `$MESOBLK_VENV` (what `scripts/vm-run` passes to the guest), else the cache's.
 pub fn python() -> PathBuf {
+    if let Some(venv) = std::env::var_os("MESOBLK_VENV") {
+        let python = PathBuf::from(venv).join("bin/python");
+        assert!(
+            python.exists(),
+            "no python in $MESOBLK_VENV ({})",
+            python.display()
+        );
+        return python;
+    }
     let cache = std::env::var_os("MESOBLK_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
