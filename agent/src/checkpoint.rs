@@ -134,8 +134,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError
     let dir = path
         .parent()
         .expect("a checkpoint file has a parent folder");
+    // Unique per call: two threads may replace the same file at once (two launches of one
+    // framework both write its framework.info), and must not share a temporary file.
+    static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = path.file_name().expect("a file name").to_os_string();
-    tmp_name.push(TMP_SUFFIX);
+    tmp_name.push(format!(".{}-{unique}{TMP_SUFFIX}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let mut file = OpenOptions::new()
         .write(true)

@@ -1,7 +1,9 @@
 //! mesoblk-agent: runs on every machine, reports its cpus, mem, ports and block pools to the
 //! master, runs tasks, and provisions a ublk device per task through `ublk-target`.
 //!
-//! Being built under issue #6. So far:
+//! - [`node`]: the running agent (master link, task and operation handling, restart without
+//!   disruption), which the `mesoblk-agent` binary runs;
+//! - [`http`]: the agent's HTTP API (`/state`, `/health`, `/metrics/snapshot`, `/files/*`);
 //! - [`storage`]: block pools, profiles, volumes and the ublk devices attached to tasks;
 //! - [`executor`]: the command executor (sandbox, environment, user, process groups, kill with
 //!   grace, cgroup v2 limits) and its `mesoblk-launcher` helper;
@@ -12,5 +14,7 @@
 
 pub mod checkpoint;
 pub mod executor;
+pub mod http;
+pub mod node;
 pub mod status;
 pub mod storage;

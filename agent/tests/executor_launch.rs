@@ -128,9 +128,11 @@ fn environment_has_mesos_variables_extras_and_the_tasks_own() {
             task,
             extra_env: vec![("MESOBLK_BLOCK_DEVICE".into(), "/dev/ublkb7".into())],
             io_limits: None,
+            container_id: Some("chosen-by-the-agent".into()),
         })
         .unwrap();
     assert_eq!(*states(&until_terminal(&rx)).last().unwrap(), TaskFinished);
+    assert!(info.sandbox.ends_with("runs/chosen-by-the-agent"));
     let out = read(info.sandbox.join("stdout"));
     let sandbox = info.sandbox.to_str().unwrap();
     for line in [

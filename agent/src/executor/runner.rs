@@ -128,6 +128,9 @@ pub struct TaskLaunch {
     pub extra_env: Vec<(String, String)>,
     /// Block I/O limits on the task's device.
     pub io_limits: Option<IoLimits>,
+    /// The run's container id (a fresh UUID when `None`): the agent chooses it when it must
+    /// know the sandbox before the launch, to mount the task's disks in it.
+    pub container_id: Option<String>,
 }
 
 /// Why a launch failed. Unless said otherwise, the task's terminal update was already sent.
@@ -642,7 +645,10 @@ impl Inner {
         let run = RunId {
             framework_id: key.framework_id.clone(),
             executor_id: executor.executor_id.value.clone(),
-            container_id: uuid::Uuid::new_v4().to_string(),
+            container_id: launch
+                .container_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         };
         let layout = &self.config.layout;
         let sandbox = layout.sandbox_dir(&run);

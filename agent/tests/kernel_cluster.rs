@@ -1,0 +1,344 @@
+//! Kernel tier: the whole cluster in the qemu guest (root, `ublk_drv`): the real master, the
+//! real agent binary with a block pool on the scratch disk's file system, and a pymesos
+//! scheduler. Tasks get real ublk devices: one formats and mounts its BLOCK disk (a slice of the
+//! RAW pool) and runs fio with verification; a CREATE_DISK MOUNT volume passes fio with
+//! verification and keeps what one task wrote for the next, DESTROY_DISK gives the capacity back, and a disk the offer does not hold
+//! is refused with TASK_ERROR.
+//!
+//! Needs `mesoblk-target` next to the agent binary (scripts/test builds it) and the scratch disk
+//! `$MESOBLK_TEST_DISK` (formatted here). Fails, never skips, without them.
+
+mod cluster_common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cluster_common::{bin_dir, Agent, Master, Scheduler};
+use serde_json::{json, Value};
+
+const POOL_MB: u64 = 700;
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+/// The scratch disk, freshly formatted and mounted; unmounted on drop.
+struct Scratch {
+    mount: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+fn scratch() -> Scratch {
+    assert!(
+        Path::new("/dev/ublk-control").exists(),
+        "/dev/ublk-control is missing: kernel tests run in the guest (scripts/vm-run)"
+    );
+    assert_eq!(
+        std::fs::metadata("/proc/self").unwrap().uid(),
+        0,
+        "kernel tests run as root"
+    );
+    assert!(
+        bin_dir().join("mesoblk-target").is_file(),
+        "mesoblk-target must be next to mesoblk-agent (cargo build -p ublk-target)"
+    );
+    let disk = std::env::var("MESOBLK_TEST_DISK")
+        .expect("MESOBLK_TEST_DISK must name a scratch block device (scripts/test attaches one)");
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("scratch");
+    std::fs::create_dir(&mount).unwrap();
+    run("mkfs.ext4", &["-q", "-F", &disk]);
+    run("mount", &[&disk, mount.to_str().unwrap()]);
+    Scratch { mount, _dir: dir }
+}
+
+/// An agent with one pool (`local`, on the scratch disk) and one ext4 profile (`fast`).
+fn agent_with_pool(master: &Master, dir: &Path, scratch: &Scratch) -> Agent {
+    let pool = scratch.mount.join("pool");
+    let config = dir.join("storage.json");
+    std::fs::write(
+        &config,
+        json!({
+            "pools": [{"name": "local", "dir": pool, "size": format!("{POOL_MB}M")}],
+            "profiles": [{"name": "fast", "pool": "local", "filesystem": "ext4"}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let extra = [
+        "--block_pool_config".to_string(),
+        config.display().to_string(),
+        "--block_pool_dirs".to_string(),
+        scratch.mount.display().to_string(),
+    ];
+    Agent::start(&master.address(), dir, &extra)
+}
+
+fn disk_resources(offer: &Value) -> Vec<Value> {
+    offer["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "disk")
+        .cloned()
+        .collect()
+}
+
+fn source_type(disk: &Value) -> &str {
+    disk["disk"]["source"]["type"].as_str().unwrap_or("")
+}
+
+/// Takes offers (declining them) until one satisfies `check`.
+async fn offer_where(
+    scheduler: &mut Scheduler,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + cluster_common::WAIT;
+    loop {
+        scheduler.send(json!({"cmd": "offer"})).await;
+        let offer = scheduler
+            .wait_new("an offer", |e| e["event"] == "offer")
+            .await;
+        if check(&offer) {
+            return offer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}; last offer: {offer:#}"
+        );
+    }
+}
+
+/// The terminal update of `task`.
+async fn task_end(scheduler: &mut Scheduler, task: &str) -> Value {
+    scheduler
+        .wait_for(&format!("{task} ends"), |e| {
+            e["event"] == "update"
+                && e["task_id"] == task
+                && ["TASK_FINISHED", "TASK_FAILED", "TASK_ERROR", "TASK_LOST"]
+                    .contains(&e["state"].as_str().unwrap_or(""))
+        })
+        .await
+}
+
+const FIO: &str = "fio --name=verify --size=32M --bs=64k --rw=randwrite --ioengine=psync \
+                   --verify=crc32c --do_verify=1 --end_fsync=1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_formats_mounts_and_verifies_its_block_disk() {
+    let scratch = scratch();
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_pool(&master, dir.path(), &scratch);
+    let mut scheduler = Scheduler::start(&master.address());
+
+    let raw = offer_where(&mut scheduler, "the RAW pool offered", |o| {
+        disk_resources(o).iter().any(|d| source_type(d) == "RAW")
+    })
+    .await;
+    let pool = disk_resources(&raw)
+        .into_iter()
+        .find(|d| source_type(d) == "RAW")
+        .unwrap();
+    assert_eq!(pool["scalar"]["value"], POOL_MB as f64, "{pool:#}");
+    assert_eq!(pool["disk"]["source"]["profile"], "fast");
+
+    let block = format!(
+        "set -e; case \"$MESOBLK_BLOCK_DEVICE\" in /dev/ublkb*) ;; *) exit 9 ;; esac; \
+         test -b \"$MESOBLK_BLOCK_DEVICE\"; mkfs.ext4 -q -F \"$MESOBLK_BLOCK_DEVICE\"; \
+         mkdir -p m; mount \"$MESOBLK_BLOCK_DEVICE\" m; {FIO} --directory=m; umount m"
+    );
+    scheduler
+        .launch_specs(vec![json!({"id": "block", "command": block, "mem": 256,
+                                  "disk": {"mb": 256, "profile": "fast"}})])
+        .await;
+    let end = task_end(&mut scheduler, "block").await;
+    assert_eq!(
+        end["state"],
+        "TASK_FINISHED",
+        "{end}\nagent log:\n{}",
+        agent.log_text()
+    );
+    // A slice of a RAW pool with a container path (an ephemeral MOUNT disk) is refused by
+    // the master, as Mesos refuses non-persistent volumes; MOUNT disks come from CREATE_DISK.
+    scheduler
+        .launch_specs(vec![json!({"id": "ephemeral-mount", "command": "true",
+                                  "disk": {"mb": 16, "profile": "fast", "mount": "data"}})])
+        .await;
+    scheduler.update("ephemeral-mount", "TASK_ERROR").await;
+    // Their ephemeral volumes are gone with them.
+    agent
+        .wait_state("the pool empty again", |s| s["pools"][0]["volumes"] == 0)
+        .await;
+    scheduler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_volume_keeps_data_between_tasks_and_destroying_it_returns_the_capacity() {
+    let scratch = scratch();
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_pool(&master, dir.path(), &scratch);
+    let mut scheduler = Scheduler::start(&master.address());
+
+    scheduler
+        .send(json!({"cmd": "accept", "operations": [
+            {"create_disk": {"mb": 128, "profile": "fast", "type": "MOUNT"}}
+        ]}))
+        .await;
+    scheduler
+        .wait_new("accepted", |e| e["event"] == "accepted")
+        .await;
+    let offer = offer_where(&mut scheduler, "the new MOUNT volume offered", |o| {
+        disk_resources(o).iter().any(|d| source_type(d) == "MOUNT")
+    })
+    .await;
+    let disks = disk_resources(&offer);
+    let volume = disks
+        .iter()
+        .find(|d| source_type(d) == "MOUNT")
+        .unwrap()
+        .clone();
+    assert_eq!(volume["scalar"]["value"], 128.0);
+    assert!(volume["disk"]["source"]["id"].is_string(), "{volume:#}");
+    let raw = disks.iter().find(|d| source_type(d) == "RAW").unwrap();
+    assert_eq!(raw["scalar"]["value"], (POOL_MB - 128) as f64);
+
+    let writer = format!(
+        "set -e; findmnt \"$MESOBLK_MOUNT_PATH\"; {FIO} --directory=\"$MESOBLK_MOUNT_PATH\"; \
+         echo kept-across-tasks > \"$MESOBLK_MOUNT_PATH/note\""
+    );
+    scheduler
+        .launch_specs(vec![
+            json!({"id": "writer", "volume": volume, "mem": 256, "command": writer}),
+        ])
+        .await;
+    let end = task_end(&mut scheduler, "writer").await;
+    assert_eq!(
+        end["state"],
+        "TASK_FINISHED",
+        "{end}\nagent log:\n{}",
+        agent.log_text()
+    );
+    scheduler
+        .launch_specs(vec![json!({"id": "reader", "volume": volume,
+            "command": "grep -q kept-across-tasks \"$MESOBLK_MOUNT_PATH/note\""})])
+        .await;
+    let end = task_end(&mut scheduler, "reader").await;
+    assert_eq!(
+        end["state"],
+        "TASK_FINISHED",
+        "{end}\nagent log:\n{}",
+        agent.log_text()
+    );
+
+    // A disk larger than the offer holds, and a profile the agent does not have, are refused.
+    scheduler
+        .launch_specs(vec![
+            json!({"id": "too-big", "command": "true", "disk": {"mb": 100000, "profile": "fast"}}),
+            json!({"id": "no-profile", "command": "true", "disk": {"mb": 16, "profile": "nope"}}),
+        ])
+        .await;
+    let big = scheduler.update("too-big", "TASK_ERROR").await;
+    assert!(!big["message"].as_str().unwrap_or("").is_empty(), "{big}");
+    scheduler.update("no-profile", "TASK_ERROR").await;
+
+    // DESTROY_DISK: the volume's capacity returns to the RAW pool.
+    let offer = offer_where(&mut scheduler, "the volume offered again", |o| {
+        disk_resources(o).iter().any(|d| source_type(d) == "MOUNT")
+    })
+    .await;
+    let volume = disk_resources(&offer)
+        .into_iter()
+        .find(|d| source_type(d) == "MOUNT")
+        .unwrap();
+    scheduler
+        .send(json!({"cmd": "accept", "operations": [{"destroy_disk": volume}]}))
+        .await;
+    scheduler
+        .wait_new("accepted", |e| e["event"] == "accepted")
+        .await;
+    offer_where(&mut scheduler, "the whole pool offered again", |o| {
+        let disks = disk_resources(o);
+        disks.iter().all(|d| source_type(d) != "MOUNT")
+            && disks
+                .iter()
+                .any(|d| source_type(d) == "RAW" && d["scalar"]["value"] == POOL_MB as f64)
+    })
+    .await;
+    agent
+        .wait_state("no volume left", |s| s["pools"][0]["volumes"] == 0)
+        .await;
+    scheduler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_keeps_its_device_across_a_kill_9_of_the_agent() {
+    let scratch = scratch();
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent_with_pool(&master, dir.path(), &scratch);
+    let mut scheduler = Scheduler::start(&master.address());
+    let gate = dir.path().join("go");
+    // Writes a pattern, waits for the gate (the agent dies and comes back meanwhile), then
+    // reads the pattern back through the same device.
+    let command = format!(
+        "set -e; dev=\"$MESOBLK_BLOCK_DEVICE\"; \
+         head -c 4194304 /dev/urandom > pattern; \
+         dd if=pattern of=\"$dev\" bs=1M oflag=direct status=none; \
+         while [ ! -e {gate} ]; do sleep 0.1; done; \
+         dd if=\"$dev\" of=back bs=1M count=4 iflag=direct status=none; cmp pattern back",
+        gate = gate.display()
+    );
+    scheduler
+        .launch_specs(vec![json!({"id": "steady", "command": command, "mem": 128,
+                                  "disk": {"mb": 64, "profile": "fast"}})])
+        .await;
+    scheduler.update("steady", "TASK_RUNNING").await;
+    let before = agent
+        .wait_state("the device attached", |s| {
+            s["volumes"].as_array().is_some_and(|v| v.len() == 1)
+        })
+        .await;
+
+    agent.kill9();
+    agent.restart();
+    let after = agent
+        .wait_state("re-registered with the task running", |s| {
+            s["registered"] == true
+                && s["frameworks"][0]["executors"][0]["tasks"][0]["state"] == "TASK_RUNNING"
+        })
+        .await;
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(
+        after["volumes"], before["volumes"],
+        "the same volume, still attached"
+    );
+
+    std::fs::write(&gate, b"").unwrap();
+    let end = task_end(&mut scheduler, "steady").await;
+    assert_eq!(
+        end["state"],
+        "TASK_FINISHED",
+        "{end}\nagent log:\n{}",
+        agent.log_text()
+    );
+    agent
+        .wait_state("the ephemeral volume gone", |s| {
+            s["pools"][0]["volumes"] == 0
+        })
+        .await;
+    scheduler.stop().await;
+}
