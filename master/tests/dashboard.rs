@@ -1,6 +1,7 @@
 //! The dashboard at `/`: the page and script are served, and the script's `render` (run under
 //! node, on the `/master/state` and `/metrics/snapshot` of a real master with a test agent and
-//! a framework running a task) shows the agent, its block pool, the framework and the task.
+//! a framework running a task) shows the agent, its block pool, the framework, the task and the
+//! agent's device report.
 
 mod common;
 
@@ -9,6 +10,9 @@ use std::process::Command;
 use common::agent::{standard_resources, TestAgent};
 use common::framework::Framework;
 use common::{fast_config, start_with, TestMaster};
+use mesoblk_proto::mesoblk::agent::v1 as agent;
+use mesoblk_proto::mesos::v1::{AgentId, TaskId};
+use prost::Message;
 use serde_json::{json, Value};
 
 async fn get(master: &TestMaster, path: &str) -> reqwest::Response {
@@ -51,7 +55,8 @@ fn render(script: &str, state: &Value, metrics: &Value) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_agents_pools_frameworks_and_tasks() {
     let master = start_with(fast_config()).await;
-    let agent = TestAgent::start(&master.url(""), "dash-agent.local", standard_resources()).await;
+    let test_agent =
+        TestAgent::start(&master.url(""), "dash-agent.local", standard_resources()).await;
     let mut framework = Framework::subscribe(&master, "").await;
 
     let (page_type, page) = content_type_and_body(&master, "/").await;
@@ -77,6 +82,28 @@ async fn the_dashboard_shows_agents_pools_frameworks_and_tasks() {
         }
     }
 
+    let report = agent::DeviceStats {
+        agent_id: AgentId {
+            value: test_agent.id(),
+        },
+        timestamp: None,
+        devices: vec![agent::device_stats::Device {
+            volume_id: "vol-0123456789abcdef".into(),
+            device: Some("/dev/ublkb7".into()),
+            profile: Some("fast".into()),
+            task_id: Some(TaskId {
+                value: "dash-task-1".into(),
+            }),
+            read_ops_per_second: Some(1234.0),
+            latency_p99_us: Some(456.0),
+            ..Default::default()
+        }],
+    };
+    let response = test_agent
+        .post_raw("/agent/v1/device_stats", report.encode_to_vec())
+        .await;
+    assert_eq!(response.status(), 202);
+
     let state: Value =
         serde_json::from_str(&content_type_and_body(&master, "/master/state").await.1)
             .expect("state JSON");
@@ -86,12 +113,16 @@ async fn the_dashboard_shows_agents_pools_frameworks_and_tasks() {
     let html = render(&script, &state, &metrics);
     for expected in [
         "dash-agent.local",
-        agent.id().as_str(),
+        test_agent.id().as_str(),
         "fast: 10.0 GB free",
         framework.id.as_str(),
         "dash-task-1",
         "TASK_RUNNING",
         "0.5 / 4.0",
+        "/dev/ublkb7",
+        "vol-0123456789abcdef",
+        "1234 / 0",
+        "456 us",
     ] {
         assert!(
             html.contains(expected),
@@ -109,4 +140,40 @@ fn markup_in_names_is_escaped() {
     let html = render(script, &state, &json!({}));
     assert!(html.contains("&lt;b&gt;evil&lt;/b&gt;"), "{html}");
     assert!(!html.contains("<b>evil"), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_reports_are_checked() {
+    let master = start_with(fast_config()).await;
+    let test_agent =
+        TestAgent::start(&master.url(""), "dash-agent.local", standard_resources()).await;
+    let stranger = agent::DeviceStats {
+        agent_id: AgentId {
+            value: "no-such-agent".into(),
+        },
+        ..Default::default()
+    };
+    let response = test_agent
+        .post_raw("/agent/v1/device_stats", stranger.encode_to_vec())
+        .await;
+    assert_eq!(response.status(), 403);
+    let response = test_agent
+        .post_raw("/agent/v1/device_stats", b"\xff\xff\xff".to_vec())
+        .await;
+    assert_eq!(response.status(), 400);
+    let too_many = agent::DeviceStats {
+        agent_id: AgentId {
+            value: test_agent.id(),
+        },
+        devices: vec![agent::device_stats::Device::default(); 10_001],
+        ..Default::default()
+    };
+    let response = test_agent
+        .post_raw("/agent/v1/device_stats", too_many.encode_to_vec())
+        .await;
+    assert_eq!(response.status(), 400);
+    let state: Value =
+        serde_json::from_str(&content_type_and_body(&master, "/master/state").await.1)
+            .expect("JSON");
+    assert_eq!(state["slaves"][0]["mesoblk_devices"], json!([]));
 }

@@ -104,6 +104,26 @@ function disksSection(state) {
   return table(["disk", "kind", "profile", "size", "agent", "in use"], rows, "No disks made by CREATE_DISK.");
 }
 
+function devicesSection(state) {
+  const rows = [];
+  for (const a of state.slaves || []) {
+    for (const d of a.mesoblk_devices || []) {
+      const mib = (bytes) => fixed(Number(bytes || 0) / 1048576, 1);
+      rows.push([
+        esc(d.device), `<code>${esc(d.volume_id)}</code>`, esc(a.hostname), esc(d.profile),
+        esc(d.task_id ? d.task_id.value : ""),
+        `${fixed(d.read_ops_per_second, 0)} / ${fixed(d.write_ops_per_second, 0)}`,
+        `${mib(d.read_bytes_per_second)} / ${mib(d.write_bytes_per_second)}`,
+        `${fixed(d.latency_p50_us, 0)} / ${fixed(d.latency_p99_us, 0)} us`,
+        d.cache_dirty_bytes ? `${mib(d.cache_dirty_bytes)} MiB` : "",
+        esc(d.errors || 0),
+      ]);
+    }
+  }
+  return table(["device", "volume", "agent", "profile", "task", "IOPS r/w", "MiB/s r/w",
+    "latency p50/p99", "dirty", "errors"], rows, "No devices serving tasks.");
+}
+
 function frameworksSection(state) {
   const rows = (state.frameworks || []).map((f) => [
     esc(f.name), `<code>${esc(f.id)}</code>`, esc(f.user), esc((f.roles || [f.role]).join(", ")),
@@ -148,6 +168,7 @@ function render(state, metrics) {
   const sections = [
     ["Agents", agentsSection(state)],
     ["Block disks", disksSection(state)],
+    ["Devices", devicesSection(state)],
     ["Frameworks", frameworksSection(state)],
     ["Tasks", tasksSection(state)],
     ["Offers", offersSection(state)],
