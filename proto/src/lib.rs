@@ -11,6 +11,7 @@
 //!   64-bit integers as numbers, explicit defaults written out, unknown fields ignored.
 //! - [`codec`] picks JSON or protobuf from `Content-Type`/`Accept` exactly as Mesos does.
 //! - [`recordio`] frames streamed events (`<decimal length>\n<bytes>`).
+//! - [`task_state`]: which task states are terminal.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod json;
 pub mod recordio;
 pub mod stout;
+pub mod task_state;
 
 /// Descriptors of every message compiled into this crate.
 ///

@@ -2,6 +2,7 @@
 //!
 //! | path | what |
 //! |---|---|
+//! | `GET /` | the dashboard ([`dashboard`]) |
 //! | `POST /api/v1/scheduler` | scheduler API ([`scheduler`]) |
 //! | `POST /api/v1` | operator API ([`operator`]) |
 //! | `GET /version` | `{"version":"1.11.0","build_date",...}` |
@@ -14,6 +15,7 @@
 //! Request bodies are limited to [`BODY_BYTES_MAX`].
 
 pub mod agent;
+pub mod dashboard;
 pub mod metrics;
 pub mod model;
 pub mod operator;
@@ -38,6 +40,8 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The router over the real master state.
 pub fn router(master: MasterHandle) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/dashboard.js", get(dashboard::script))
         .route("/api/v1/scheduler", any(scheduler::handle))
         .route("/api/v1", any(operator::handle))
         .route("/version", get(version))

@@ -218,6 +218,8 @@ fn agent_model(m: &Master, id: &str, agent: &Agent) -> Value {
         "used_resources_full": list(&used),
         "offered_resources_full": list(&offered),
         "endpoint": agent.endpoint,
+        // mesoblk's own: the agent's last device report (`DeviceStats.devices`).
+        "mesoblk_devices": m.agent_device_stats(id).and_then(|s| proto_json(s).get("devices").cloned()).unwrap_or(json!([])),
     })
 }
 

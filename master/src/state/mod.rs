@@ -20,11 +20,13 @@
 //! [`operations`] (offer operations and their status; their checks in `operation_validation`),
 //! [`tasks`] (task lifecycle, status updates and acknowledgements; KILL, RECONCILE, SHUTDOWN and
 //! MESSAGE in `task_calls`), [`convert`] (Mesos resources ⇄ the allocator's), [`validation`] and
-//! [`task_validation`] (Mesos's checks and messages), `persistence` (the registry hooks).
+//! [`task_validation`] (Mesos's checks and messages), `persistence` (the registry hooks),
+//! [`device_stats`] (the agents' device figures, for monitoring).
 
 pub mod accept;
 pub mod agents;
 pub mod convert;
+pub mod device_stats;
 pub mod frameworks;
 mod handle;
 mod launch;
@@ -107,6 +109,8 @@ pub struct Master {
     deadlines: Deadlines,
     ping_sequence: u64,
     counters: BTreeMap<&'static str, u64>,
+    /// Each agent's latest device figures ([`device_stats`]).
+    device_stats: BTreeMap<String, mesoblk_proto::mesoblk::agent::v1::DeviceStats>,
 }
 
 /// Removed agents remembered (Mesos's `MAX_REMOVED_SLAVES`).
@@ -205,6 +209,7 @@ impl Master {
             deadlines: Deadlines::default(),
             ping_sequence: 0,
             counters: BTreeMap::new(),
+            device_stats: BTreeMap::new(),
         }
     }
 
