@@ -14,6 +14,8 @@
 //! with a health-check result). A terminal state is final. UNREACHABLE, GONE_BY_OPERATOR and
 //! UNKNOWN are the master's to set, never an agent's.
 
+pub use mesoblk_proto::task_state::is_terminal;
+
 use mesoblk_proto::mesos::v1::TaskState;
 use thiserror::Error;
 
@@ -46,21 +48,6 @@ pub enum TransitionError {
     /// TASK_KILLING for a framework without the `TASK_KILLING_STATE` capability.
     #[error("TASK_KILLING needs the framework's TASK_KILLING_STATE capability")]
     KillingNotEnabled,
-}
-
-/// Whether `state` is terminal (Mesos's `protobuf::isTerminalState`).
-pub fn is_terminal(state: TaskState) -> bool {
-    matches!(
-        state,
-        TaskState::TaskFinished
-            | TaskState::TaskFailed
-            | TaskState::TaskKilled
-            | TaskState::TaskError
-            | TaskState::TaskLost
-            | TaskState::TaskDropped
-            | TaskState::TaskGone
-            | TaskState::TaskGoneByOperator
-    )
 }
 
 /// A state's place on the agent's line (see the module docs); `None` for master-only states.
