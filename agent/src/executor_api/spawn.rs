@@ -12,7 +12,7 @@ use mesoblk_proto::mesos::v1::{ExecutorInfo, FrameworkInfo};
 
 use super::recovery::{self, ExecutorRecord};
 use super::ExecutorApiConfig;
-use crate::checkpoint::{Checkpointer, RunId};
+use crate::checkpoint::{create_dirs, Checkpointer, RunId};
 use crate::executor::command;
 use crate::executor::env::{inherited_base, merge, stout_duration};
 use crate::executor::launcher::LauncherArgs;
@@ -123,7 +123,9 @@ pub(super) fn start(
     let owner = user.as_ref().map(|u| (u.uid, u.gid));
     let stderr = make_sandbox(&sandbox, owner)
         .map_err(|e| format!("cannot prepare the sandbox {}: {e}", sandbox.display()))?;
-    recovery::write_infos(checkpointer, &run, framework, executor).map_err(|e| e.to_string())?;
+    recovery::write_infos(checkpointer, &run, framework, executor)
+        .and_then(|()| create_dirs(&layout.run_meta_dir(&run)))
+        .map_err(|e| e.to_string())?;
     let sandbox_str = sandbox.to_string_lossy();
     let mesos = mesos_vars(
         config,
