@@ -271,3 +271,21 @@ fn killing_a_queued_task_ends_it_and_shuts_an_idle_executor_down() {
         "no TASK_FAILED for a killed task"
     );
 }
+
+#[test]
+fn until_recovery_ran_every_call_answers_503() {
+    let dir = work_dir();
+    let agent = Agent::start_recovering(dir.path(), 0, false, |_| {});
+    let url = agent.url();
+    agent.block_on(async {
+        let subscribe = call_json("SUBSCRIBE", json!({"subscribe": {}}));
+        let answer = post(&url, JSON, subscribe).await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.body, b"Agent has not finished recovery");
+    });
+    assert_eq!(agent.api.recover().unwrap(), 0);
+    agent.block_on(async {
+        let answer = post(&url, JSON, call_json("HEARTBEAT", json!({}))).await;
+        assert_eq!(answer.status, 400, "recovered: now the executor is unknown");
+    });
+}

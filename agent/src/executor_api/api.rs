@@ -2,6 +2,7 @@
 //! notices executor exits, registration deadlines, shutdown deadlines and heartbeat times.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -51,6 +52,7 @@ impl ExecutorApi {
             config,
             sinks,
             registry: Mutex::new(Registry::default()),
+            recovered: AtomicBool::new(false),
         });
         let monitor = tokio::spawn(monitor(Arc::downgrade(&inner)));
         ExecutorApi { inner, monitor }
@@ -326,9 +328,10 @@ impl ExecutorApi {
             .collect()
     }
 
-    /// After an agent restart: takes back the executors this module checkpointed. Those still
-    /// running wait for their re-subscription (`reregistration_timeout`); those gone are
-    /// reported by the monitor like any executor that ended. Returns how many were found.
+    /// Takes back the executors this module checkpointed before an agent restart; call it once
+    /// at start (the endpoint answers 503 until then). Those still running wait for their
+    /// re-subscription (`reregistration_timeout`); those gone are reported by the monitor like
+    /// any executor that ended. Returns how many were found.
     pub fn recover(&self) -> Result<usize, CheckpointError> {
         let found = recovery::scan(&self.inner.checkpointer)?;
         let count = found.len();
@@ -373,6 +376,7 @@ impl ExecutorApi {
             };
             registry.executors.insert(key, entry);
         }
+        self.inner.recovered.store(true, Ordering::SeqCst);
         Ok(count)
     }
 }

@@ -1,10 +1,12 @@
 //! `POST /api/v1/executor`, answered as Mesos's agent answers it (`Http::executor`): not POST →
 //! 405; no `Content-Type` → 400; neither JSON nor protobuf → 415; a body that does not decode
 //! or a call that does not validate → 400; SUBSCRIBE without an acceptable media type → 406;
-//! an unknown framework or executor → 400; SUBSCRIBE → 200 and a RecordIO stream of events in
+//! the agent still recovering ([`super::ExecutorApi::recover`] not called yet) → 503; an
+//! unknown framework or executor → 400; SUBSCRIBE → 200 and a RecordIO stream of events in
 //! the negotiated encoding; UPDATE, MESSAGE, HEARTBEAT → 202 with an empty body.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,6 +84,12 @@ pub(super) async fn executor_endpoint(
         return refuse(
             StatusCode::NOT_ACCEPTABLE,
             "Expecting 'Accept' to allow application/json or application/x-protobuf",
+        );
+    }
+    if !inner.recovered.load(Ordering::SeqCst) {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Agent has not finished recovery",
         );
     }
     let key = ExecutorKey {

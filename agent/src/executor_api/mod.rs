@@ -6,7 +6,7 @@
 //! ```text
 //! let api = ExecutorApi::new(config, Sinks { status, messages })?;  // inside a tokio runtime
 //! let router = my_router.merge(api.routes());                       // serves /api/v1/executor
-//! api.recover()?;                                                   // once, after a restart
+//! api.recover()?;                     // once at start: until then the endpoint answers 503
 //! api.launch(ExecutorLaunch { framework, executor, work, extra_env })?;
 //! api.kill(framework_id, task_id, kill_policy)?;                     // KILL to the executor
 //! api.acknowledge(framework_id, task_id, uuid)?;                     // ACKNOWLEDGED to it

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -172,6 +173,9 @@ pub(super) struct Inner {
     pub(super) sinks: Sinks,
     pub(super) checkpointer: Checkpointer,
     pub(super) registry: Mutex<Registry>,
+    /// Set by `ExecutorApi::recover`; until then the endpoint answers 503, as Mesos's agent
+    /// does while it recovers.
+    pub(super) recovered: AtomicBool,
 }
 
 impl Inner {

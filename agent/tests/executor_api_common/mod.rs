@@ -44,12 +44,24 @@ pub struct Agent {
     pub updates: Receiver<TaskUpdate>,
     pub messages: Receiver<ExecutorMessage>,
     pub work: PathBuf,
+    /// How many executors `recover` found at start.
+    pub recovered: usize,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Agent {
     /// Starts an agent on `port` (0: any) with work dir `work`; `tweak` adjusts the config.
     pub fn start(work: &Path, port: u16, tweak: impl FnOnce(&mut ExecutorApiConfig)) -> Agent {
+        Agent::start_recovering(work, port, true, tweak)
+    }
+
+    /// [`Agent::start`], calling `ExecutorApi::recover` only when `recover`.
+    pub fn start_recovering(
+        work: &Path,
+        port: u16,
+        recover: bool,
+        tweak: impl FnOnce(&mut ExecutorApiConfig),
+    ) -> Agent {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -78,6 +90,11 @@ impl Agent {
             let _guard = runtime.enter();
             ExecutorApi::new(config, sinks)
         };
+        let recovered = if recover {
+            api.recover().expect("recovery reads the work dir")
+        } else {
+            0
+        };
         let app = api.routes();
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -88,6 +105,7 @@ impl Agent {
             updates,
             messages,
             work: work.to_path_buf(),
+            recovered,
             runtime,
         }
     }
