@@ -9,15 +9,21 @@ use std::time::{Duration, Instant};
 
 use executor_api_common::*;
 use mesoblk_agent::executor::process::read_stat;
+use mesoblk_agent::executor_api::Work;
 use mesoblk_proto::codec::ContentType;
 use mesoblk_proto::mesos::v1::executor::{call, event, Call};
 use mesoblk_proto::mesos::v1::task_status::{Reason, Source};
-use mesoblk_proto::mesos::v1::{ExecutorId, FrameworkId, TaskId, TaskState, TaskStatus};
+use mesoblk_proto::mesos::v1::{
+    ExecutorId, FrameworkId, TaskGroupInfo, TaskId, TaskState, TaskStatus,
+};
 use prost::Message;
 use reqwest::Method;
 use serde_json::json;
 
 const EXECUTOR: &str = "http-1";
+
+/// A change to a JSON status.
+type Edit = fn(&mut serde_json::Value);
 
 fn call_json(kind: &str, extra: serde_json::Value) -> Vec<u8> {
     let mut body = json!({
@@ -111,7 +117,7 @@ fn bad_requests_are_refused_with_mesos_status_codes_and_change_nothing() {
         let answer = post(&url, JSON, call_json("UPDATE", json!({}))).await;
         assert_eq!(answer.status, 400, "UPDATE without 'update'");
 
-        let bad_updates: [(&str, fn(&mut serde_json::Value)); 5] = [
+        let bad_updates: [(&str, Edit); 5] = [
             ("no uuid", |s| {
                 s.as_object_mut().unwrap().remove("uuid");
             }),
@@ -288,4 +294,82 @@ fn until_recovery_ran_every_call_answers_503() {
         let answer = post(&url, JSON, call_json("HEARTBEAT", json!({}))).await;
         assert_eq!(answer.status, 400, "recovered: now the executor is unknown");
     });
+}
+
+fn group(ids: &[&str]) -> Work {
+    Work::Group(TaskGroupInfo {
+        tasks: ids.iter().map(|id| task(id, "x")).collect(),
+    })
+}
+
+#[test]
+fn task_groups_go_out_whole_and_a_framework_shutdown_ends_its_executors() {
+    let dir = work_dir();
+    let agent = Agent::start(dir.path(), 0, |c| {
+        c.shutdown_grace = Duration::from_millis(300)
+    });
+    let sleeper = executor(EXECUTOR, "exec sleep 60");
+    let mut first = launch(false, sleeper.clone(), Vec::new(), &[]);
+    first.work = group(&["g1a", "g1b"]);
+    agent.api.launch(first).unwrap();
+    let mut second = launch(false, sleeper, Vec::new(), &[]);
+    second.work = group(&["g2a", "g2b"]);
+    agent.api.launch(second).unwrap();
+    let other = launch(
+        false,
+        executor("http-2", "exec sleep 60"),
+        vec![task("c", "x")],
+        &[],
+    );
+    agent.api.launch(other).unwrap();
+
+    // Killing one task of a queued group ends the whole group.
+    agent.api.kill(FRAMEWORK, "g2a", None).unwrap();
+    let mut killed: Vec<String> = agent
+        .updates(2)
+        .iter()
+        .inspect(|s| assert_eq!(state(s), TaskState::TaskKilled))
+        .map(|s| s.task_id.value.clone())
+        .collect();
+    killed.sort();
+    assert_eq!(killed, ["g2a", "g2b"]);
+
+    let url = agent.url();
+    let subscribe = call_json("SUBSCRIBE", json!({"subscribe": {}}));
+    let mut stream = agent.block_on(async {
+        let mut stream = EventStream::open(&url, ContentType::Json, subscribe).await;
+        assert_eq!(
+            stream.next().await.unwrap().r#type(),
+            event::Type::Subscribed
+        );
+        let launch = stream.next().await.unwrap();
+        assert_eq!(launch.r#type(), event::Type::LaunchGroup);
+        let ids: Vec<String> = launch
+            .launch_group
+            .unwrap()
+            .task_group
+            .tasks
+            .into_iter()
+            .map(|t| t.task_id.value)
+            .collect();
+        assert_eq!(ids, ["g1a", "g1b"]);
+        stream
+    });
+
+    agent.api.shutdown_framework(FRAMEWORK);
+    agent.block_on(async {
+        assert_eq!(stream.next().await.unwrap().r#type(), event::Type::Shutdown);
+    });
+    let mut failed: Vec<String> = agent
+        .updates(3)
+        .iter()
+        .inspect(|s| {
+            assert_eq!(state(s), TaskState::TaskFailed);
+            assert_eq!(s.reason(), Reason::ExecutorTerminated);
+        })
+        .map(|s| s.task_id.value.clone())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["c", "g1a", "g1b"]);
+    agent.wait_no_executors();
 }

@@ -7,12 +7,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use mesoblk_proto::mesos::v1::task_status::Reason;
-use mesoblk_proto::mesos::v1::{KillPolicy, TaskInfo, TaskState};
+use mesoblk_proto::mesos::v1::{KillPolicy, TaskState};
 use tokio::task::JoinHandle;
 
-use super::registry::{
-    ExecutorEntry, ExecutorKey, Inner, Queued, Registry, TaskEntry, Termination,
-};
+use super::registry::{ExecutorEntry, ExecutorKey, Inner, Registry, TaskEntry, Termination};
 use super::{events, recovery, spawn};
 use super::{
     ApiError, ExecutorApiConfig, ExecutorLaunch, ExecutorPhase, ExecutorSummary, LaunchError,
@@ -139,37 +137,21 @@ impl ExecutorApi {
             recovery::write_task(&self.inner.checkpointer, &entry.run, task)
                 .map_err(LaunchError::Checkpoint)?;
         }
-        let queued = match launch.work {
-            Work::Tasks(tasks) => tasks.into_iter().map(Queued::Task).collect(),
-            Work::Group(group) => vec![Queued::Group(group)],
-        };
-        for item in queued {
-            let tasks: Vec<TaskInfo> = match &item {
-                Queued::Task(task) => vec![task.clone()],
-                Queued::Group(group) => group.tasks.clone(),
+        let subscribed = entry.phase == ExecutorPhase::Running && entry.connection.is_some();
+        for task in launch.work.tasks() {
+            let task_entry = TaskEntry {
+                info: task.clone(),
+                state: TaskState::TaskStaging,
+                launched: false,
+                unacked: BTreeSet::new(),
+                acked: BTreeSet::new(),
             };
-            let subscribed = entry.phase == ExecutorPhase::Running && entry.connection.is_some();
-            for task in tasks {
-                entry.tasks.insert(
-                    task.task_id.value.clone(),
-                    TaskEntry {
-                        info: task,
-                        state: TaskState::TaskStaging,
-                        launched: subscribed,
-                        unacked: BTreeSet::new(),
-                        acked: BTreeSet::new(),
-                    },
-                );
-            }
-            if subscribed {
-                let event = match &item {
-                    Queued::Task(task) => events::launch(task),
-                    Queued::Group(group) => events::launch_group(group),
-                };
-                entry.send(event);
-            } else {
-                entry.queued.push(item);
-            }
+            entry.tasks.insert(task.task_id.value.clone(), task_entry);
+        }
+        if subscribed {
+            entry.deliver(&launch.work);
+        } else {
+            entry.queued.push(launch.work);
         }
         Ok(())
     }
@@ -199,13 +181,20 @@ impl ExecutorApi {
             }
             return Ok(());
         }
-        entry.tasks.remove(task_id);
-        entry.queued.retain_mut(|q| match q {
-            Queued::Task(t) => t.task_id.value != task_id,
-            Queued::Group(g) => {
-                // Mesos kills a whole group when one of its tasks is killed before launch;
-                // the other tasks of the group are ended too.
-                !g.tasks.iter().any(|t| t.task_id.value == task_id)
+        // Mesos kills a whole task group when one of its tasks is killed before launch.
+        let mut killed_ids = vec![task_id.to_string()];
+        entry.queued.retain_mut(|work| match work {
+            Work::Tasks(tasks) => {
+                tasks.retain(|t| t.task_id.value != task_id);
+                !tasks.is_empty()
+            }
+            Work::Group(group) => {
+                let hit = group.tasks.iter().any(|t| t.task_id.value == task_id);
+                if hit {
+                    let others = group.tasks.iter().map(|t| t.task_id.value.clone());
+                    killed_ids.extend(others.filter(|id| id != task_id));
+                }
+                !hit
             }
         });
         let killed = Termination {
@@ -213,17 +202,13 @@ impl ExecutorApi {
             reason: Reason::TaskKilledDuringLaunch,
             message: "Killed before delivery to the executor".to_string(),
         };
-        let orphans: Vec<String> = entry
-            .tasks
-            .iter()
-            .filter(|(_, t)| !t.launched)
-            .map(|(id, _)| id.clone())
-            .filter(|id| !entry.queued.iter().any(|q| queued_has(q, id)))
-            .collect();
-        for id in std::iter::once(task_id.to_string()).chain(orphans) {
+        for id in killed_ids {
             entry.tasks.remove(&id);
-            let _ =
-                recovery::write_task_state(&self.inner.checkpointer, &entry.run, &id, killed.state);
+            let checkpointer = &self.inner.checkpointer;
+            if let Err(e) = recovery::write_task_state(checkpointer, &entry.run, &id, killed.state)
+            {
+                tracing::warn!(task = %id, error = %e, "cannot checkpoint the killed task");
+            }
             self.inner
                 .agent_update(framework_id, &key.executor_id, &id, &killed);
         }
@@ -378,13 +363,6 @@ impl ExecutorApi {
         }
         self.inner.recovered.store(true, Ordering::SeqCst);
         Ok(count)
-    }
-}
-
-fn queued_has(queued: &Queued, task_id: &str) -> bool {
-    match queued {
-        Queued::Task(t) => t.task_id.value == task_id,
-        Queued::Group(g) => g.tasks.iter().any(|t| t.task_id.value == task_id),
     }
 }
 

@@ -22,7 +22,7 @@ use mesoblk_proto::recordio;
 use tokio::sync::mpsc;
 
 use super::events;
-use super::registry::{Connection, ExecutorEntry, ExecutorKey, Inner, Queued, Termination};
+use super::registry::{Connection, ExecutorEntry, ExecutorKey, Inner, Termination};
 use super::ExecutorPhase;
 use crate::status::status_uuid;
 
@@ -230,25 +230,8 @@ fn subscribe_executor(
     if recovered {
         lose_unknown_tasks(inner, key, entry, &subscribe);
     }
-    for queued in std::mem::take(&mut entry.queued) {
-        let event = match &queued {
-            Queued::Task(task) => events::launch(task),
-            Queued::Group(group) => events::launch_group(group),
-        };
-        let ids: Vec<String> = match &queued {
-            Queued::Task(task) => vec![task.task_id.value.clone()],
-            Queued::Group(group) => group
-                .tasks
-                .iter()
-                .map(|t| t.task_id.value.clone())
-                .collect(),
-        };
-        for id in ids {
-            if let Some(task) = entry.tasks.get_mut(&id) {
-                task.launched = true;
-            }
-        }
-        entry.send(event);
+    for work in std::mem::take(&mut entry.queued) {
+        entry.deliver(&work);
     }
     for update in subscribe.unacknowledged_updates {
         if update.status.source() == Source::Executor && status_uuid(&update.status).is_some() {

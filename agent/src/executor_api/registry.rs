@@ -11,14 +11,14 @@ use std::time::{Instant, SystemTime};
 use mesoblk_proto::mesos::v1::executor::Event;
 use mesoblk_proto::mesos::v1::task_status::{Reason, Source};
 use mesoblk_proto::mesos::v1::{
-    framework_info, ExecutorInfo, FrameworkInfo, TaskGroupInfo, TaskInfo, TaskState, TaskStatus,
+    framework_info, ExecutorInfo, FrameworkInfo, TaskInfo, TaskState, TaskStatus,
 };
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::events;
 use super::recovery;
-use super::{ExecutorApiConfig, ExecutorMessage, ExecutorPhase, ExecutorSummary, Sinks};
+use super::{ExecutorApiConfig, ExecutorMessage, ExecutorPhase, ExecutorSummary, Sinks, Work};
 use crate::checkpoint::{Checkpointer, RunId};
 use crate::executor::process::Leader;
 use crate::executor::TaskUpdate;
@@ -42,13 +42,6 @@ impl std::fmt::Display for ExecutorKey {
 pub(super) struct Connection {
     pub(super) events: UnboundedSender<Event>,
     pub(super) last_heartbeat: Instant,
-}
-
-/// Work waiting for the executor to subscribe.
-#[derive(Clone, Debug)]
-pub(super) enum Queued {
-    Task(TaskInfo),
-    Group(TaskGroupInfo),
 }
 
 /// One task of an executor.
@@ -92,7 +85,8 @@ pub(super) struct ExecutorEntry {
     pub(super) leader: Leader,
     pub(super) phase: ExecutorPhase,
     pub(super) connection: Option<Connection>,
-    pub(super) queued: Vec<Queued>,
+    /// Work waiting for the executor to subscribe.
+    pub(super) queued: Vec<Work>,
     pub(super) tasks: BTreeMap<String, TaskEntry>,
     /// When it must have (re-)subscribed.
     pub(super) subscribe_by: Option<Instant>,
@@ -111,6 +105,25 @@ impl ExecutorEntry {
             self.connection = None;
         }
         sent
+    }
+
+    /// Sends `work` to the subscribed executor (LAUNCH per task, or LAUNCH_GROUP).
+    pub(super) fn deliver(&mut self, work: &Work) {
+        for task in work.tasks() {
+            if let Some(entry) = self.tasks.get_mut(&task.task_id.value) {
+                entry.launched = true;
+            }
+        }
+        match work {
+            Work::Tasks(tasks) => {
+                for task in tasks {
+                    self.send(events::launch(task));
+                }
+            }
+            Work::Group(group) => {
+                self.send(events::launch_group(group));
+            }
+        }
     }
 
     pub(super) fn summary(&self) -> ExecutorSummary {
