@@ -10,7 +10,9 @@ use mesoblk_proto::mesos::v1::task_status::Reason;
 use mesoblk_proto::mesos::v1::{KillPolicy, TaskState};
 use tokio::task::JoinHandle;
 
-use super::registry::{ExecutorEntry, ExecutorKey, Inner, Registry, TaskEntry, Termination};
+use super::registry::{
+    lost_state, ExecutorEntry, ExecutorKey, Inner, Registry, TaskEntry, Termination,
+};
 use super::{events, recovery, spawn};
 use super::{
     ApiError, ExecutorApiConfig, ExecutorLaunch, ExecutorPhase, ExecutorSummary, LaunchError,
@@ -75,9 +77,10 @@ impl ExecutorApi {
             executor_id: launch.executor.executor_id.value.clone(),
         };
         let tasks = launch.work.tasks().to_vec();
+        let lost = lost_state(&launch.framework);
         let result = self.try_launch(&key, launch);
         if let Err(e) = &result {
-            if let Some(end) = launch_failure(e) {
+            if let Some(end) = launch_failure(e, lost) {
                 for task in &tasks {
                     let executor_id = &key.executor_id;
                     self.inner.agent_update(
@@ -393,11 +396,11 @@ fn check_launch(key: &ExecutorKey, launch: &ExecutorLaunch) -> Result<(), Launch
 }
 
 /// The terminal update a failed launch gives each of its tasks.
-fn launch_failure(e: &LaunchError) -> Option<Termination> {
+fn launch_failure(e: &LaunchError, lost: TaskState) -> Option<Termination> {
     let (state, reason) = match e {
         LaunchError::Invalid(_) => (TaskState::TaskError, Reason::TaskInvalid),
         LaunchError::DuplicateTask(_) => return None,
-        LaunchError::Terminating(_) => (TaskState::TaskLost, Reason::ExecutorTerminated),
+        LaunchError::Terminating(_) => (lost, Reason::ExecutorTerminated),
         LaunchError::Start(_) | LaunchError::Checkpoint(_) => {
             (TaskState::TaskFailed, Reason::ContainerLaunchFailed)
         }

@@ -4,10 +4,10 @@
 //! # Using it (the daemon)
 //!
 //! ```text
-//! let api = ExecutorApi::new(config, Sinks { status, messages })?;  // inside a tokio runtime
+//! let api = ExecutorApi::new(config, Sinks { status, messages });   // inside a tokio runtime
 //! let router = my_router.merge(api.routes());                       // serves /api/v1/executor
 //! api.recover()?;                     // once at start: until then the endpoint answers 503
-//! api.launch(ExecutorLaunch { framework, executor, work, extra_env })?;
+//! api.launch(ExecutorLaunch { framework, executor, work, extra_env })?; // blocks briefly
 //! api.kill(framework_id, task_id, kill_policy)?;                     // KILL to the executor
 //! api.acknowledge(framework_id, task_id, uuid)?;                     // ACKNOWLEDGED to it
 //! api.framework_message(framework_id, executor_id, data)?;           // MESSAGE to it
@@ -27,7 +27,8 @@
 //! [`ExecutorApi::launch`] with a new executor starts its `CommandInfo` through
 //! `mesoblk-launcher` (see `crate::executor::launcher`): its own session and process group, the
 //! sandbox `<work_dir>/slaves/<agent>/frameworks/<fw>/executors/<ex>/runs/<container>/` as its
-//! working folder with `stdout` and `stderr` files, and the environment of [`spawn`]. Its
+//! working folder with `stdout` and `stderr` files, and the environment Mesos gives executors
+//! (see `docs/executor-api.md`). Its
 //! tasks are queued: the executor must SUBSCRIBE within `--executor_registration_timeout`
 //! (default 1 min) or it is killed and its tasks fail (TASK_FAILED,
 //! REASON_EXECUTOR_REGISTRATION_TIMEOUT). SUBSCRIBE answers 200 with a RecordIO stream:
@@ -67,7 +68,7 @@ mod events;
 mod http;
 mod recovery;
 mod registry;
-pub mod spawn;
+mod spawn;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -262,7 +263,8 @@ pub enum LaunchError {
     /// A task id is in use on this agent already (no update).
     #[error("task {0} is already known to this agent")]
     DuplicateTask(String),
-    /// The executor is shutting down (TASK_LOST... as Mesos: TASK_FAILED here).
+    /// The executor is shutting down (TASK_LOST, or TASK_DROPPED for PARTITION_AWARE
+    /// frameworks; REASON_EXECUTOR_TERMINATED).
     #[error("executor {0} is shutting down")]
     Terminating(String),
     /// The executor could not be started (TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED).

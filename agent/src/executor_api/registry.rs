@@ -146,20 +146,22 @@ impl ExecutorEntry {
         }
     }
 
-    fn partition_aware(&self) -> bool {
-        self.framework
-            .capabilities
-            .iter()
-            .any(|c| c.r#type() == framework_info::capability::Type::PartitionAware)
-    }
-
     /// TASK_LOST, or TASK_DROPPED for a PARTITION_AWARE framework.
     pub(super) fn lost_state(&self) -> TaskState {
-        if self.partition_aware() {
-            TaskState::TaskDropped
-        } else {
-            TaskState::TaskLost
-        }
+        lost_state(&self.framework)
+    }
+}
+
+/// TASK_LOST, or TASK_DROPPED for a PARTITION_AWARE framework.
+pub(super) fn lost_state(framework: &FrameworkInfo) -> TaskState {
+    let partition_aware = framework
+        .capabilities
+        .iter()
+        .any(|c| c.r#type() == framework_info::capability::Type::PartitionAware);
+    if partition_aware {
+        TaskState::TaskDropped
+    } else {
+        TaskState::TaskLost
     }
 }
 

@@ -21,7 +21,7 @@ use crate::executor::runner::{make_sandbox, resolve_user};
 
 /// The variables of one executor (besides the ones every executor gets).
 #[derive(Clone, Debug)]
-pub struct ExecutorVars<'a> {
+pub(super) struct ExecutorVars<'a> {
     /// `MESOS_FRAMEWORK_ID`.
     pub(super) framework_id: &'a str,
     /// `MESOS_EXECUTOR_ID`.
@@ -35,7 +35,10 @@ pub struct ExecutorVars<'a> {
 }
 
 /// The `MESOS_*` variables of a custom executor, as Mesos's agent sets them.
-pub fn mesos_vars(config: &ExecutorApiConfig, vars: &ExecutorVars<'_>) -> Vec<(String, String)> {
+pub(super) fn mesos_vars(
+    config: &ExecutorApiConfig,
+    vars: &ExecutorVars<'_>,
+) -> Vec<(String, String)> {
     let agent_id = config.layout.agent_id();
     let pairs = [
         ("MESOS_AGENT_ENDPOINT", config.agent_endpoint.clone()),
@@ -67,7 +70,7 @@ pub fn mesos_vars(config: &ExecutorApiConfig, vars: &ExecutorVars<'_>) -> Vec<(S
 }
 
 /// The shutdown grace period of `executor`: its own, else the configured one.
-pub fn shutdown_grace(config: &ExecutorApiConfig, executor: &ExecutorInfo) -> Duration {
+pub(super) fn shutdown_grace(config: &ExecutorApiConfig, executor: &ExecutorInfo) -> Duration {
     executor
         .shutdown_grace_period
         .as_ref()
