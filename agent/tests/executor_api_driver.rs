@@ -300,11 +300,17 @@ fn main() {
             an_executor_that_does_not_resubscribe_after_a_restart_is_killed,
         ),
     ];
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return;
+    }
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let mut failed = 0;
+    let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
         if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
             continue;
@@ -315,7 +321,9 @@ fn main() {
             if outcome.is_ok() { "ok" } else { "FAILED" }
         );
         failed += usize::from(outcome.is_err());
+        passed += usize::from(outcome.is_ok());
     }
+    println!("test result: {passed} passed; {failed} failed");
     if failed > 0 {
         eprintln!("{failed} test(s) failed");
         std::process::exit(1);

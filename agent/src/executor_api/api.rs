@@ -362,7 +362,8 @@ impl ExecutorApi {
                 termination: None,
                 shutdown: None,
             };
-            registry.executors.insert(key, entry);
+            // A second call finds the same runs: the entries already there are the live ones.
+            registry.executors.entry(key).or_insert(entry);
         }
         self.inner.recovered.store(true, Ordering::SeqCst);
         Ok(count)

@@ -262,7 +262,9 @@ fn lose_unknown_tasks(
     let gone: Vec<String> = entry
         .tasks
         .iter()
-        .filter(|(id, t)| t.state == TaskState::TaskStaging && !known.contains(&id.as_str()))
+        .filter(|(id, t)| {
+            t.launched && t.state == TaskState::TaskStaging && !known.contains(&id.as_str())
+        })
         .map(|(id, _)| id.clone())
         .collect();
     for task_id in gone {
