@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use executor_api_common::*;
 use mesoblk_agent::checkpoint::{Layout, RunId};
 use mesoblk_agent::executor::process::read_stat;
-use mesoblk_agent::executor_api::ExecutorPhase;
+use mesoblk_agent::executor_api::{AcknowledgeWhen, ExecutorApiConfig, ExecutorPhase};
 use mesoblk_framework::executor::{Executor, ExecutorDriver};
 use mesoblk_proto::mesos::v1::task_status::{Reason, Source};
 use mesoblk_proto::mesos::v1::{
@@ -140,9 +140,13 @@ fn events(sandbox: &Path) -> String {
     std::fs::read_to_string(sandbox.join("events")).unwrap_or_default()
 }
 
+fn scheduler_acks(config: &mut ExecutorApiConfig) {
+    config.acknowledge = AcknowledgeWhen::SchedulerAcknowledged;
+}
+
 fn rust_driver_runs_tasks_messages_kill_and_shutdown() {
     let dir = work_dir();
-    let agent = Agent::start(dir.path(), 0, |_| {});
+    let agent = Agent::start(dir.path(), 0, scheduler_acks);
     let tasks = vec![task("finishes", "finish"), task("runs", "run")];
     agent
         .api
@@ -185,9 +189,34 @@ fn rust_driver_runs_tasks_messages_kill_and_shutdown() {
     assert_eq!(events(&sandbox), "registered\nshutdown\n");
 }
 
-fn rust_driver_resubscribes_after_an_agent_restart() {
+fn rust_driver_updates_are_acknowledged_once_stored_by_default() {
     let dir = work_dir();
     let agent = Agent::start(dir.path(), 0, |_| {});
+    let tasks = vec![task("finishes", "finish")];
+    agent
+        .api
+        .launch(launch(false, rust_executor("rs-3"), tasks, &[]))
+        .unwrap();
+    let updates = agent.updates(2);
+    // No scheduler acknowledged anything, and the driver holds nothing.
+    wait_all_acknowledged(&agent, "rs-3");
+    for s in &updates {
+        let sent = agent
+            .api
+            .acknowledge(FRAMEWORK, "finishes", s.uuid.as_ref().unwrap());
+        assert_eq!(sent, Ok(false), "nothing left to tell the executor");
+    }
+    assert!(
+        agent.api.executors()[0].tasks.is_empty(),
+        "the finished task is done"
+    );
+    agent.api.shutdown_executor(FRAMEWORK, "rs-3").unwrap();
+    agent.wait_no_executors();
+}
+
+fn rust_driver_resubscribes_after_an_agent_restart() {
+    let dir = work_dir();
+    let agent = Agent::start(dir.path(), 0, scheduler_acks);
     let port = agent.addr.port();
     agent
         .api
@@ -214,7 +243,7 @@ fn rust_driver_resubscribes_after_an_agent_restart() {
     std::fs::create_dir_all(lost_path.parent().unwrap()).unwrap();
     std::fs::write(&lost_path, task("never-sent", "run").encode_to_vec()).unwrap();
 
-    let agent = Agent::start(dir.path(), port, |_| {});
+    let agent = Agent::start(dir.path(), port, scheduler_acks);
     assert_eq!(agent.recovered, 1);
     assert_eq!(agent.api.executors()[0].phase, ExecutorPhase::Recovering);
     let mut lost = None;
@@ -286,7 +315,11 @@ fn main() {
         run_executor();
         return;
     }
-    let tests: [(&str, fn()); 3] = [
+    let tests: [(&str, fn()); 4] = [
+        (
+            "rust_driver_updates_are_acknowledged_once_stored_by_default",
+            rust_driver_updates_are_acknowledged_once_stored_by_default,
+        ),
         (
             "rust_driver_runs_tasks_messages_kill_and_shutdown",
             rust_driver_runs_tasks_messages_kill_and_shutdown,

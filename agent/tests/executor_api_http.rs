@@ -221,6 +221,13 @@ fn subscribe_streams_events_and_calls_are_accepted() {
         let heartbeat = post(&url, JSON, call_json("HEARTBEAT", json!({}))).await;
         assert_eq!((heartbeat.status, heartbeat.body.len()), (202, 0));
 
+        // As Mesos: the update is acknowledged once stored, before any scheduler saw it.
+        let ack = stream.next().await.unwrap();
+        assert_eq!(ack.r#type(), event::Type::Acknowledged);
+        let ack = ack.acknowledged.unwrap();
+        assert_eq!(ack.task_id.value, "t1");
+        assert_eq!(ack.uuid, (0u8..16).collect::<Vec<u8>>());
+
         // The agent heartbeats the stream.
         assert_eq!(
             stream.next().await.unwrap().r#type(),

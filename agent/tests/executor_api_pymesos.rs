@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use executor_api_common::*;
-use mesoblk_agent::executor_api::ExecutorPhase;
+use mesoblk_agent::executor_api::{AcknowledgeWhen, ExecutorPhase};
 use mesoblk_proto::mesos::v1::task_status::{Reason, Source};
 use mesoblk_proto::mesos::v1::{ExecutorInfo, TaskState, TaskStatus};
 
@@ -42,10 +42,22 @@ fn ask(agent: &Agent, executor_id: &str, question: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn pymesos_executor_runs_tasks_messages_kill_and_shutdown() {
+fn pymesos_executor_with_mesos_acknowledgements() {
+    pymesos_scenario(AcknowledgeWhen::Stored);
+}
+
+#[test]
+fn pymesos_executor_with_scheduler_acknowledgements() {
+    pymesos_scenario(AcknowledgeWhen::SchedulerAcknowledged);
+}
+
+/// Launch, updates, ACKNOWLEDGED (when `acknowledge` says), framework messages both ways, the
+/// environment, KILL and SHUTDOWN.
+fn pymesos_scenario(acknowledge: AcknowledgeWhen) {
     let dir = work_dir();
     let agent = Agent::start(dir.path(), 0, |c| {
         c.shutdown_grace = Duration::from_secs(2);
+        c.acknowledge = acknowledge;
     });
     let launch = launch(
         false,
@@ -77,7 +89,19 @@ fn pymesos_executor_runs_tasks_messages_kill_and_shutdown() {
     assert_eq!(summary.phase, ExecutorPhase::Running);
     assert!(summary.connected);
 
-    // ACKNOWLEDGED reaches pymesos with the exact 16 bytes.
+    // ACKNOWLEDGED reaches pymesos with the exact 16 bytes: once stored (Mesos), or once the
+    // scheduler acknowledged.
+    let want: Vec<String> = updates.iter().map(uuid_hex).collect();
+    let acked: Vec<String> = serde_json::from_slice(&ask(&agent, "py-1", b"acks?")).unwrap();
+    let by_scheduler = acknowledge == AcknowledgeWhen::SchedulerAcknowledged;
+    assert_eq!(
+        acked,
+        if by_scheduler {
+            Vec::new()
+        } else {
+            want.clone()
+        }
+    );
     for status in &updates {
         let sent = agent
             .api
@@ -87,10 +111,13 @@ fn pymesos_executor_runs_tasks_messages_kill_and_shutdown() {
                 status.uuid.as_ref().unwrap(),
             )
             .expect("a known update");
-        assert!(sent, "ACKNOWLEDGED sent for {}", status.task_id.value);
+        assert_eq!(
+            sent, by_scheduler,
+            "ACKNOWLEDGED sent now for {}",
+            status.task_id.value
+        );
     }
     let acked: Vec<String> = serde_json::from_slice(&ask(&agent, "py-1", b"acks?")).unwrap();
-    let want: Vec<String> = updates.iter().map(uuid_hex).collect();
     assert_eq!(acked, want);
     // A second acknowledgement of the same update has nothing to forward.
     let again = agent

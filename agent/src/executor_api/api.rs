@@ -15,8 +15,8 @@ use super::registry::{
 };
 use super::{events, recovery, spawn};
 use super::{
-    ApiError, ExecutorApiConfig, ExecutorLaunch, ExecutorPhase, ExecutorSummary, LaunchError,
-    Sinks, Work, EXECUTOR_API_PATH,
+    AcknowledgeWhen, ApiError, ExecutorApiConfig, ExecutorLaunch, ExecutorPhase, ExecutorSummary,
+    LaunchError, Sinks, Work, EXECUTOR_API_PATH,
 };
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::executor::process::Leader;
@@ -146,8 +146,8 @@ impl ExecutorApi {
                 info: task.clone(),
                 state: TaskState::TaskStaging,
                 launched: false,
-                unacked: BTreeSet::new(),
-                acked: BTreeSet::new(),
+                awaiting_scheduler: BTreeSet::new(),
+                acknowledged: BTreeSet::new(),
             };
             entry.tasks.insert(task.task_id.value.clone(), task_entry);
         }
@@ -221,8 +221,9 @@ impl ExecutorApi {
         Ok(())
     }
 
-    /// The scheduler acknowledged the update `uuid` of `task_id`: ACKNOWLEDGED to its executor
-    /// when the update came from it. `Ok(true)` when the event went out.
+    /// The scheduler acknowledged the update `uuid` of `task_id` (a terminal one ends the
+    /// task's bookkeeping). With [`AcknowledgeWhen::SchedulerAcknowledged`], ACKNOWLEDGED goes
+    /// to the executor now, when the update came from it. `Ok(true)` when the event went out.
     pub fn acknowledge(
         &self,
         framework_id: &str,
@@ -240,15 +241,17 @@ impl ExecutorApi {
             .ok_or_else(unknown)?;
         let entry = registry.executors.get_mut(&key).ok_or_else(unknown)?;
         let task = entry.tasks.get_mut(task_id).ok_or_else(unknown)?;
-        if !task.unacked.remove(&uuid) {
+        if !task.awaiting_scheduler.remove(&uuid) {
             // An update the agent generated, or one acknowledged before.
             return Ok(false);
         }
-        task.acked.insert(uuid);
-        if crate::status::is_terminal(task.state) && task.unacked.is_empty() {
+        let done = crate::status::is_terminal(task.state) && task.awaiting_scheduler.is_empty();
+        let sent = self.inner.config.acknowledge == AcknowledgeWhen::SchedulerAcknowledged
+            && Inner::acknowledge_executor(entry, task_id, uuid);
+        if done {
             entry.tasks.remove(task_id);
         }
-        Ok(entry.send(events::acknowledged(task_id, &uuid)))
+        Ok(sent)
     }
 
     /// Sends a scheduler's message to an executor (MESSAGE).
@@ -338,8 +341,8 @@ impl ExecutorApi {
                         info,
                         state,
                         launched: true,
-                        unacked: BTreeSet::new(),
-                        acked: BTreeSet::new(),
+                        awaiting_scheduler: BTreeSet::new(),
+                        acknowledged: BTreeSet::new(),
                     };
                     (entry.info.task_id.value.clone(), entry)
                 })

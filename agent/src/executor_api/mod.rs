@@ -9,7 +9,7 @@
 //! api.recover()?;                     // once at start: until then the endpoint answers 503
 //! api.launch(ExecutorLaunch { framework, executor, work, extra_env })?; // blocks briefly
 //! api.kill(framework_id, task_id, kill_policy)?;                     // KILL to the executor
-//! api.acknowledge(framework_id, task_id, uuid)?;                     // ACKNOWLEDGED to it
+//! api.acknowledge(framework_id, task_id, uuid)?;                     // the scheduler's ack
 //! api.framework_message(framework_id, executor_id, data)?;           // MESSAGE to it
 //! api.shutdown_executor(framework_id, executor_id); api.shutdown_framework(framework_id);
 //! api.executors();                                                   // for /state, re-registration
@@ -20,7 +20,9 @@
 //! generates for custom-executor tasks (TASK_FAILED when an executor dies, ...). Executor
 //! MESSAGE calls go to [`Sinks::messages`] (the daemon forwards them to the master, which
 //! gives them to the scheduler). Both sinks are called with the executor table locked: they
-//! must not call back into [`ExecutorApi`].
+//! must not call back into [`ExecutorApi`]. As in Mesos, an executor's update is acknowledged
+//! to it (ACKNOWLEDGED) once the status sink took it; with
+//! [`AcknowledgeWhen::SchedulerAcknowledged`] only when the scheduler acknowledged it.
 //!
 //! # An executor's life (as in Mesos's agent)
 //!
@@ -48,8 +50,8 @@
 //!
 //! A broken connection leaves the executor registered: it may SUBSCRIBE again (the newest
 //! connection replaces any older one). A re-SUBSCRIBE's `unacknowledged_updates` are taken
-//! again like UPDATE calls (the status-update store drops duplicates; an update whose uuid
-//! the daemon already acknowledged is acknowledged back at once). After an agent restart
+//! again like UPDATE calls (the status-update store drops duplicates; one the executor was
+//! already sent ACKNOWLEDGED for is acknowledged again at once). After an agent restart
 //! ([`ExecutorApi::recover`]), executors still running must re-subscribe within
 //! `executor_reregistration_timeout` (Mesos's `--executor_reregistration_timeout`) or they are
 //! killed (REASON_EXECUTOR_REREGISTRATION_TIMEOUT); a task the agent had launched but whose
@@ -114,6 +116,8 @@ pub struct ExecutorApiConfig {
     pub poll_interval: Duration,
     /// How long the launcher may take to start an executor.
     pub launch_timeout: Duration,
+    /// When an executor's update is acknowledged to it (Mesos: once stored).
+    pub acknowledge: AcknowledgeWhen,
     /// Run executors as their user (`CommandInfo.user`, else `FrameworkInfo.user`).
     pub switch_user: bool,
     /// The environment every executor starts from; `None`: the agent's own without `MESOS_*`
@@ -151,8 +155,21 @@ impl ExecutorApiConfig {
             launch_timeout: Duration::from_secs(30),
             switch_user: true,
             base_env: None,
+            acknowledge: AcknowledgeWhen::Stored,
         }
     }
+}
+
+/// When the agent sends an executor ACKNOWLEDGED for one of its status updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcknowledgeWhen {
+    /// As soon as [`Sinks::status`] took it (and so made it durable): Mesos's agent
+    /// (`Slave::___statusUpdate`). The scheduler's acknowledgement only ends the task's
+    /// bookkeeping.
+    Stored,
+    /// When the scheduler acknowledges it ([`ExecutorApi::acknowledge`]): the executor holds
+    /// (and resends) its update until the scheduler has it.
+    SchedulerAcknowledged,
 }
 
 /// A MESSAGE call from an executor, for its scheduler.

@@ -18,7 +18,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::events;
 use super::recovery;
-use super::{ExecutorApiConfig, ExecutorMessage, ExecutorPhase, ExecutorSummary, Sinks, Work};
+use super::{
+    AcknowledgeWhen, ExecutorApiConfig, ExecutorMessage, ExecutorPhase, ExecutorSummary, Sinks,
+    Work,
+};
 use crate::checkpoint::{Checkpointer, RunId};
 use crate::executor::process::Leader;
 use crate::executor::TaskUpdate;
@@ -52,10 +55,10 @@ pub(super) struct TaskEntry {
     pub(super) state: TaskState,
     /// Sent to the executor (not queued).
     pub(super) launched: bool,
-    /// Uuids of the executor's updates not acknowledged yet.
-    pub(super) unacked: BTreeSet<UpdateUuid>,
-    /// Uuids already acknowledged (a resent one is acknowledged back at once).
-    pub(super) acked: BTreeSet<UpdateUuid>,
+    /// Uuids of the executor's updates the scheduler has not acknowledged yet.
+    pub(super) awaiting_scheduler: BTreeSet<UpdateUuid>,
+    /// Uuids the executor was sent ACKNOWLEDGED for (a resent one is acknowledged again).
+    pub(super) acknowledged: BTreeSet<UpdateUuid>,
 }
 
 /// Why the agent ends an executor: what its unfinished tasks become.
@@ -237,14 +240,14 @@ impl Inner {
         let task_id = status.task_id.value.clone();
         let state = status_state(&status);
         if let Some(task) = entry.tasks.get_mut(&task_id) {
-            if task.acked.contains(&uuid) {
-                // Already acknowledged by the scheduler: the executor missed the ACKNOWLEDGED.
+            if task.acknowledged.contains(&uuid) {
+                // A resent update the executor was told about: it missed the ACKNOWLEDGED.
                 entry.send(events::acknowledged(&task_id, &uuid));
                 return;
             }
             task.state = state;
             task.launched = true;
-            task.unacked.insert(uuid);
+            task.awaiting_scheduler.insert(uuid);
             if let Err(e) =
                 recovery::write_task_state(&self.checkpointer, &entry.run, &task_id, state)
             {
@@ -257,6 +260,22 @@ impl Inner {
             framework_id: key.framework_id.clone(),
             status,
         });
+        if self.config.acknowledge == AcknowledgeWhen::Stored {
+            // Mesos's `Slave::___statusUpdate`: the sink made the update durable.
+            Self::acknowledge_executor(entry, &task_id, uuid);
+        }
+    }
+
+    /// Sends ACKNOWLEDGED for `uuid` and remembers it.
+    pub(super) fn acknowledge_executor(
+        entry: &mut ExecutorEntry,
+        task_id: &str,
+        uuid: UpdateUuid,
+    ) -> bool {
+        if let Some(task) = entry.tasks.get_mut(task_id) {
+            task.acknowledged.insert(uuid);
+        }
+        entry.send(events::acknowledged(task_id, &uuid))
     }
 
     /// Forwards an executor's MESSAGE.
