@@ -245,13 +245,17 @@ impl Inner {
                 entry.send(events::acknowledged(&task_id, &uuid));
                 return;
             }
-            task.state = state;
             task.launched = true;
-            task.awaiting_scheduler.insert(uuid);
-            if let Err(e) =
-                recovery::write_task_state(&self.checkpointer, &entry.run, &task_id, state)
-            {
-                tracing::warn!(task = %task_id, error = %e, "cannot checkpoint the task's state");
+            // A terminal task stays terminal (the status-update store refuses what follows).
+            if !is_terminal(task.state) {
+                task.state = state;
+                task.awaiting_scheduler.insert(uuid);
+                let checkpointer = &self.checkpointer;
+                if let Err(e) =
+                    recovery::write_task_state(checkpointer, &entry.run, &task_id, state)
+                {
+                    tracing::warn!(task = %task_id, error = %e, "cannot checkpoint the task's state");
+                }
             }
         } else {
             tracing::info!(task = %task_id, executor = %key, "update for a task this agent does not know; forwarded");
