@@ -11,7 +11,7 @@
 //! api.kill(framework_id, task_id, kill_policy)?;                     // KILL to the executor
 //! api.acknowledge(framework_id, task_id, uuid)?;                     // the scheduler's ack
 //! api.framework_message(framework_id, executor_id, data)?;           // MESSAGE to it
-//! api.shutdown_executor(framework_id, executor_id); api.shutdown_framework(framework_id);
+//! api.shutdown_executor(framework_id, executor_id)?; api.shutdown_framework(framework_id);
 //! api.executors();                                                   // for /state, re-registration
 //! ```
 //!
@@ -26,14 +26,14 @@
 //!
 //! # An executor's life (as in Mesos's agent)
 //!
-//! [`ExecutorApi::launch`] with a new executor starts its `CommandInfo` through
+//! [`ExecutorApi::launch`] with a new executor (`launch` holds the executor table while the
+//! launcher starts it: milliseconds) starts its `CommandInfo` through
 //! `mesoblk-launcher` (see `crate::executor::launcher`): its own session and process group, the
 //! sandbox `<work_dir>/slaves/<agent>/frameworks/<fw>/executors/<ex>/runs/<container>/` as its
 //! working folder with `stdout` and `stderr` files, and the environment Mesos gives executors
-//! (see `docs/executor-api.md`). Its
-//! tasks are queued: the executor must SUBSCRIBE within `--executor_registration_timeout`
-//! (default 1 min) or it is killed and its tasks fail (TASK_FAILED,
-//! REASON_EXECUTOR_REGISTRATION_TIMEOUT). SUBSCRIBE answers 200 with a RecordIO stream:
+//! (see `docs/executor-api.md`). Its tasks are queued: the executor must SUBSCRIBE within
+//! `--executor_registration_timeout` (default 1 min) or it is killed and its tasks fail
+//! (TASK_FAILED, REASON_EXECUTOR_REGISTRATION_TIMEOUT). SUBSCRIBE answers 200 with a RecordIO stream:
 //! SUBSCRIBED (executor_info, framework_info, agent_info, container_id), then one LAUNCH per
 //! queued task and one LAUNCH_GROUP per queued task group; later launches go out at once.
 //! HEARTBEAT events follow every `heartbeat_interval` (Mesos: 30 mins). When the executor
