@@ -292,3 +292,65 @@ fn stream(encoding: ContentType, rx: mpsc::UnboundedReceiver<Event>) -> Response
         .body(Body::from_stream(frames))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use mesoblk_proto::mesos::v1::{ExecutorId, FrameworkId, TaskId, TaskStatus};
+
+    use super::*;
+
+    fn update(edit: impl FnOnce(&mut TaskStatus)) -> Call {
+        let mut status = TaskStatus {
+            task_id: TaskId { value: "t".into() },
+            state: TaskState::TaskRunning as i32,
+            source: Some(Source::Executor as i32),
+            uuid: Some(vec![7; 16]),
+            ..TaskStatus::default()
+        };
+        edit(&mut status);
+        Call {
+            r#type: Some(call::Type::Update as i32),
+            framework_id: FrameworkId { value: "f".into() },
+            executor_id: ExecutorId { value: "e".into() },
+            update: Some(call::Update { status }),
+            ..Call::default()
+        }
+    }
+
+    #[test]
+    fn updates_are_validated_like_mesos() {
+        assert_eq!(validate(&update(|_| {})), Ok(()));
+        let refused: [(&str, fn(&mut TaskStatus)); 5] = [
+            ("Expecting 'uuid'", |s| s.uuid = None),
+            ("not a valid UUID", |s| s.uuid = Some(vec![1; 15])),
+            ("does not match ExecutorID", |s| {
+                s.executor_id = Some(ExecutorId { value: "x".into() })
+            }),
+            ("expecting 'SOURCE_EXECUTOR'", |s| {
+                s.source = Some(Source::Agent as i32)
+            }),
+            ("TASK_STAGING", |s| s.state = TaskState::TaskStaging as i32),
+        ];
+        for (want, edit) in refused {
+            let error = validate(&update(edit)).unwrap_err();
+            assert!(error.contains(want), "{error:?} should say {want:?}");
+        }
+    }
+
+    #[test]
+    fn calls_need_ids_a_known_type_and_their_body() {
+        let mut call = update(|_| {});
+        call.framework_id.value.clear();
+        assert!(validate(&call).unwrap_err().contains("framework_id"));
+        let mut call = update(|_| {});
+        call.r#type = Some(99);
+        assert!(validate(&call).unwrap_err().contains("Unknown call type"));
+        let mut call = update(|_| {});
+        call.r#type = Some(call::Type::Message as i32);
+        assert!(validate(&call).unwrap_err().contains("'message'"));
+        call.r#type = Some(call::Type::Subscribe as i32);
+        assert!(validate(&call).unwrap_err().contains("'subscribe'"));
+        call.r#type = Some(call::Type::Heartbeat as i32);
+        assert_eq!(validate(&call), Ok(()));
+    }
+}
