@@ -299,6 +299,9 @@ mod tests {
 
     use super::*;
 
+    /// A change to a valid status.
+    type Edit = fn(&mut TaskStatus);
+
     fn update(edit: impl FnOnce(&mut TaskStatus)) -> Call {
         let mut status = TaskStatus {
             task_id: TaskId { value: "t".into() },
@@ -320,7 +323,7 @@ mod tests {
     #[test]
     fn updates_are_validated_like_mesos() {
         assert_eq!(validate(&update(|_| {})), Ok(()));
-        let refused: [(&str, fn(&mut TaskStatus)); 5] = [
+        let refused: [(&str, Edit); 5] = [
             ("Expecting 'uuid'", |s| s.uuid = None),
             ("not a valid UUID", |s| s.uuid = Some(vec![1; 15])),
             ("does not match ExecutorID", |s| {
