@@ -14,7 +14,7 @@ use mesoblk_proto::codec::ContentType;
 use mesoblk_proto::mesos::v1::executor::{call, event, Call};
 use mesoblk_proto::mesos::v1::task_status::{Reason, Source};
 use mesoblk_proto::mesos::v1::{
-    ExecutorId, FrameworkId, TaskGroupInfo, TaskId, TaskState, TaskStatus,
+    DurationInfo, ExecutorId, FrameworkId, KillPolicy, TaskGroupInfo, TaskId, TaskState, TaskStatus,
 };
 use prost::Message;
 use reqwest::Method;
@@ -59,6 +59,16 @@ async fn post(url: &str, content_type: Option<&str>, body: Vec<u8>) -> Answer {
 }
 
 const JSON: Option<&str> = Some("application/json");
+
+/// The next event that is not a HEARTBEAT.
+async fn skip_heartbeats(stream: &mut EventStream) -> mesoblk_proto::mesos::v1::executor::Event {
+    loop {
+        let event = stream.next().await.expect("an event");
+        if event.r#type() != event::Type::Heartbeat {
+            return event;
+        }
+    }
+}
 
 fn start_sleeper(agent: &Agent) {
     let launch = launch(
@@ -191,9 +201,9 @@ fn subscribe_streams_events_and_calls_are_accepted() {
         assert_eq!(info.framework_info.id.unwrap().value, FRAMEWORK);
         assert_eq!(info.agent_info.id.unwrap().value, AGENT_ID);
         assert!(!info.container_id.unwrap().value.is_empty());
-        let launch = proto.next().await.unwrap();
-        assert_eq!(launch.r#type(), event::Type::Launch);
-        assert_eq!(launch.launch.unwrap().task.task_id.value, "t1");
+        let launched = proto.next().await.unwrap();
+        assert_eq!(launched.r#type(), event::Type::Launch);
+        assert_eq!(launched.launch.unwrap().task.task_id.value, "t1");
 
         // A re-subscription in JSON replaces the first connection, which ends.
         let resubscribe = call_json(
@@ -233,6 +243,38 @@ fn subscribe_streams_events_and_calls_are_accepted() {
             stream.next().await.unwrap().r#type(),
             event::Type::Heartbeat
         );
+
+        // A subscribed executor gets later launches, kills (with their policy) and scheduler
+        // messages at once.
+        let more = launch(
+            false,
+            executor(EXECUTOR, "unused"),
+            vec![task("t2", "y")],
+            &[],
+        );
+        agent.api.launch(more).unwrap();
+        let policy = KillPolicy {
+            grace_period: Some(DurationInfo {
+                nanoseconds: 2_000_000_000,
+            }),
+        };
+        agent
+            .api
+            .kill(FRAMEWORK, "t2", Some(policy.clone()))
+            .unwrap();
+        agent
+            .api
+            .framework_message(FRAMEWORK, EXECUTOR, b"from the scheduler")
+            .unwrap();
+        let launched = skip_heartbeats(&mut stream).await.launch.unwrap().task;
+        assert_eq!(launched.task_id.value, "t2");
+        let kill = skip_heartbeats(&mut stream).await.kill.unwrap();
+        assert_eq!(
+            (kill.task_id.value.as_str(), kill.kill_policy),
+            ("t2", Some(policy))
+        );
+        let message = skip_heartbeats(&mut stream).await.message.unwrap();
+        assert_eq!(message.data, b"from the scheduler");
     });
     let update = agent.next_update();
     assert_eq!(update.task_id.value, "t1");
