@@ -258,10 +258,7 @@ fn subscribe_streams_events_and_calls_are_accepted() {
                 nanoseconds: 2_000_000_000,
             }),
         };
-        agent
-            .api
-            .kill(FRAMEWORK, "t2", Some(policy.clone()))
-            .unwrap();
+        agent.api.kill(FRAMEWORK, "t2", Some(policy)).unwrap();
         agent
             .api
             .framework_message(FRAMEWORK, EXECUTOR, b"from the scheduler")
