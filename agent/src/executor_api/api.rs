@@ -416,6 +416,31 @@ fn launch_failure(e: &LaunchError, lost: TaskState) -> Option<Termination> {
     })
 }
 
+/// Why an executor that did not (re-)subscribe in time is killed.
+fn missed_subscription(config: &ExecutorApiConfig, phase: ExecutorPhase) -> Termination {
+    let (reason, what, limit) = if phase == ExecutorPhase::Recovering {
+        (
+            Reason::ExecutorReregistrationTimeout,
+            "re-register",
+            config.reregistration_timeout,
+        )
+    } else {
+        (
+            Reason::ExecutorRegistrationTimeout,
+            "register",
+            config.registration_timeout,
+        )
+    };
+    Termination {
+        state: TaskState::TaskFailed,
+        reason,
+        message: format!(
+            "Executor did not {what} within {}",
+            crate::executor::env::stout_duration(limit)
+        ),
+    }
+}
+
 /// The monitor: every poll interval, until the API is dropped.
 async fn monitor(inner: Weak<Inner>) {
     let period = match inner.upgrade() {
@@ -446,26 +471,8 @@ fn tick(inner: &Inner) {
             continue;
         }
         if entry.subscribe_by.is_some_and(|by| now >= by) {
-            let (reason, what) = if entry.phase == ExecutorPhase::Recovering {
-                (Reason::ExecutorReregistrationTimeout, "re-register")
-            } else {
-                (Reason::ExecutorRegistrationTimeout, "register")
-            };
-            let limit = if entry.phase == ExecutorPhase::Recovering {
-                inner.config.reregistration_timeout
-            } else {
-                inner.config.registration_timeout
-            };
-            let message = format!(
-                "Executor did not {what} within {}",
-                crate::executor::env::stout_duration(limit)
-            );
-            tracing::warn!(executor = %key, %message, "terminating the executor");
-            let termination = Termination {
-                state: TaskState::TaskFailed,
-                reason,
-                message,
-            };
+            let termination = missed_subscription(&inner.config, entry.phase);
+            tracing::warn!(executor = %key, message = %termination.message, "terminating the executor");
             inner.begin_shutdown(entry, Some(termination));
         }
         Inner::escalate(entry, now);
