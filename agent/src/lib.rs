@@ -7,6 +7,7 @@
 //! - [`storage`]: block pools, profiles, volumes and the ublk devices attached to tasks;
 //! - [`executor`]: the command executor (sandbox, environment, user, process groups, kill with
 //!   grace, cgroup v2 limits) and its `mesoblk-launcher` helper;
+//! - [`executor_api`]: custom executors and Mesos's v1 executor HTTP API (`/api/v1/executor`);
 //! - [`status`]: the task state machine and the crash-safe status-update store;
 //! - [`checkpoint`]: what lets a restarted agent find its running tasks.
 
@@ -16,5 +17,6 @@ pub mod checkpoint;
 pub mod executor;
 pub mod http;
 pub mod node;
+pub mod executor_api;
 pub mod status;
 pub mod storage;

@@ -63,7 +63,7 @@ pub mod command;
 pub mod env;
 pub mod launcher;
 pub mod process;
-mod runner;
+pub(crate) mod runner;
 
 pub use cgroup::{CgroupConfig, CgroupError, Cgroups, IoLimits, Limits};
 pub use runner::{

@@ -458,7 +458,7 @@ fn killing_state(framework: &FrameworkInfo) -> bool {
 }
 
 /// The task's user, when the launcher must switch to it.
-fn resolve_user(user: Option<&str>, switch: bool) -> Result<Option<User>, LaunchError> {
+pub(crate) fn resolve_user(user: Option<&str>, switch: bool) -> Result<Option<User>, LaunchError> {
     let Some(name) = user.filter(|_| switch) else {
         return Ok(None);
     };
@@ -480,7 +480,10 @@ fn resolve_user(user: Option<&str>, switch: bool) -> Result<Option<User>, Launch
 }
 
 /// Creates the sandbox and its `stdout` and `stderr`, owned by the task's user.
-fn make_sandbox(path: &Path, owner: Option<(Uid, Gid)>) -> std::io::Result<std::fs::File> {
+pub(crate) fn make_sandbox(
+    path: &Path,
+    owner: Option<(Uid, Gid)>,
+) -> std::io::Result<std::fs::File> {
     std::fs::create_dir_all(path)?;
     let mut stderr = None;
     for name in ["stdout", "stderr"] {

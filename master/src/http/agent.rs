@@ -9,6 +9,7 @@
 //! | `POST /agent/v1/status_update` | `StatusUpdate` | 202 |
 //! | `POST /agent/v1/operation_status` | `OperationStatusUpdate` | 202 |
 //! | `POST /agent/v1/device_stats` | `DeviceStats` | 202 |
+//! | `POST /agent/v1/framework_message` | `ExecutorMessage` | 202 |
 //!
 //! Bodies are protobuf or JSON by `Content-Type` (400 without, 415 for anything else); answers
 //! follow `Accept` (406 when neither fits). Other methods get 405, undecodable bodies 400, a
@@ -38,6 +39,7 @@ pub fn routes() -> Router<MasterHandle> {
         .route("/agent/v1/status_update", any(status_update))
         .route("/agent/v1/operation_status", any(operation_status))
         .route("/agent/v1/device_stats", any(device_stats))
+        .route("/agent/v1/framework_message", any(framework_message))
 }
 
 /// Checks the method and decodes the body as `M`, with the status codes of the module docs.
@@ -171,6 +173,19 @@ async fn device_stats(
     answer((|| {
         let message: agent::DeviceStats = decode(&method, &headers, &body)?;
         master.with(|m| m.device_stats(message))?;
+        Ok(StatusCode::ACCEPTED.into_response())
+    })())
+}
+
+async fn framework_message(
+    State(master): State<MasterHandle>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer((|| {
+        let message: agent::ExecutorMessage = decode(&method, &headers, &body)?;
+        master.with(|m| m.executor_message(message))?;
         Ok(StatusCode::ACCEPTED.into_response())
     })())
 }

@@ -2,15 +2,17 @@
 //! KILL goes to the task's agent, or becomes a reconciliation when the task is unknown;
 //! RECONCILE answers from the books (implicit: every task of the framework; explicit: each task
 //! listed, known or not, with Mesos's states and messages); SHUTDOWN and MESSAGE are forwarded to
-//! the executor's agent.
+//! the executor's agent; an executor's message comes back from its agent
+//! (`POST /agent/v1/framework_message`) as a MESSAGE event to the scheduler.
 
 use mesoblk_proto::mesoblk::agent::v1 as agent;
-use mesoblk_proto::mesos::v1::scheduler::call;
+use mesoblk_proto::mesos::v1::scheduler::{call, event, Event};
 use mesoblk_proto::mesos::v1::{task_status, FrameworkId, TaskState, TaskStatus};
 use tracing::{debug, info, warn};
 
 use super::tasks::{master_status, state_of, update_event, TaskRecord};
-use super::Master;
+use super::{typed_event, Master};
+use crate::error::ApiError;
 
 impl Master {
     /// KILL (`Master::kill`): an unknown task is reconciled instead; a known one is killed by its
@@ -154,5 +156,34 @@ impl Master {
         if !self.send_to_agent(&message.agent_id.value, event) {
             warn!(agent = %message.agent_id.value, "dropping a framework message for an agent that is not connected");
         }
+    }
+
+    /// An executor's message for its scheduler (`Master::executorMessage`): a MESSAGE event
+    /// with the agent and executor ids; dropped (and counted) when the framework is unknown or
+    /// disconnected. 403 when the agent is not registered.
+    pub fn executor_message(&mut self, message: agent::ExecutorMessage) -> Result<(), ApiError> {
+        self.check_agent(&message.agent_id.value)?;
+        let framework_id = message.framework_id.value.clone();
+        let connected = self
+            .frameworks
+            .get(&framework_id)
+            .is_some_and(|f| f.connection.is_some());
+        if !connected {
+            warn!(framework = %framework_id, executor = %message.executor_id.value,
+                "not forwarding an executor message: the framework is unknown or disconnected");
+            self.count("master/invalid_executor_to_framework_messages");
+            return Ok(());
+        }
+        self.count("master/valid_executor_to_framework_messages");
+        let event = Event {
+            message: Some(event::Message {
+                agent_id: message.agent_id,
+                executor_id: message.executor_id,
+                data: message.data,
+            }),
+            ..typed_event(event::Type::Message)
+        };
+        self.send(&framework_id, event);
+        Ok(())
     }
 }
