@@ -15,8 +15,8 @@
 
 pub mod checkpoint;
 pub mod executor;
+pub mod executor_api;
 pub mod http;
 pub mod node;
-pub mod executor_api;
 pub mod status;
 pub mod storage;
