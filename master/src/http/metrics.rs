@@ -41,6 +41,7 @@ const COUNTERS: &[&str] = &[
     "master/operations_finished",
     "master/operations_failed",
     "master/operations_error",
+    "allocator/mesos/allocation_runs",
 ];
 
 #[allow(clippy::cast_precision_loss)] // counts and MB totals are far below 2^52.
@@ -121,6 +122,10 @@ pub fn snapshot(m: &Master) -> BTreeMap<String, f64> {
     for (name, value) in m.counters() {
         out.insert((*name).to_owned(), *value as f64);
     }
+    out.extend(
+        m.allocation_run()
+            .metrics("allocator/mesos/allocation_run_ms", m.now()),
+    );
     out
 }
 

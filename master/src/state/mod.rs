@@ -36,6 +36,7 @@ mod reregistration;
 mod task_calls;
 pub mod task_validation;
 pub mod tasks;
+pub mod timer;
 pub mod validation;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -107,7 +108,12 @@ pub struct Master {
     deadlines: Deadlines,
     ping_sequence: u64,
     counters: BTreeMap<&'static str, u64>,
+    /// Durations of allocation runs (`allocator/mesos/allocation_run_ms`).
+    allocation_run: timer::Timer,
 }
+
+/// How far back `allocator/mesos/allocation_run_ms` looks (Mesos's allocator timer window).
+const ALLOCATION_RUN_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Removed agents remembered (Mesos's `MAX_REMOVED_SLAVES`).
 pub const MAX_REMOVED_AGENTS: usize = 100_000;
@@ -205,6 +211,7 @@ impl Master {
             deadlines: Deadlines::default(),
             ping_sequence: 0,
             counters: BTreeMap::new(),
+            allocation_run: timer::Timer::new(ALLOCATION_RUN_WINDOW, timer::TIMER_CAPACITY),
         }
     }
 
@@ -266,6 +273,11 @@ impl Master {
     /// Event counters (`master/tasks_finished`, `master/slave_registrations`, ...).
     pub fn counters(&self) -> &BTreeMap<&'static str, u64> {
         &self.counters
+    }
+
+    /// Durations of the allocation runs of the last hour.
+    pub fn allocation_run(&self) -> &timer::Timer {
+        &self.allocation_run
     }
 
     /// Role weights set by UPDATE_WEIGHTS.
