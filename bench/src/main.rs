@@ -157,10 +157,17 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     tracing::info!(agents = agents.count, secs = registration_secs, "agents registered");
     let rss_registered_mib = rss(args.master_pid)?;
 
+    let cpu = |pid: Option<u32>| pid.map(report::cpu_secs).transpose();
+    let master_cpu_before = cpu(args.master_pid)?;
+    let sim_cpu_before = report::cpu_secs(std::process::id())?;
     let book = Arc::new(Book::new(args.tasks));
     let _drivers = frameworks::start(&args.master, args.frameworks, args.tasks, task, &book)?;
     wait_until_settled(&book, Duration::from_secs(args.timeout)).await?;
     let rss_running_mib = rss(args.master_pid)?;
+    let master_cpu_launch_secs = cpu(args.master_pid)?
+        .zip(master_cpu_before)
+        .map(|(after, before)| after - before);
+    let sim_cpu_launch_secs = report::cpu_secs(std::process::id())? - sim_cpu_before;
     let master_metrics = report::allocator_metrics(&master_url).await?;
 
     let failed_posts = agents.counters.failed_posts.load(Ordering::Relaxed);
@@ -205,6 +212,8 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         master_metrics,
         rss_registered_mib,
         rss_running_mib,
+        master_cpu_launch_secs,
+        sim_cpu_launch_secs,
     })
 }
 

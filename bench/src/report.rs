@@ -48,6 +48,10 @@ pub(crate) struct Report {
     pub(crate) offers: u64,
     /// The master's allocation-cycle timer and counters, from `/metrics/snapshot`.
     pub(crate) master_metrics: BTreeMap<String, f64>,
+    /// CPU seconds the master used from the frameworks' start to the last TASK_RUNNING.
+    pub(crate) master_cpu_launch_secs: Option<f64>,
+    /// CPU seconds the sim itself used over the same time.
+    pub(crate) sim_cpu_launch_secs: f64,
     /// Master VmRSS with every agent registered (no tasks), MiB.
     pub(crate) rss_registered_mib: Option<f64>,
     /// Master VmRSS with every task running, MiB.
@@ -79,6 +83,27 @@ pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmRSS in {path}"))?;
     Ok(kib / 1024.0)
+}
+
+/// CPU time (user + system) a process has used so far, seconds (`/proc/<pid>/stat`).
+pub(crate) fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command (which may hold spaces) start after its closing parenthesis:
+    // state is field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("field {} of {path}", i + 3))
+    };
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+        .filter(|t| *t > 0)
+        .context("CLK_TCK")?;
+    #[allow(clippy::cast_precision_loss)] // ticks per second are small.
+    Ok((ticks(11)? + ticks(12)?) / per_sec as f64)
 }
 
 /// The allocator's metrics (`allocator/mesos/...`) from the master's `/metrics/snapshot`.
@@ -156,6 +181,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
+            "  CPU s while launching: master {}, sim {:.1} (machine: {} cores)",
+            fmt(self.master_cpu_launch_secs),
+            self.sim_cpu_launch_secs,
+            std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
+        );
+        let _ = writeln!(
+            out,
             "master RSS MiB: {} with agents only, {} with every task running — target < {TARGET_RSS_MIB}: {}",
             fmt(self.rss_registered_mib),
             fmt(self.rss_running_mib),
@@ -179,8 +211,16 @@ mod tests {
     }
 
     #[test]
-    fn rss_of_this_process_is_read() {
+    fn rss_and_cpu_of_this_process_are_read() {
         let rss = rss_mib(std::process::id()).expect("VmRSS");
         assert!(rss > 0.0 && rss < 1_000_000.0, "{rss}");
+        let before = cpu_secs(std::process::id()).expect("CPU time");
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = cpu_secs(std::process::id()).expect("CPU time");
+        assert!(after > before, "{before} → {after}");
     }
 }
