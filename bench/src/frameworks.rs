@@ -21,7 +21,6 @@ use mesoblk_framework::proto::mesos::v1::{
 use mesoblk_framework::scheduler::{Scheduler, SchedulerConfig, SchedulerDriver};
 use mesoblk_framework::ContentType;
 use tokio::sync::{Notify, Semaphore};
-use tracing::warn;
 
 /// Calls (ACCEPT, DECLINE, ACKNOWLEDGE) one framework has in flight at most.
 pub(crate) const CALLS_IN_FLIGHT: usize = 8;
@@ -59,6 +58,9 @@ pub(crate) struct Records {
     pub(crate) first_launch: Option<Instant>,
     /// The last TASK_RUNNING received.
     pub(crate) last_running: Option<Instant>,
+    /// TASK_RUNNING updates received again (resent by the master before their acknowledgement
+    /// reached it).
+    pub(crate) repeated_updates: u64,
     /// Tasks that ended in another state, with the state and message.
     pub(crate) failures: Vec<String>,
     /// ACCEPT or DECLINE calls the master refused or that failed.
@@ -248,15 +250,15 @@ impl Scheduler for SimFramework {
         let now = Instant::now();
         self.acknowledge(driver, status.clone());
         let mut r = self.book.records();
-        let sent = r.sent.get(&status.task_id.value).copied();
+        // A task leaves `sent` at its first TASK_RUNNING; the master resends updates that were
+        // not acknowledged in time, and those repeats are only counted.
+        let sent = r.sent.remove(&status.task_id.value);
         match (status.state(), sent) {
             (TaskState::TaskRunning, Some(sent)) => {
                 r.running_latencies.push(now.duration_since(sent));
                 r.last_running = Some(now);
             }
-            (TaskState::TaskRunning, None) => {
-                warn!(task = %status.task_id.value, "TASK_RUNNING for a task never launched")
-            }
+            (TaskState::TaskRunning, None) => r.repeated_updates += 1,
             (state, _) => r.failures.push(format!(
                 "{}: {} ({})",
                 status.task_id.value,

@@ -207,6 +207,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         running_latency_p99_ms: quantile_ms(&mut r.running_latencies, 0.99),
         accept_p50_ms: quantile_ms(&mut r.accept_latencies, 0.5),
         accept_p99_ms: quantile_ms(&mut r.accept_latencies, 0.99),
+        repeated_updates: r.repeated_updates,
         offer_events: r.offer_events,
         offers: r.offers,
         master_metrics,

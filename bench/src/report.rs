@@ -42,6 +42,8 @@ pub(crate) struct Report {
     pub accept_p50_ms: f64,
     /// ACCEPT sent → the master's 202, ms.
     pub accept_p99_ms: f64,
+    /// TASK_RUNNING updates the master sent again (not acknowledged in time).
+    pub(crate) repeated_updates: u64,
     /// OFFERS events the frameworks received.
     pub(crate) offer_events: u64,
     /// Offers in them.
@@ -171,13 +173,14 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  latency ms: p50 {:.1} p99 {:.1}; ACCEPT answered ms: p50 {:.1} p99 {:.1}; {} offers in {} OFFERS events",
+            "  latency ms: p50 {:.1} p99 {:.1}; ACCEPT answered ms: p50 {:.1} p99 {:.1}; {} offers in {} OFFERS events; {} updates resent",
             self.running_latency_p50_ms,
             self.running_latency_p99_ms,
             self.accept_p50_ms,
             self.accept_p99_ms,
             self.offers,
             self.offer_events,
+            self.repeated_updates,
         );
         let _ = writeln!(
             out,
