@@ -4,8 +4,9 @@
 //! is the master's load, not the agents'.
 //!
 //! Every stream holds one connection of its own (a streaming response occupies it); pongs and
-//! status updates share one client whose in-flight requests are bounded by a semaphore, so the
-//! sim needs about one descriptor per agent plus that bound.
+//! status updates share one client whose in-flight requests are bounded, so the sim needs about
+//! one descriptor per agent plus that bound. Pongs have a bound of their own: behind a backlog
+//! of status updates they would arrive too late and the master would remove the agents.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,10 @@ use tracing::{debug, warn};
 
 /// The largest event record a simulated agent accepts.
 const RECORD_MAX: u64 = 16 << 20;
+/// The pong endpoint.
+const PONG: &str = "/agent/v1/pong";
+/// Pongs in flight at most.
+const PONGS_IN_FLIGHT: usize = 64;
 /// Longest wait for one request of the agent protocol.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -52,13 +57,17 @@ pub(crate) struct AgentCounters {
 struct Poster {
     master: String,
     client: reqwest::Client,
+    /// Status updates and registrations in flight.
     in_flight: Semaphore,
+    /// Pongs in flight.
+    pongs: Semaphore,
     counters: Arc<AgentCounters>,
 }
 
 impl Poster {
     async fn post(&self, path: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
-        let _permit = self.in_flight.acquire().await?;
+        let bound = if path == PONG { &self.pongs } else { &self.in_flight };
+        let _permit = bound.acquire().await?;
         let request = self
             .client
             .post(format!("{}{path}", self.master))
@@ -144,9 +153,10 @@ pub(crate) async fn start(
     let poster = Arc::new(Poster {
         master: master.trim_end_matches('/').to_owned(),
         client: reqwest::Client::builder()
-            .pool_max_idle_per_host(posts_in_flight)
+            .pool_max_idle_per_host(posts_in_flight + PONGS_IN_FLIGHT)
             .build()?,
         in_flight: Semaphore::new(posts_in_flight.max(1)),
+        pongs: Semaphore::new(PONGS_IN_FLIGHT),
         counters: counters.clone(),
     });
     // Streams never go back to a pool, so their client keeps no idle connections.
@@ -239,7 +249,7 @@ fn react(poster: &Arc<Poster>, agent_id: &AgentId, event: agent::Event) {
                 agent_id: agent_id.clone(),
                 sequence: event.ping.and_then(|p| p.sequence),
             };
-            Some(("/agent/v1/pong", ContentType::Protobuf.encode(&pong)))
+            Some((PONG, ContentType::Protobuf.encode(&pong)))
         }
         Type::RunTask => {
             poster.counters.run_tasks.fetch_add(1, Ordering::Relaxed);

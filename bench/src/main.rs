@@ -10,6 +10,7 @@
 mod agents;
 mod frameworks;
 mod report;
+mod timeline;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -60,8 +61,8 @@ struct Args {
     /// Agents registering at the same time.
     #[arg(long, default_value_t = 64)]
     register_concurrency: usize,
-    /// Agent pongs and status updates in flight at once (each may hold a connection).
-    #[arg(long, default_value_t = 256)]
+    /// Agent status updates in flight at once (each may hold a connection; pongs have 64 more).
+    #[arg(long, default_value_t = 1024)]
     posts_in_flight: usize,
     /// Give up (and fail) if the tasks are not all running this many seconds after the
     /// frameworks start.
@@ -135,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     check_capacity(&args, task)?;
     // Per framework: its event stream, one spare connection, its calls in flight.
     let per_framework = 2 + frameworks::CALLS_IN_FLIGHT;
-    let needed = (args.agents + args.posts_in_flight + per_framework * args.frameworks + 1024) as u64;
+    let needed = (args.agents + args.posts_in_flight + 64 + per_framework * args.frameworks + 1024) as u64;
     raise_fd_limit(needed)?;
     let master_url = format!("http://{}", args.master);
     let rss = |pid: Option<u32>| pid.map(report::rss_mib).transpose();
@@ -161,6 +162,12 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let master_cpu_before = cpu(args.master_pid)?;
     let sim_cpu_before = report::cpu_secs(std::process::id())?;
     let book = Arc::new(Book::new(args.tasks));
+    let frameworks_started = Instant::now();
+    let sampler = tokio::spawn(timeline::sample(
+        master_url.clone(),
+        book.clone(),
+        frameworks_started,
+    ));
     let _drivers = frameworks::start(&args.master, args.frameworks, args.tasks, task, &book)?;
     wait_until_settled(&book, Duration::from_secs(args.timeout)).await?;
     let rss_running_mib = rss(args.master_pid)?;
@@ -169,6 +176,9 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         .map(|(after, before)| after - before);
     let sim_cpu_launch_secs = report::cpu_secs(std::process::id())? - sim_cpu_before;
     let master_metrics = report::allocator_metrics(&master_url).await?;
+    let timeline = sampler.await.unwrap_or_default();
+    let (master_launched_all_secs, master_running_all_secs) =
+        timeline::milestones(&timeline, args.tasks);
 
     let failed_posts = agents.counters.failed_posts.load(Ordering::Relaxed);
     let closed_streams = agents.counters.closed_streams.load(Ordering::Relaxed);
@@ -184,6 +194,9 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             r.failures.iter().chain(&r.call_errors).next()
         );
     }
+    let frameworks_running_all_secs = r
+        .last_running
+        .map_or(0.0, |last| last.duration_since(frameworks_started).as_secs_f64());
     let launch_secs = match (r.first_launch, r.last_running) {
         (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
         _ => 0.0,
@@ -215,6 +228,11 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         rss_running_mib,
         master_cpu_launch_secs,
         sim_cpu_launch_secs,
+        master_launched_all_secs,
+        master_running_all_secs,
+        frameworks_running_all_secs,
+        timeline,
+        load_average: report::load_average(),
     })
 }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::timeline::Sample;
+
 /// Issue #5's targets.
 pub(crate) const TARGET_ALLOCATION_P99_MS: f64 = 100.0;
 /// Tasks per second from first launch to last TASK_RUNNING.
@@ -54,6 +56,18 @@ pub(crate) struct Report {
     pub(crate) master_cpu_launch_secs: Option<f64>,
     /// CPU seconds the sim itself used over the same time.
     pub(crate) sim_cpu_launch_secs: f64,
+    /// Seconds from the frameworks' start until the master held every task (staging or
+    /// running), from the timeline.
+    pub(crate) master_launched_all_secs: Option<f64>,
+    /// ... until the master had every task's TASK_RUNNING.
+    pub(crate) master_running_all_secs: Option<f64>,
+    /// ... until the frameworks had every TASK_RUNNING.
+    pub(crate) frameworks_running_all_secs: f64,
+    /// The master's metrics once a second while launching.
+    pub(crate) timeline: Vec<Sample>,
+    /// The machine's one-minute load average when the tasks were all running (`/proc/loadavg`):
+    /// other work shares the cores.
+    pub(crate) load_average: Option<f64>,
     /// Master VmRSS with every agent registered (no tasks), MiB.
     pub(crate) rss_registered_mib: Option<f64>,
     /// Master VmRSS with every task running, MiB.
@@ -108,8 +122,18 @@ pub(crate) fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / per_sec as f64)
 }
 
-/// The allocator's metrics (`allocator/mesos/...`) from the master's `/metrics/snapshot`.
-pub(crate) async fn allocator_metrics(master_url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+/// The one-minute load average, if readable.
+pub(crate) fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Every metric of the master's `/metrics/snapshot`.
+pub(crate) async fn snapshot(master_url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     let url = format!("{master_url}/metrics/snapshot");
     let response = reqwest::Client::new()
         .get(&url)
@@ -118,9 +142,13 @@ pub(crate) async fn allocator_metrics(master_url: &str) -> anyhow::Result<BTreeM
         .await
         .with_context(|| format!("GET {url}"))?;
     let body = response.bytes().await?;
-    let all: BTreeMap<String, f64> =
-        serde_json::from_slice(&body).with_context(|| format!("parsing {url}"))?;
-    Ok(all
+    serde_json::from_slice(&body).with_context(|| format!("parsing {url}"))
+}
+
+/// The allocator's metrics (`allocator/mesos/...`) from the master's `/metrics/snapshot`.
+pub(crate) async fn allocator_metrics(master_url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    Ok(snapshot(master_url)
+        .await?
         .into_iter()
         .filter(|(k, _)| k.starts_with("allocator/mesos/"))
         .collect())
@@ -184,10 +212,18 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  CPU s while launching: master {}, sim {:.1} (machine: {} cores)",
+            "  legs, s after the frameworks started: master held every task {}, master had every TASK_RUNNING {}, frameworks had every TASK_RUNNING {:.1}",
+            fmt(self.master_launched_all_secs),
+            fmt(self.master_running_all_secs),
+            self.frameworks_running_all_secs,
+        );
+        let _ = writeln!(
+            out,
+            "  CPU s while launching: master {}, sim {:.1} (machine: {} cores, load average {})",
             fmt(self.master_cpu_launch_secs),
             self.sim_cpu_launch_secs,
             std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
+            fmt(self.load_average),
         );
         let _ = writeln!(
             out,
