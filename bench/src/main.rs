@@ -221,6 +221,8 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         accept_p50_ms: quantile_ms(&mut r.accept_latencies, 0.5),
         accept_p99_ms: quantile_ms(&mut r.accept_latencies, 0.99),
         repeated_updates: r.repeated_updates,
+        disconnections: r.disconnections,
+        soft_call_failures: r.soft_call_failures,
         offer_events: r.offer_events,
         offers: r.offers,
         master_metrics,

@@ -46,6 +46,11 @@ pub(crate) struct Report {
     pub accept_p99_ms: f64,
     /// TASK_RUNNING updates the master sent again (not acknowledged in time).
     pub(crate) repeated_updates: u64,
+    /// Framework streams that broke (the master disconnects a framework whose event queue
+    /// fills up).
+    pub(crate) disconnections: u64,
+    /// DECLINE, SUPPRESS and ACKNOWLEDGE calls that failed.
+    pub(crate) soft_call_failures: u64,
     /// OFFERS events the frameworks received.
     pub(crate) offer_events: u64,
     /// Offers in them.
@@ -201,7 +206,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  latency ms: p50 {:.1} p99 {:.1}; ACCEPT answered ms: p50 {:.1} p99 {:.1}; {} offers in {} OFFERS events; {} updates resent",
+            "  latency ms: p50 {:.1} p99 {:.1}; ACCEPT answered ms: p50 {:.1} p99 {:.1}; {} offers in {} OFFERS events; {} updates resent; {} framework disconnections, {} failed DECLINE/SUPPRESS/ACKNOWLEDGE",
             self.running_latency_p50_ms,
             self.running_latency_p99_ms,
             self.accept_p50_ms,
@@ -209,6 +214,8 @@ impl Report {
             self.offers,
             self.offer_events,
             self.repeated_updates,
+            self.disconnections,
+            self.soft_call_failures,
         );
         let _ = writeln!(
             out,
