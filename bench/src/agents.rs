@@ -66,7 +66,11 @@ struct Poster {
 
 impl Poster {
     async fn post(&self, path: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
-        let bound = if path == PONG { &self.pongs } else { &self.in_flight };
+        let bound = if path == PONG {
+            &self.pongs
+        } else {
+            &self.in_flight
+        };
         let _permit = bound.acquire().await?;
         let request = self
             .client

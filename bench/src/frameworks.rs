@@ -149,7 +149,10 @@ impl SimFramework {
             name: id.clone(),
             task_id: TaskId { value: id },
             agent_id: offer.agent_id.clone(),
-            resources: vec![scalar("cpus", self.shape.cpus), scalar("mem", self.shape.mem)],
+            resources: vec![
+                scalar("cpus", self.shape.cpus),
+                scalar("mem", self.shape.mem),
+            ],
             command: Some(CommandInfo {
                 value: Some("true".into()),
                 ..CommandInfo::default()

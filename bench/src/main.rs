@@ -136,7 +136,8 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     check_capacity(&args, task)?;
     // Per framework: its event stream, one spare connection, its calls in flight.
     let per_framework = 2 + frameworks::CALLS_IN_FLIGHT;
-    let needed = (args.agents + args.posts_in_flight + 64 + per_framework * args.frameworks + 1024) as u64;
+    let needed =
+        (args.agents + args.posts_in_flight + 64 + per_framework * args.frameworks + 1024) as u64;
     raise_fd_limit(needed)?;
     let master_url = format!("http://{}", args.master);
     let rss = |pid: Option<u32>| pid.map(report::rss_mib).transpose();
@@ -155,7 +156,11 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     )
     .await?;
     let registration_secs = started.elapsed().as_secs_f64();
-    tracing::info!(agents = agents.count, secs = registration_secs, "agents registered");
+    tracing::info!(
+        agents = agents.count,
+        secs = registration_secs,
+        "agents registered"
+    );
     let rss_registered_mib = rss(args.master_pid)?;
 
     let cpu = |pid: Option<u32>| pid.map(report::cpu_secs).transpose();
@@ -194,9 +199,9 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             r.failures.iter().chain(&r.call_errors).next()
         );
     }
-    let frameworks_running_all_secs = r
-        .last_running
-        .map_or(0.0, |last| last.duration_since(frameworks_started).as_secs_f64());
+    let frameworks_running_all_secs = r.last_running.map_or(0.0, |last| {
+        last.duration_since(frameworks_started).as_secs_f64()
+    });
     let launch_secs = match (r.first_launch, r.last_running) {
         (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
         _ => 0.0,

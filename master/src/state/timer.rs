@@ -165,7 +165,11 @@ mod tests {
         timer.record(Duration::from_secs(30), ms(2));
         timer.record(Duration::from_secs(61), ms(4));
         let m = timer.metrics(NAME, Duration::from_secs(61));
-        assert_eq!(get(&m, "count"), Some(2.0), "the sample at 0 s left the window");
+        assert_eq!(
+            get(&m, "count"),
+            Some(2.0),
+            "the sample at 0 s left the window"
+        );
         assert_eq!(get(&m, "max"), Some(4.0));
         for took in [5, 6, 7] {
             timer.record(Duration::from_secs(62), ms(took));
