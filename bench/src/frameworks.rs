@@ -177,14 +177,14 @@ impl SimFramework {
             let Ok(_permit) = calls.acquire().await else {
                 return;
             };
-            let sent = Instant::now();
+            let call_sent = Instant::now();
             // Unused parts of the offer come back at once: other launches may want them.
             let result = driver
                 .launch_tasks(vec![offer_id], tasks, Some(refuse_seconds(0.0)))
                 .await;
             let mut r = book.records();
             match result {
-                Ok(()) => r.accept_latencies.push(sent.elapsed()),
+                Ok(()) => r.accept_latencies.push(call_sent.elapsed()),
                 Err(e) => r.call_errors.push(format!("ACCEPT: {}", chain(&e))),
             }
             drop(r);
@@ -217,9 +217,7 @@ impl SimFramework {
             book.records().soft_call_failures += failed;
         });
     }
-}
 
-impl SimFramework {
     fn acknowledge(&self, driver: &SchedulerDriver, status: TaskStatus) {
         let (driver, book, calls) = (driver.clone(), self.book.clone(), self.calls.clone());
         tokio::spawn(async move {

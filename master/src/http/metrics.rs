@@ -3,7 +3,9 @@
 //! `GET /metrics`, and the operator API's GET_METRICS.
 //!
 //! Gauges are computed from the books on each request; counters (`master/tasks_finished`,
-//! `master/slave_registrations`, ...) are kept by the master as events happen.
+//! `master/slave_registrations`, `allocator/mesos/allocation_runs`, ...) are kept by the master
+//! as events happen, and so is the allocation-run timer `allocator/mesos/allocation_run_ms` with
+//! its statistics (`crate::state::timer`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -20,7 +20,8 @@
 //! [`operations`] (offer operations and their status; their checks in `operation_validation`),
 //! [`tasks`] (task lifecycle, status updates and acknowledgements; KILL, RECONCILE, SHUTDOWN and
 //! MESSAGE in `task_calls`), [`convert`] (Mesos resources ⇄ the allocator's), [`validation`] and
-//! [`task_validation`] (Mesos's checks and messages), `persistence` (the registry hooks).
+//! [`task_validation`] (Mesos's checks and messages), `persistence` (the registry hooks),
+//! [`timer`] (the allocation-run timer behind `allocator/mesos/allocation_run_ms`).
 
 pub mod accept;
 pub mod agents;
