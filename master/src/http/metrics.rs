@@ -3,7 +3,9 @@
 //! `GET /metrics`, and the operator API's GET_METRICS.
 //!
 //! Gauges are computed from the books on each request; counters (`master/tasks_finished`,
-//! `master/slave_registrations`, ...) are kept by the master as events happen.
+//! `master/slave_registrations`, `allocator/mesos/allocation_runs`, ...) are kept by the master
+//! as events happen, and so is the allocation-run timer `allocator/mesos/allocation_run_ms` with
+//! its statistics (`crate::state::timer`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,6 +43,7 @@ const COUNTERS: &[&str] = &[
     "master/operations_finished",
     "master/operations_failed",
     "master/operations_error",
+    "allocator/mesos/allocation_runs",
 ];
 
 #[allow(clippy::cast_precision_loss)] // counts and MB totals are far below 2^52.
@@ -121,6 +124,10 @@ pub fn snapshot(m: &Master) -> BTreeMap<String, f64> {
     for (name, value) in m.counters() {
         out.insert((*name).to_owned(), *value as f64);
     }
+    out.extend(
+        m.allocation_run()
+            .metrics("allocator/mesos/allocation_run_ms", m.now()),
+    );
     out
 }
 

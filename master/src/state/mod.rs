@@ -21,7 +21,8 @@
 //! [`tasks`] (task lifecycle, status updates and acknowledgements; KILL, RECONCILE, SHUTDOWN and
 //! MESSAGE in `task_calls`), [`convert`] (Mesos resources ⇄ the allocator's), [`validation`] and
 //! [`task_validation`] (Mesos's checks and messages), `persistence` (the registry hooks),
-//! [`device_stats`] (the agents' device figures, for monitoring).
+//! [`device_stats`] (the agents' device figures, for monitoring),
+//! [`timer`] (the allocation-run timer behind `allocator/mesos/allocation_run_ms`).
 
 pub mod accept;
 pub mod agents;
@@ -38,6 +39,7 @@ mod reregistration;
 mod task_calls;
 pub mod task_validation;
 pub mod tasks;
+pub mod timer;
 pub mod validation;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -111,7 +113,12 @@ pub struct Master {
     counters: BTreeMap<&'static str, u64>,
     /// Each agent's latest device figures ([`device_stats`]).
     device_stats: BTreeMap<String, mesoblk_proto::mesoblk::agent::v1::DeviceStats>,
+    /// Durations of allocation runs (`allocator/mesos/allocation_run_ms`).
+    allocation_run: timer::Timer,
 }
+
+/// How far back `allocator/mesos/allocation_run_ms` looks (Mesos's allocator timer window).
+const ALLOCATION_RUN_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Removed agents remembered (Mesos's `MAX_REMOVED_SLAVES`).
 pub const MAX_REMOVED_AGENTS: usize = 100_000;
@@ -210,6 +217,7 @@ impl Master {
             ping_sequence: 0,
             counters: BTreeMap::new(),
             device_stats: BTreeMap::new(),
+            allocation_run: timer::Timer::new(ALLOCATION_RUN_WINDOW, timer::TIMER_CAPACITY),
         }
     }
 
@@ -271,6 +279,11 @@ impl Master {
     /// Event counters (`master/tasks_finished`, `master/slave_registrations`, ...).
     pub fn counters(&self) -> &BTreeMap<&'static str, u64> {
         &self.counters
+    }
+
+    /// Durations of the allocation runs of the last hour.
+    pub fn allocation_run(&self) -> &timer::Timer {
+        &self.allocation_run
     }
 
     /// Role weights set by UPDATE_WEIGHTS.

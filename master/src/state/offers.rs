@@ -43,15 +43,29 @@ impl Master {
 
     /// A batch allocation over every active agent.
     pub(super) fn allocate_all(&mut self, now: Duration) {
-        let offers = self.allocator.allocate(now);
+        let offers = self.timed_allocation(now, |a| a.allocate(now));
         self.send_offers(offers);
     }
 
     /// An allocation over some agents (after an event freed resources on them).
     pub(super) fn allocate_agents(&mut self, agents: &[String], now: Duration) {
         let ids: Vec<AllocAgentId> = agents.iter().map(|a| AllocAgentId(a.clone())).collect();
-        let offers = self.allocator.allocate_agents(&ids, now);
+        let offers = self.timed_allocation(now, |a| a.allocate_agents(&ids, now));
         self.send_offers(offers);
+    }
+
+    /// Runs an allocation, counting it (`allocator/mesos/allocation_runs`) and timing it
+    /// (`allocator/mesos/allocation_run_ms`).
+    fn timed_allocation(
+        &mut self,
+        now: Duration,
+        run: impl FnOnce(&mut allocator::Allocator) -> Vec<allocator::Offer>,
+    ) -> Vec<allocator::Offer> {
+        let started = std::time::Instant::now();
+        let offers = run(&mut self.allocator);
+        self.allocation_run.record(now, started.elapsed());
+        self.count("allocator/mesos/allocation_runs");
+        offers
     }
 
     /// Turns allocator offers into OFFERS events, one per framework.
