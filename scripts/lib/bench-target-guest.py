@@ -10,6 +10,8 @@ Targets, in order:
   loop-file kernel loop (--direct-io=on) over a file on ext4 on the disk
   file      mesoblk-target file backend over the same file
 Workloads: 4k randread and randwrite at depth 32, 128k sequential read and write.
+MESOBLK_BENCH_ONLY (comma-separated target names) runs a subset, MESOBLK_BENCH_RUNTIME sets the
+seconds per fio job (default 8).
 Writes a JSON result file and a Markdown table into the results folder.
 """
 
@@ -31,6 +33,7 @@ WORKLOADS = [
     ("128k seq write", ["--rw=write", "--bs=128k", "--iodepth=32"]),
 ]
 RUN_DIR = "/run/mesoblk-bench"
+TARGETS = ["raw", "loop", "blockdev", "null", "null+qos", "loop-file", "file"]
 
 
 def sh(*args, capture=True):
@@ -73,42 +76,67 @@ def measure(name, device, results, rss_of=None):
         results[name]["server_peak_rss_kib"] = server_rss_kib(rss_of)
 
 
-def main():
-    results = {}
-    measure("raw", DISK, results)
+def bench_loop(results, name, backing):
+    loop = sh("losetup", "--direct-io=on", "--show", "-f", backing)
+    try:
+        measure(name, loop, results)
+    finally:
+        sh("losetup", "-d", loop)
 
-    loop = sh("losetup", "--direct-io=on", "--show", "-f", DISK)
-    measure("loop", loop, results)
-    sh("losetup", "-d", loop)
 
-    dev_id, path = add("--backend", "blockdev", "--path", DISK, "--size", "2G", "--depth", "128")
-    measure("blockdev", path, results, rss_of=dev_id)
-    delete(dev_id)
+def bench_server(results, name, *add_args):
+    dev_id, path = add(*add_args)
+    try:
+        measure(name, path, results, rss_of=dev_id)
+    finally:
+        delete(dev_id)
 
-    dev_id, path = add("--backend", "null", "--size", "2G", "--depth", "128")
-    measure("null", path, results, rss_of=dev_id)
-    delete(dev_id)
 
-    # QoS configured far above what the device can do: the cost of the limiter itself.
-    dev_id, path = add("--backend", "null", "--size", "2G", "--depth", "128",
-                       "--iops-total", "100000000", "--bps-total", "100G")
-    measure("null+qos", path, results, rss_of=dev_id)
-    delete(dev_id)
+def bench_on_disk(results, wanted):
+    if "raw" in wanted:
+        measure("raw", DISK, results)
+    if "loop" in wanted:
+        bench_loop(results, "loop", DISK)
+    if "blockdev" in wanted:
+        bench_server(results, "blockdev", "--backend", "blockdev", "--path", DISK, "--size", "2G",
+                     "--depth", "128")
+    if "null" in wanted:
+        bench_server(results, "null", "--backend", "null", "--size", "2G", "--depth", "128")
+    if "null+qos" in wanted:
+        # QoS configured far above what the device can do: the cost of the limiter itself.
+        bench_server(results, "null+qos", "--backend", "null", "--size", "2G", "--depth", "128",
+                     "--iops-total", "100000000", "--bps-total", "100G")
 
+
+def bench_on_file(results, wanted):
+    if not wanted & {"loop-file", "file"}:
+        return
     sh("mkfs.ext4", "-q", "-F", DISK)
     mnt = tempfile.mkdtemp(prefix="mesoblk-bench-")  # the guest's root is read-only
     sh("mount", DISK, mnt)
-    image = os.path.join(mnt, "backing.img")
-    # Written out, not fallocated: reads of unwritten extents would cost no disk I/O at all.
-    sh("dd", "if=/dev/zero", f"of={image}", "bs=1M", "count=1536", "oflag=direct", "status=none")
-    loop = sh("losetup", "--direct-io=on", "--show", "-f", image)
-    measure("loop-file", loop, results)
-    sh("losetup", "-d", loop)
-    dev_id, path = add("--backend", "file", "--path", image, "--depth", "128")
-    measure("file", path, results, rss_of=dev_id)
-    delete(dev_id)
-    sh("umount", mnt)
+    try:
+        image = os.path.join(mnt, "backing.img")
+        # Written out, not fallocated: reads of unwritten extents would cost no disk I/O at all.
+        sh("dd", "if=/dev/zero", f"of={image}", "bs=1M", "count=1536", "oflag=direct",
+           "status=none")
+        if "loop-file" in wanted:
+            bench_loop(results, "loop-file", image)
+        if "file" in wanted:
+            bench_server(results, "file", "--backend", "file", "--path", image, "--depth", "128")
+    finally:
+        sh("umount", mnt)
 
+
+def main():
+    only = os.environ.get("MESOBLK_BENCH_ONLY", "")
+    wanted = set(only.split(",")) if only else set(TARGETS)
+    unknown = wanted - set(TARGETS)
+    if unknown:
+        sys.exit(f"bench-target: unknown MESOBLK_BENCH_ONLY targets {sorted(unknown)}; "
+                 f"known: {','.join(TARGETS)}")
+    results = {}
+    bench_on_disk(results, wanted)
+    bench_on_file(results, wanted)
     json.dump(results, open(os.path.join(RESULTS, "bench-target.json"), "w"), indent=2)
     table = render(results)
     open(os.path.join(RESULTS, "bench-target.md"), "w").write(table)
@@ -121,12 +149,14 @@ def render(results):
     lines = ["| target | workload | IOPS | MiB/s | p99 µs | ratio to reference |",
              "|---|---|---:|---:|---:|---|"]
     for name, by_workload in results.items():
-        ref = results[refs[name]]
+        ref = results.get(refs[name])
         for label, _ in WORKLOADS:
             r = by_workload[label]
-            ratio = r["iops"] / ref[label]["iops"] if ref[label]["iops"] else 0
+            ratio = "-"
+            if ref and ref[label]["iops"]:
+                ratio = f"{r['iops'] / ref[label]['iops']:.2f} × {refs[name]}"
             lines.append(f"| {name} | {label} | {r['iops']:.0f} | {r['bw_mib']:.1f} | "
-                         f"{r['lat_p99_us']:.0f} | {ratio:.2f} × {refs[name]} |")
+                         f"{r['lat_p99_us']:.0f} | {ratio} |")
     rss = [f"{n}: {v['server_peak_rss_kib'] / 1024:.1f} MiB" for n, v in results.items()
            if "server_peak_rss_kib" in v]
     lines.append("")
