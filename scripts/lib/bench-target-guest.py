@@ -11,12 +11,14 @@ Targets, in order:
   file      mesoblk-target file backend over the same file
 Workloads: 4k randread and randwrite at depth 32, 128k sequential read and write.
 MESOBLK_BENCH_ONLY (comma-separated target names) runs a subset, MESOBLK_BENCH_RUNTIME sets the
-seconds per fio job (default 8).
+seconds per fio job (default 8), MESOBLK_BENCH_ROUNDS repeats every target that many times,
+interleaved (default 1); the table then shows the median round and every round's IOPS.
 Writes a JSON result file and a Markdown table into the results folder.
 """
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ DISK = os.environ.get("MESOBLK_BENCH_DISK", "/dev/vda")
 BIN = os.path.join(os.environ["MESOBLK_BIN_DIR"], "mesoblk-target")
 RESULTS = os.environ["MESOBLK_RESULTS_DIR"]
 RUNTIME = os.environ.get("MESOBLK_BENCH_RUNTIME", "8")
+ROUNDS = int(os.environ.get("MESOBLK_BENCH_ROUNDS", "1"))
 SIZE = "1G"
 WORKLOADS = [
     ("4k randread", ["--rw=randread", "--bs=4k", "--iodepth=32"]),
@@ -70,10 +73,25 @@ def delete(dev_id):
 
 
 def measure(name, device, results, rss_of=None):
+    """Appends one round of every workload on `device` to results[name][label]."""
     print(f"bench: {name} ({device})", flush=True)
-    results[name] = {label: fio(device, args) for label, args in WORKLOADS}
+    target = results.setdefault(name, {})
+    for label, args in WORKLOADS:
+        target.setdefault(label, []).append(fio(device, args))
     if rss_of is not None:
-        results[name]["server_peak_rss_kib"] = server_rss_kib(rss_of)
+        rss = server_rss_kib(rss_of)
+        target["server_peak_rss_kib"] = max(rss, target.get("server_peak_rss_kib", 0))
+
+
+def summarize(results):
+    """Per target and workload: the round with the median IOPS, plus every round's IOPS."""
+    for by_workload in results.values():
+        for label, _ in WORKLOADS:
+            rounds = by_workload[label]
+            ranked = sorted(rounds, key=lambda r: r["iops"])
+            median = dict(ranked[(len(ranked) - 1) // 2])
+            median["rounds_iops"] = [round(r["iops"]) for r in rounds]
+            by_workload[label] = median
 
 
 def bench_loop(results, name, backing):
@@ -93,6 +111,11 @@ def bench_server(results, name, *add_args):
 
 
 def bench_on_disk(results, wanted):
+    for _ in range(ROUNDS):
+        bench_disk_round(results, wanted)
+
+
+def bench_disk_round(results, wanted):
     if "raw" in wanted:
         measure("raw", DISK, results)
     if "loop" in wanted:
@@ -119,10 +142,12 @@ def bench_on_file(results, wanted):
         # Written out, not fallocated: reads of unwritten extents would cost no disk I/O at all.
         sh("dd", "if=/dev/zero", f"of={image}", "bs=1M", "count=1536", "oflag=direct",
            "status=none")
-        if "loop-file" in wanted:
-            bench_loop(results, "loop-file", image)
-        if "file" in wanted:
-            bench_server(results, "file", "--backend", "file", "--path", image, "--depth", "128")
+        for _ in range(ROUNDS):
+            if "loop-file" in wanted:
+                bench_loop(results, "loop-file", image)
+            if "file" in wanted:
+                bench_server(results, "file", "--backend", "file", "--path", image, "--depth",
+                             "128")
     finally:
         sh("umount", mnt)
 
@@ -137,6 +162,7 @@ def main():
     results = {}
     bench_on_disk(results, wanted)
     bench_on_file(results, wanted)
+    summarize(results)
     json.dump(results, open(os.path.join(RESULTS, "bench-target.json"), "w"), indent=2)
     table = render(results)
     open(os.path.join(RESULTS, "bench-target.md"), "w").write(table)
@@ -153,9 +179,14 @@ def render(results):
         for label, _ in WORKLOADS:
             r = by_workload[label]
             ratio = "-"
-            if ref and ref[label]["iops"]:
-                ratio = f"{r['iops'] / ref[label]['iops']:.2f} × {refs[name]}"
-            lines.append(f"| {name} | {label} | {r['iops']:.0f} | {r['bw_mib']:.1f} | "
+            if ref:
+                # Paired by round (the rounds are interleaved): the median of the ratios.
+                pairs = [a / b for a, b in zip(r["rounds_iops"], ref[label]["rounds_iops"]) if b]
+                if pairs:
+                    ratio = f"{statistics.median(pairs):.2f} × {refs[name]}"
+            rounds = "" if len(r["rounds_iops"]) < 2 else " ({})".format(
+                " ".join(str(i) for i in r["rounds_iops"]))
+            lines.append(f"| {name} | {label} | {r['iops']:.0f}{rounds} | {r['bw_mib']:.1f} | "
                          f"{r['lat_p99_us']:.0f} | {ratio} |")
     rss = [f"{n}: {v['server_peak_rss_kib'] / 1024:.1f} MiB" for n, v in results.items()
            if "server_peak_rss_kib" in v]

@@ -123,6 +123,13 @@ impl BucketParams {
         })
     }
 
+    /// The capacity in units, `τ × r`, rounded down.
+    pub(crate) fn capacity(self) -> u64 {
+        let units = u128::from(self.tau_ticks.min(MAX_TAU_TICKS)) * u128::from(self.rate_per_sec)
+            / TICKS_PER_SEC;
+        u64::try_from(units).unwrap_or(u64::MAX)
+    }
+
     /// What `units` cost, in ticks at this rate, rounded up.
     fn cost_ticks(self, units: u64) -> u128 {
         let rate = u128::from(self.rate_per_sec.max(1));
@@ -212,6 +219,38 @@ fn fallback(cell: &AtomicU64, seen: u64, now: u64, cost: u128, p: BucketParams) 
         wait_ticks: before.saturating_sub(now).saturating_sub(tau),
         forgiven_ticks: cost,
     }
+}
+
+/// Takes `units` at `now` only if the bucket holds them (its fill time stays within `τ` of
+/// `now`): prepaid tokens never make debt. One compare-and-swap, retried while other charges
+/// move the cell; false if the bucket lacks the units or past [`MAX_CAS_ATTEMPTS`].
+pub(crate) fn try_take(cell: &AtomicU64, units: u64, now: u64, p: BucketParams) -> bool {
+    let cost = p.cost_ticks(units);
+    let limit = u128::from(now) + u128::from(p.tau_ticks.min(MAX_TAU_TICKS));
+    let mut seen = cell.load(Ordering::Relaxed);
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let next = u128::from(seen.max(now)) + cost;
+        if next > limit {
+            return false;
+        }
+        let next = u64::try_from(next).expect("at most now + tau, a u64");
+        match cell.compare_exchange_weak(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(actual) => seen = actual,
+        }
+    }
+    false
+}
+
+/// Gives back `units` that [`try_take`] took from the bucket (of a lane whose other bucket then
+/// refused): the fill time moves back by their cost, which charges made since then do not
+/// affect, since each moved it forward by its own cost. A bucket that filled up meanwhile just
+/// stays full.
+pub(crate) fn refund(cell: &AtomicU64, units: u64, p: BucketParams) {
+    let cost = u64::try_from(p.cost_ticks(units)).unwrap_or(u64::MAX);
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+        Some(e.saturating_sub(cost))
+    });
 }
 
 /// The level of a bucket with fill time `e` at `now`, in unit-ticks (units × ticks per second),

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::backend::{AnyBackend, SharedStore, Submitter};
 use crate::engine::execute;
-use crate::qos::{Admission, Clock, Limiter, MonotonicClock};
+use crate::qos::{Admission, Clock, Limiter, MonotonicClock, QueueLimiter};
 use crate::request::{Geometry, Request, SECTOR_SHIFT};
 use crate::stats::DeviceStats;
 
@@ -241,10 +241,12 @@ fn device_params(geometry: &Geometry, volatile_cache: bool) -> ublk_sys::ublk_pa
     }
 }
 
-/// What every tag loop of a device shares.
+/// What every tag loop of a queue shares.
 struct TagContext {
     backend: AnyBackend<QueueRing>,
-    limiter: Arc<Limiter>,
+    /// The queue's own handle on the device's limiter, whose prepaid tokens spare an
+    /// unthrottled request the limiter's lock.
+    limiter: QueueLimiter,
     stats: Arc<DeviceStats>,
     geometry: Geometry,
 }
@@ -269,7 +271,7 @@ fn serve_queue(
         backend: store.for_queue(QueueRing {
             backing_registered: store.backing_fd().is_some(),
         }),
-        limiter: Arc::clone(shared.limiter),
+        limiter: QueueLimiter::new(Arc::clone(shared.limiter)),
         stats: Arc::clone(shared.stats),
         geometry,
     });
