@@ -44,6 +44,9 @@ const BATCH_CAPACITY_DIVISOR: u64 = 64;
 /// ...and at most this fraction of a second's worth of its rate (1 ms).
 const BATCH_RATE_DIVISOR: u64 = 1000;
 
+/// What a queue holds on a lane without a limit: enough for any request.
+const UNLIMITED_TOKENS: u64 = u64::MAX;
+
 /// The units a queue may take in advance from a bucket of `rate_per_sec` and `capacity`.
 pub(crate) fn prepay_batch(rate_per_sec: u64, capacity: u64) -> u64 {
     (rate_per_sec / BATCH_RATE_DIVISOR).min(capacity / BATCH_CAPACITY_DIVISOR)
@@ -70,8 +73,11 @@ pub(crate) struct Refill {
 pub(crate) struct Prepaid {
     /// The generation the tokens belong to; `None` until the first refill.
     generation: Option<u64>,
+    /// Whether any lane has a limit.
+    limited: bool,
     costs: QosLimits,
     batches: [Option<u64>; LANES],
+    /// Units held per lane; [`UNLIMITED_TOKENS`] on a lane without a limit.
     tokens: [u64; LANES],
 }
 
@@ -79,6 +85,7 @@ impl Prepaid {
     fn new() -> Prepaid {
         Prepaid {
             generation: None,
+            limited: false,
             costs: QosLimits::default(),
             batches: [None; LANES],
             tokens: [0; LANES],
@@ -91,20 +98,18 @@ impl Prepaid {
         if self.generation != Some(generation) {
             return false;
         }
-        if self.batches.iter().all(Option::is_none) {
+        if !self.limited {
             return true;
         }
-        let cost = self.costs.cost(op, bytes);
-        let covered = lane_charges(&cost)
-            .all(|(lane, units)| self.batches[lane].is_none() || self.tokens[lane] >= units);
-        if covered {
-            for (lane, units) in lane_charges(&cost) {
-                if self.batches[lane].is_some() {
-                    self.tokens[lane] -= units;
-                }
+        let mut left = self.tokens;
+        for (lane, units) in lane_charges(&self.costs.cost(op, bytes)) {
+            match left[lane].checked_sub(units) {
+                Some(l) => left[lane] = l,
+                None => return false,
             }
         }
-        covered
+        self.tokens = left;
+        true
     }
 
     /// The units to prepay on `lane` to hold `batch` under `generation`'s limits.
@@ -122,13 +127,19 @@ impl Prepaid {
         if self.generation != Some(refill.generation) {
             *self = Prepaid {
                 generation: Some(refill.generation),
+                limited: refill.batches.iter().any(Option::is_some),
                 costs: refill.costs,
                 batches: refill.batches,
                 tokens: [0; LANES],
             };
         }
-        for (tokens, granted) in self.tokens.iter_mut().zip(refill.granted) {
-            *tokens = tokens.saturating_add(granted);
+        for (lane, tokens) in self.tokens.iter_mut().enumerate() {
+            *tokens = match self.batches[lane] {
+                // A lane without a limit never runs short (refilled here in the unlikely case
+                // that a queue spends 2^64 units of it).
+                None => UNLIMITED_TOKENS,
+                Some(_) => tokens.saturating_add(refill.granted[lane]),
+            };
         }
     }
 }
