@@ -18,7 +18,13 @@ use std::time::{Duration, Instant};
 use ublk_target::qos::{BytesLimit, Limiter, OpsLimit, QosLimits, QueueLimiter, SharedGroup};
 use ublk_target::request::Op;
 
-const MODES: [&str; 5] = ["unlimited", "exact", "queue", "shared-exact", "shared-queue"];
+const MODES: [&str; 5] = [
+    "unlimited",
+    "exact",
+    "queue",
+    "shared-exact",
+    "shared-queue",
+];
 const STEP: Duration = Duration::from_micros(14);
 
 fn limits() -> QosLimits {

@@ -9,8 +9,8 @@
 //! overflow. So nothing here overflows for any `u64` rate, capacity, cost or time.
 
 use super::limits::{BucketSpec, Class, Cost, LaneSpec, QosLimits, LANES};
-use super::prepaid::prepay_batch;
 use super::limits::{READ_BYTES, READ_OPS, TOTAL_BYTES, TOTAL_OPS, WRITE_BYTES, WRITE_OPS};
+use super::prepaid::prepay_batch;
 use crate::request::Op;
 
 /// Nano-units per unit.

@@ -1,6 +1,6 @@
 //! The QoS fast path: tokens a queue thread takes from its device's and its group's buckets in
 //! advance, a batch at a time, so that a request that is not throttled touches no lock and no
-//! shared bucket, only two relaxed loads (has the device's, has the group's limits changed?)
+//! shared bucket, only two atomic loads (have the device's, have the group's limits changed?)
 //! and a few integer operations on memory no other thread writes.
 //!
 //! # How tokens are prepaid
@@ -144,7 +144,7 @@ impl Prepaid {
     }
 }
 
-/// The tokens of both sets, with the counter of exact-path trips.
+/// A queue's tokens from both sets.
 #[derive(Debug)]
 struct QueueTokens {
     own: Prepaid,

@@ -46,7 +46,11 @@ fn batches_follow_rate_and_capacity() {
     assert_eq!(prepay_batch(1_000_000, 1_000_000), 1000);
     assert_eq!(prepay_batch(1_000_000, 6400), 100);
     assert_eq!(prepay_batch(1000, 1000), 1);
-    assert_eq!(prepay_batch(999, 1_000_000), 0, "slow limits are never prepaid");
+    assert_eq!(
+        prepay_batch(999, 1_000_000),
+        0,
+        "slow limits are never prepaid"
+    );
     assert_eq!(prepay_batch(1_000_000, 63), 0, "tiny buckets neither");
 }
 
@@ -121,7 +125,9 @@ fn a_full_bucket_passes_exactly_its_capacity_across_threads() {
                     // has spent all it held.
                     s.spawn(move || {
                         (0..=64_000)
-                            .take_while(|_| q.admit(Op::Read, 4096, Duration::ZERO) == Admission::Go)
+                            .take_while(|_| {
+                                q.admit(Op::Read, 4096, Duration::ZERO) == Admission::Go
+                            })
                             .count()
                     })
                 })
@@ -163,7 +169,10 @@ fn a_limits_change_drops_prepaid_tokens() {
 #[test]
 fn a_shared_group_change_reaches_every_queue() {
     let group = SharedGroup::in_memory(&total_ops(100_000)).unwrap();
-    let q = QueueLimiter::new(arc_limiter(QosLimits::default(), Some(group.clone().into())));
+    let q = QueueLimiter::new(arc_limiter(
+        QosLimits::default(),
+        Some(group.clone().into()),
+    ));
     assert_eq!(q.admit(Op::Read, 4096, Duration::ZERO), Admission::Go);
     let strict = QosLimits {
         total_ops: Some(OpsLimit {
