@@ -112,14 +112,31 @@ impl Prepaid {
         true
     }
 
-    /// The units to prepay on `lane` to hold `batch` under `generation`'s limits.
-    pub(crate) fn wanted(&self, generation: u64, lane: usize, batch: u64) -> u64 {
-        let held = if self.generation == Some(generation) {
-            self.tokens[lane]
-        } else {
-            0
-        };
-        batch.saturating_sub(held)
+    /// What the exact path prepays after charging a request (`charge`): if the request need
+    /// not wait, each lane is topped up to its batch (what this queue holds under
+    /// `generation`'s limits counting) with `try_take(lane, units)`, which takes units from
+    /// the lane's buckets only if they hold them. Per lane, the units taken.
+    pub(crate) fn top_up(
+        &self,
+        generation: u64,
+        batches: &[Option<u64>; LANES],
+        charge: Charge,
+        mut try_take: impl FnMut(usize, u64) -> bool,
+    ) -> [u64; LANES] {
+        let mut granted = [0; LANES];
+        if charge.wait_ns > 0 {
+            return granted;
+        }
+        let same = self.generation == Some(generation);
+        for (lane, batch) in batches.iter().enumerate() {
+            let Some(batch) = batch else { continue };
+            let held = if same { self.tokens[lane] } else { 0 };
+            let want = batch.saturating_sub(held);
+            if want > 0 && try_take(lane, want) {
+                granted[lane] = want;
+            }
+        }
+        granted
     }
 
     /// Keeps what a refill prepaid; tokens of an older generation are dropped.
@@ -243,15 +260,9 @@ impl Shared {
             Charge::default()
         };
         let batches = set.prepay_batches();
-        let mut granted = [0; LANES];
-        if charge.wait_ns == 0 {
-            for (lane, batch) in batches.iter().enumerate() {
-                let want = batch.map_or(0, |b| held.wanted(generation, lane, b));
-                if want > 0 && set.try_take(lane, want, now_ns) {
-                    granted[lane] = want;
-                }
-            }
-        }
+        let granted = held.top_up(generation, &batches, charge, |lane, units| {
+            set.try_take(lane, units, now_ns)
+        });
         Refill {
             charge,
             generation,

@@ -534,15 +534,9 @@ impl SharedState {
             let batch = |p: BucketParams| prepay_batch(p.rate_per_sec, p.capacity());
             sustained.map(|s| peak.map_or(batch(s), |p| batch(s).min(batch(p))))
         });
-        let mut granted = [0; LANES];
-        if charge.wait_ns == 0 {
-            for (lane, batch) in batches.iter().enumerate() {
-                let want = batch.map_or(0, |b| held.wanted(generation, lane, b));
-                if want > 0 && self.try_take(lane, &view, want, now_ticks) {
-                    granted[lane] = want;
-                }
-            }
-        }
+        let granted = held.top_up(generation, &batches, charge, |lane, units| {
+            self.try_take(lane, &view, units, now_ticks)
+        });
         Refill {
             charge,
             generation,
