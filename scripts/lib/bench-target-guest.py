@@ -10,11 +10,15 @@ Targets, in order:
   loop-file kernel loop (--direct-io=on) over a file on ext4 on the disk
   file      mesoblk-target file backend over the same file
 Workloads: 4k randread and randwrite at depth 32, 128k sequential read and write.
+MESOBLK_BENCH_ONLY (comma-separated target names) runs a subset, MESOBLK_BENCH_RUNTIME sets the
+seconds per fio job (default 8), MESOBLK_BENCH_ROUNDS repeats every target that many times,
+interleaved (default 1); the table then shows the median round and every round's IOPS.
 Writes a JSON result file and a Markdown table into the results folder.
 """
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +27,7 @@ DISK = os.environ.get("MESOBLK_BENCH_DISK", "/dev/vda")
 BIN = os.path.join(os.environ["MESOBLK_BIN_DIR"], "mesoblk-target")
 RESULTS = os.environ["MESOBLK_RESULTS_DIR"]
 RUNTIME = os.environ.get("MESOBLK_BENCH_RUNTIME", "8")
+ROUNDS = int(os.environ.get("MESOBLK_BENCH_ROUNDS", "1"))
 SIZE = "1G"
 WORKLOADS = [
     ("4k randread", ["--rw=randread", "--bs=4k", "--iodepth=32"]),
@@ -31,6 +36,7 @@ WORKLOADS = [
     ("128k seq write", ["--rw=write", "--bs=128k", "--iodepth=32"]),
 ]
 RUN_DIR = "/run/mesoblk-bench"
+TARGETS = ["raw", "loop", "blockdev", "null", "null+qos", "loop-file", "file"]
 
 
 def sh(*args, capture=True):
@@ -67,48 +73,96 @@ def delete(dev_id):
 
 
 def measure(name, device, results, rss_of=None):
+    """Appends one round of every workload on `device` to results[name][label]."""
     print(f"bench: {name} ({device})", flush=True)
-    results[name] = {label: fio(device, args) for label, args in WORKLOADS}
+    target = results.setdefault(name, {})
+    for label, args in WORKLOADS:
+        target.setdefault(label, []).append(fio(device, args))
     if rss_of is not None:
-        results[name]["server_peak_rss_kib"] = server_rss_kib(rss_of)
+        rss = server_rss_kib(rss_of)
+        target["server_peak_rss_kib"] = max(rss, target.get("server_peak_rss_kib", 0))
 
 
-def main():
-    results = {}
-    measure("raw", DISK, results)
+def summarize(results):
+    """Per target and workload: the round with the median IOPS, plus every round's IOPS."""
+    for by_workload in results.values():
+        for label, _ in WORKLOADS:
+            rounds = by_workload[label]
+            ranked = sorted(rounds, key=lambda r: r["iops"])
+            median = dict(ranked[(len(ranked) - 1) // 2])
+            median["rounds_iops"] = [round(r["iops"]) for r in rounds]
+            by_workload[label] = median
 
-    loop = sh("losetup", "--direct-io=on", "--show", "-f", DISK)
-    measure("loop", loop, results)
-    sh("losetup", "-d", loop)
 
-    dev_id, path = add("--backend", "blockdev", "--path", DISK, "--size", "2G", "--depth", "128")
-    measure("blockdev", path, results, rss_of=dev_id)
-    delete(dev_id)
+def bench_loop(results, name, backing):
+    loop = sh("losetup", "--direct-io=on", "--show", "-f", backing)
+    try:
+        measure(name, loop, results)
+    finally:
+        sh("losetup", "-d", loop)
 
-    dev_id, path = add("--backend", "null", "--size", "2G", "--depth", "128")
-    measure("null", path, results, rss_of=dev_id)
-    delete(dev_id)
 
-    # QoS configured far above what the device can do: the cost of the limiter itself.
-    dev_id, path = add("--backend", "null", "--size", "2G", "--depth", "128",
-                       "--iops-total", "100000000", "--bps-total", "100G")
-    measure("null+qos", path, results, rss_of=dev_id)
-    delete(dev_id)
+def bench_server(results, name, *add_args):
+    dev_id, path = add(*add_args)
+    try:
+        measure(name, path, results, rss_of=dev_id)
+    finally:
+        delete(dev_id)
 
+
+def bench_on_disk(results, wanted):
+    for _ in range(ROUNDS):
+        bench_disk_round(results, wanted)
+
+
+def bench_disk_round(results, wanted):
+    if "raw" in wanted:
+        measure("raw", DISK, results)
+    if "loop" in wanted:
+        bench_loop(results, "loop", DISK)
+    if "blockdev" in wanted:
+        bench_server(results, "blockdev", "--backend", "blockdev", "--path", DISK, "--size", "2G",
+                     "--depth", "128")
+    if "null" in wanted:
+        bench_server(results, "null", "--backend", "null", "--size", "2G", "--depth", "128")
+    if "null+qos" in wanted:
+        # QoS configured far above what the device can do: the cost of the limiter itself.
+        bench_server(results, "null+qos", "--backend", "null", "--size", "2G", "--depth", "128",
+                     "--iops-total", "100000000", "--bps-total", "100G")
+
+
+def bench_on_file(results, wanted):
+    if not wanted & {"loop-file", "file"}:
+        return
     sh("mkfs.ext4", "-q", "-F", DISK)
     mnt = tempfile.mkdtemp(prefix="mesoblk-bench-")  # the guest's root is read-only
     sh("mount", DISK, mnt)
-    image = os.path.join(mnt, "backing.img")
-    # Written out, not fallocated: reads of unwritten extents would cost no disk I/O at all.
-    sh("dd", "if=/dev/zero", f"of={image}", "bs=1M", "count=1536", "oflag=direct", "status=none")
-    loop = sh("losetup", "--direct-io=on", "--show", "-f", image)
-    measure("loop-file", loop, results)
-    sh("losetup", "-d", loop)
-    dev_id, path = add("--backend", "file", "--path", image, "--depth", "128")
-    measure("file", path, results, rss_of=dev_id)
-    delete(dev_id)
-    sh("umount", mnt)
+    try:
+        image = os.path.join(mnt, "backing.img")
+        # Written out, not fallocated: reads of unwritten extents would cost no disk I/O at all.
+        sh("dd", "if=/dev/zero", f"of={image}", "bs=1M", "count=1536", "oflag=direct",
+           "status=none")
+        for _ in range(ROUNDS):
+            if "loop-file" in wanted:
+                bench_loop(results, "loop-file", image)
+            if "file" in wanted:
+                bench_server(results, "file", "--backend", "file", "--path", image, "--depth",
+                             "128")
+    finally:
+        sh("umount", mnt)
 
+
+def main():
+    only = os.environ.get("MESOBLK_BENCH_ONLY", "")
+    wanted = set(only.split(",")) if only else set(TARGETS)
+    unknown = wanted - set(TARGETS)
+    if unknown:
+        sys.exit(f"bench-target: unknown MESOBLK_BENCH_ONLY targets {sorted(unknown)}; "
+                 f"known: {','.join(TARGETS)}")
+    results = {}
+    bench_on_disk(results, wanted)
+    bench_on_file(results, wanted)
+    summarize(results)
     json.dump(results, open(os.path.join(RESULTS, "bench-target.json"), "w"), indent=2)
     table = render(results)
     open(os.path.join(RESULTS, "bench-target.md"), "w").write(table)
@@ -121,12 +175,19 @@ def render(results):
     lines = ["| target | workload | IOPS | MiB/s | p99 µs | ratio to reference |",
              "|---|---|---:|---:|---:|---|"]
     for name, by_workload in results.items():
-        ref = results[refs[name]]
+        ref = results.get(refs[name])
         for label, _ in WORKLOADS:
             r = by_workload[label]
-            ratio = r["iops"] / ref[label]["iops"] if ref[label]["iops"] else 0
-            lines.append(f"| {name} | {label} | {r['iops']:.0f} | {r['bw_mib']:.1f} | "
-                         f"{r['lat_p99_us']:.0f} | {ratio:.2f} × {refs[name]} |")
+            ratio = "-"
+            if ref:
+                # Paired by round (the rounds are interleaved): the median of the ratios.
+                pairs = [a / b for a, b in zip(r["rounds_iops"], ref[label]["rounds_iops"]) if b]
+                if pairs:
+                    ratio = f"{statistics.median(pairs):.2f} × {refs[name]}"
+            rounds = "" if len(r["rounds_iops"]) < 2 else " ({})".format(
+                " ".join(str(i) for i in r["rounds_iops"]))
+            lines.append(f"| {name} | {label} | {r['iops']:.0f}{rounds} | {r['bw_mib']:.1f} | "
+                         f"{r['lat_p99_us']:.0f} | {ratio} |")
     rss = [f"{n}: {v['server_peak_rss_kib'] / 1024:.1f} MiB" for n, v in results.items()
            if "server_peak_rss_kib" in v]
     lines.append("")

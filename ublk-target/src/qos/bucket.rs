@@ -10,6 +10,7 @@
 
 use super::limits::{BucketSpec, Class, Cost, LaneSpec, QosLimits, LANES};
 use super::limits::{READ_BYTES, READ_OPS, TOTAL_BYTES, TOTAL_OPS, WRITE_BYTES, WRITE_OPS};
+use super::prepaid::prepay_batch;
 use crate::request::Op;
 
 /// Nano-units per unit.
@@ -130,6 +131,26 @@ impl Bucket {
         }
     }
 
+    /// Whether the bucket holds `units` at `now_ns` (it is brought up to date first).
+    fn holds(&mut self, units: u64, now_ns: u64) -> bool {
+        self.refill(now_ns);
+        self.level_nano >= i128::from(units) * NANO
+    }
+
+    /// Takes `units` that the bucket holds: never into debt. Call only after [`Bucket::holds`]
+    /// said yes at the same `now_ns`.
+    fn take_held(&mut self, units: u64) {
+        self.level_nano -= i128::from(units) * NANO;
+        assert!(self.level_nano >= 0, "take_held() of tokens not held");
+        self.check();
+    }
+
+    /// The units a queue may take in advance from this bucket (see `qos::prepaid`).
+    fn prepay_batch(&self) -> u64 {
+        let capacity = u64::try_from(self.capacity_nano / NANO).expect("capacity is a u64");
+        prepay_batch(self.rate_per_sec, capacity)
+    }
+
     /// Adopts a new rate and capacity at `now_ns` without granting tokens: the level earned so
     /// far is kept, then cut to the new capacity (and any debt to the new floor).
     pub(crate) fn reconfigure(&mut self, spec: BucketSpec, now_ns: u64) {
@@ -200,6 +221,28 @@ impl Lane {
             }
         };
     }
+
+    /// Takes `units` from every bucket of the lane if all of them hold that many now, else
+    /// nothing: prepaid tokens never make debt.
+    fn try_take(&mut self, units: u64, now_ns: u64) -> bool {
+        let peak_holds = self.peak.as_mut().is_none_or(|p| p.holds(units, now_ns));
+        if !(peak_holds && self.sustained.holds(units, now_ns)) {
+            return false;
+        }
+        self.sustained.take_held(units);
+        if let Some(peak) = &mut self.peak {
+            peak.take_held(units);
+        }
+        true
+    }
+
+    /// The lane's prepay batch: the smallest of its buckets'.
+    fn prepay_batch(&self) -> u64 {
+        let sustained = self.sustained.prepay_batch();
+        self.peak
+            .as_ref()
+            .map_or(sustained, |p| sustained.min(p.prepay_batch()))
+    }
 }
 
 /// All the buckets of one device or group, and the limits they were built from.
@@ -247,6 +290,21 @@ impl BucketSet {
         }
         self.limits = *limits;
         assert_eq!(self.is_limited(), !limits.is_unlimited());
+    }
+
+    /// Per lane, `None` without a limit, else the units a queue may take in advance.
+    pub(crate) fn prepay_batches(&self) -> [Option<u64>; LANES] {
+        self.lanes
+            .each_ref()
+            .map(|lane| lane.as_ref().map(Lane::prepay_batch))
+    }
+
+    /// Takes `units` from `lane` in advance if its buckets hold them now; see
+    /// [`Lane::try_take`]. False for a lane without a limit.
+    pub(crate) fn try_take(&mut self, lane: usize, units: u64, now_ns: u64) -> bool {
+        self.lanes[lane]
+            .as_mut()
+            .is_some_and(|l| l.try_take(units, now_ns))
     }
 
     /// Charges one request to every bucket it counts against.

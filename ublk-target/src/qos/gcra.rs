@@ -123,6 +123,13 @@ impl BucketParams {
         })
     }
 
+    /// The capacity in units, `τ × r`, rounded down.
+    pub(crate) fn capacity(self) -> u64 {
+        let units = u128::from(self.tau_ticks.min(MAX_TAU_TICKS)) * u128::from(self.rate_per_sec)
+            / TICKS_PER_SEC;
+        u64::try_from(units).unwrap_or(u64::MAX)
+    }
+
     /// What `units` cost, in ticks at this rate, rounded up.
     fn cost_ticks(self, units: u64) -> u128 {
         let rate = u128::from(self.rate_per_sec.max(1));
@@ -214,6 +221,40 @@ fn fallback(cell: &AtomicU64, seen: u64, now: u64, cost: u128, p: BucketParams) 
     }
 }
 
+/// Takes `units` at `now` only if the bucket holds them (its fill time stays within `τ` of
+/// `now`): prepaid tokens never make debt. One compare-and-swap, retried while other charges
+/// move the cell; false if the bucket lacks the units or past [`MAX_CAS_ATTEMPTS`].
+pub(crate) fn try_take(cell: &AtomicU64, units: u64, now: u64, p: BucketParams) -> bool {
+    let cost = p.cost_ticks(units);
+    // Capped at the largest fill time there is: past it (time saturated) nothing is taken.
+    let limit =
+        (u128::from(now) + u128::from(p.tau_ticks.min(MAX_TAU_TICKS))).min(u128::from(u64::MAX));
+    let mut seen = cell.load(Ordering::Relaxed);
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let next = u128::from(seen.max(now)) + cost;
+        if next > limit {
+            return false;
+        }
+        let next = u64::try_from(next).expect("at most the limit, a u64");
+        match cell.compare_exchange_weak(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(actual) => seen = actual,
+        }
+    }
+    false
+}
+
+/// Gives back `units` that [`try_take`] took from the bucket (of a lane whose other bucket then
+/// refused): the fill time moves back by their cost, which charges made since then do not
+/// affect, since each moved it forward by its own cost. A bucket that filled up meanwhile just
+/// stays full.
+pub(crate) fn refund(cell: &AtomicU64, units: u64, p: BucketParams) {
+    let cost = u64::try_from(p.cost_ticks(units)).unwrap_or(u64::MAX);
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+        Some(e.saturating_sub(cost))
+    });
+}
+
 /// The level of a bucket with fill time `e` at `now`, in unit-ticks (units × ticks per second),
 /// as a signed number: negative is debt.
 fn level_unit_ticks(e: u64, now: u64, p: BucketParams) -> i128 {
@@ -300,6 +341,30 @@ mod tests {
             .take_while(|_| wait_ns(&cell, 1, 100 * SEC_NS, p) == 0)
             .count();
         assert_eq!(go, 10);
+    }
+
+    #[test]
+    fn try_take_never_makes_debt_and_refund_undoes_it() {
+        let p = params(1000, 10);
+        let cell = AtomicU64::new(0);
+        let now = ticks(SEC_NS);
+        assert!(try_take(&cell, 6, now, p));
+        assert!(!try_take(&cell, 5, now, p), "only 4 left");
+        assert!(try_take(&cell, 4, now, p));
+        // Empty, not in debt: the next charge waits one op, not more.
+        assert_eq!(wait_ns(&cell, 1, SEC_NS, p), SEC_NS / 1000);
+        refund(&cell, 1, p);
+        refund(&cell, 10, p);
+        assert_eq!(cell.load(Ordering::Relaxed), now);
+        let go = (0..20)
+            .take_while(|_| wait_ns(&cell, 1, SEC_NS, p) == 0)
+            .count();
+        assert_eq!(go, 10, "full again after the refunds");
+        // At saturated time nothing can be taken, and nothing panics.
+        let scribbled = AtomicU64::new(u64::MAX);
+        assert!(!try_take(&scribbled, 1, u64::MAX, p));
+        assert!(!try_take(&AtomicU64::new(0), u64::MAX, u64::MAX, p));
+        refund(&scribbled, u64::MAX, p);
     }
 
     #[test]

@@ -101,6 +101,12 @@
 //! timestamp taken before another thread's later one is handled: buckets never go back in
 //! time, and the wait is measured from the caller's own `now`.
 //!
+//! The data path does not call [`Limiter::admit`] directly: each queue thread has a
+//! [`QueueLimiter`], which takes tokens from the buckets a batch at a time while they are
+//! plentiful, so that a request that is not throttled takes no lock and changes no shared
+//! memory. Rates stay exact; a burst after idle may exceed the capacity by one batch per queue
+//! (at most 1 ms of the rate and 1/64 of the capacity); see `qos::prepaid`.
+//!
 //! # Time
 //!
 //! `now` is a [`Duration`] since a [`Clock`]'s origin; every limiter sharing a group must read
@@ -120,6 +126,9 @@ mod bucket;
 mod clock;
 mod gcra;
 mod limits;
+mod prepaid;
+#[cfg(test)]
+mod prepaid_tests;
 mod shared;
 #[cfg(test)]
 mod shared_tests;
@@ -139,6 +148,7 @@ pub use self::limits::{
     DEFAULT_MAX_LENGTH_MS, MAX_BURST, MAX_BURST_LENGTH_MS, MAX_IOPS_SIZE_BYTES, MAX_OP_COST_OPS,
     MAX_RATE_PER_SEC, MIN_BYTES,
 };
+pub use self::prepaid::QueueLimiter;
 pub use self::shared::{GroupError, GroupJoin, Joined, SharedGroup};
 pub(crate) use self::shared::{SharedRegion, SharedState, STATE_BYTES};
 use crate::request::Op;
@@ -181,6 +191,8 @@ struct Shared {
     /// Mirrors `state.is_limited()`; read without the lock. Relaxed is enough: a reader that
     /// misses a concurrent `set_limits` behaves as if it had run just before it.
     limited: AtomicBool,
+    /// Bumped (under the lock) by every limits change, so that queues drop prepaid tokens.
+    generation: AtomicU64,
     state: Mutex<BucketSet>,
 }
 
@@ -190,6 +202,7 @@ impl Shared {
         let set = BucketSet::new(limits, nanos(now));
         Ok(Shared {
             limited: AtomicBool::new(set.is_limited()),
+            generation: AtomicU64::new(0),
             state: Mutex::new(set),
         })
     }
@@ -205,6 +218,12 @@ impl Shared {
         self.limited.load(Ordering::Relaxed)
     }
 
+    /// The number of limits changes so far. Relaxed, like `limited`: a queue that misses a
+    /// concurrent change spends tokens as if it had run just before it.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     fn charge(&self, op: Op, bytes: u64, now_ns: u64) -> Charge {
         self.lock().charge(op, bytes, now_ns)
     }
@@ -214,6 +233,7 @@ impl Shared {
         let mut state = self.lock();
         state.reconfigure(limits, nanos(now));
         self.limited.store(state.is_limited(), Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -351,6 +371,11 @@ impl Limiter {
         if let Some(group) = group {
             charge = charge.merge(group.charge(op, bytes, now_ns));
         }
+        self.account(charge)
+    }
+
+    /// Counts a request's charge in the stats and turns it into an admission.
+    fn account(&self, charge: Charge) -> Admission {
         if charge.forgiven_nano > 0 {
             self.debt_capped_ops.fetch_add(1, Ordering::Relaxed);
         }

@@ -63,6 +63,7 @@ use super::bucket::{lane_charges, Charge};
 use super::gcra::{self, BucketParams};
 use super::limits::{BytesLimit, OpsLimit, QosError, QosLimits, LANES};
 use super::nanos;
+use super::prepaid::{prepay_batch, Prepaid, Refill};
 use crate::request::Op;
 
 /// The first word of an initialized block: `"mbqosgrp"`.
@@ -453,9 +454,9 @@ impl SharedState {
         }
     }
 
-    /// The current slot, read by `read` consistently: retried while a writer moves the
-    /// generation under it, at most [`MAX_READ_ATTEMPTS`] times.
-    fn read_current<T>(&self, read: impl Fn(&[AtomicU64; SLOT_WORDS]) -> T) -> T {
+    /// The current slot, read by `read` consistently, with its generation: retried while a
+    /// writer moves the generation under it, at most [`MAX_READ_ATTEMPTS`] times.
+    fn read_current<T>(&self, read: impl Fn(&[AtomicU64; SLOT_WORDS]) -> T) -> (u64, T) {
         for _ in 0..MAX_READ_ATTEMPTS {
             let generation = self.generation.load(Ordering::Acquire);
             let value = read(&self.slots[slot_index(generation)]);
@@ -463,14 +464,15 @@ impl SharedState {
             // store of a later writer, the generation below is that writer's or later.
             fence(Ordering::Acquire);
             if self.generation.load(Ordering::Relaxed) == generation {
-                return value;
+                return (generation, value);
             }
         }
         let generation = self.generation.load(Ordering::Acquire);
-        read(&self.slots[slot_index(generation)])
+        (generation, read(&self.slots[slot_index(generation)]))
     }
 
-    fn view(&self) -> View {
+    /// The current view and its generation.
+    fn view(&self) -> (u64, View) {
         self.read_current(|slot| View::read(&|i| slot[i].load(Ordering::Relaxed)))
     }
 
@@ -482,7 +484,8 @@ impl SharedState {
 
     /// The current limits, validated.
     pub(crate) fn limits(&self) -> Result<QosLimits, GroupError> {
-        let words = self.read_current(|slot| slot.each_ref().map(|w| w.load(Ordering::Relaxed)));
+        let (_, words) =
+            self.read_current(|slot| slot.each_ref().map(|w| w.load(Ordering::Relaxed)));
         decode(&words)
     }
 
@@ -493,7 +496,11 @@ impl SharedState {
 
     /// Charges one request at `now_ticks` to every bucket it counts against.
     pub(crate) fn charge(&self, op: Op, bytes: u64, now_ticks: u64) -> Charge {
-        let view = self.view();
+        let (_, view) = self.view();
+        self.charge_view(&view, op, bytes, now_ticks)
+    }
+
+    fn charge_view(&self, view: &View, op: Op, bytes: u64, now_ticks: u64) -> Charge {
         if !view.limited {
             return Charge::default();
         }
@@ -510,6 +517,51 @@ impl SharedState {
             }
         }
         total
+    }
+
+    /// [`SharedState::charge`], then, if the request need not wait, tops up `held` to a batch
+    /// per lane from buckets that hold the tokens (see `qos::prepaid`).
+    pub(crate) fn charge_prepaying(
+        &self,
+        op: Op,
+        bytes: u64,
+        now_ticks: u64,
+        held: &Prepaid,
+    ) -> Refill {
+        let (generation, view) = self.view();
+        let charge = self.charge_view(&view, op, bytes, now_ticks);
+        let batches = view.buckets.map(|[sustained, peak]| {
+            let batch = |p: BucketParams| prepay_batch(p.rate_per_sec, p.capacity());
+            sustained.map(|s| peak.map_or(batch(s), |p| batch(s).min(batch(p))))
+        });
+        let granted = held.top_up(generation, &batches, charge, |lane, units| {
+            self.try_take(lane, &view, units, now_ticks)
+        });
+        Refill {
+            charge,
+            generation,
+            costs: view.costs,
+            batches,
+            granted,
+        }
+    }
+
+    /// Takes `units` from every bucket of `lane` if each holds them, else from none.
+    fn try_take(&self, lane: usize, view: &View, units: u64, now_ticks: u64) -> bool {
+        let [sustained_cell, peak_cell] = &self.cells.0[lane];
+        let [Some(sustained), peak] = view.buckets[lane] else {
+            return false;
+        };
+        if !gcra::try_take(sustained_cell, units, now_ticks, sustained) {
+            return false;
+        }
+        match peak {
+            Some(p) if !gcra::try_take(peak_cell, units, now_ticks, p) => {
+                gcra::refund(sustained_cell, units, sustained);
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Changes the limits at `now_ticks`; see the module documentation. The caller must hold
@@ -647,6 +699,17 @@ impl SharedGroup {
     pub(crate) fn charge(&self, op: Op, bytes: u64, now_ns: u64) -> Charge {
         self.region.state().charge(op, bytes, gcra::ticks(now_ns))
     }
+
+    pub(crate) fn charge_prepaying(
+        &self,
+        op: Op,
+        bytes: u64,
+        now_ns: u64,
+        held: &Prepaid,
+    ) -> Refill {
+        let state = self.region.state();
+        state.charge_prepaying(op, bytes, gcra::ticks(now_ns), held)
+    }
 }
 
 #[cfg(test)]
@@ -710,7 +773,7 @@ mod tests {
                 for (cell, word) in state.slots[0].iter().zip(w) {
                     cell.store(word, Ordering::Relaxed);
                 }
-                assert_eq!(state.view(), view);
+                assert_eq!(state.view().1, view);
                 for op in [Op::Read, Op::Write, Op::Flush, Op::Discard] {
                     let _ = state.charge(op, 1 << 20, 1 << 40);
                 }

@@ -6,12 +6,29 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use super::{nanos, Clock, Limiter, ManualClock};
+use super::{nanos, Admission, Clock, Limiter, ManualClock, QueueLimiter};
 use crate::request::Op;
+
+/// What admits requests: a [`Limiter`], or a queue's [`QueueLimiter`].
+pub(crate) trait Admit {
+    fn admit(&self, op: Op, bytes: u64, now: Duration) -> Admission;
+}
+
+impl Admit for Limiter {
+    fn admit(&self, op: Op, bytes: u64, now: Duration) -> Admission {
+        Limiter::admit(self, op, bytes, now)
+    }
+}
+
+impl Admit for QueueLimiter {
+    fn admit(&self, op: Op, bytes: u64, now: Duration) -> Admission {
+        QueueLimiter::admit(self, op, bytes, now)
+    }
+}
 
 /// One closed-loop client: issues `op` requests of the given sizes (cycling) through `limiter`.
 pub(crate) struct Client<'a> {
-    pub(crate) limiter: &'a Limiter,
+    pub(crate) limiter: &'a dyn Admit,
     pub(crate) op: Op,
     pub(crate) sizes: &'a [u64],
 }
@@ -80,7 +97,7 @@ pub(crate) fn assert_near(measured: u64, expected: u64, tolerance: f64, what: &s
 }
 
 pub(crate) fn clients<'a>(
-    limiter: &'a Limiter,
+    limiter: &'a dyn Admit,
     op: Op,
     sizes: &'a [u64],
     n: usize,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::bucket::MAX_DEBT_NS;
-use super::limits::{Class, Cost, READ_OPS, TOTAL_BYTES, TOTAL_OPS};
+use super::limits::{BucketSpec, Class, Cost, READ_OPS, TOTAL_BYTES, TOTAL_OPS};
 use super::sim::{assert_near, clients, count, simulate};
 use super::*;
 
@@ -677,12 +677,25 @@ pub(super) fn check_limiter(
     limits: &QosLimits,
     steps: &[(Op, u64, u64)],
 ) -> Result<(), TestCaseError> {
+    let admit = |_: usize, op, bytes, now| l.admit(op, bytes, now);
+    check_admissions(l, admit, &|_| 0, limits, steps)
+}
+
+/// [`check_limiter`] with step `i` admitted by `admit(i, ..)`, and a bucket of spec S allowed
+/// `slack(S)` units more than `rate * T + capacity`.
+pub(super) fn check_admissions(
+    l: &Limiter,
+    mut admit: impl FnMut(usize, Op, u64, Duration) -> Admission,
+    slack: &dyn Fn(BucketSpec) -> u64,
+    limits: &QosLimits,
+    steps: &[(Op, u64, u64)],
+) -> Result<(), TestCaseError> {
     let mut now_ns = 0u64;
     // (ready time, cost) of every request.
     let mut ran = Vec::with_capacity(steps.len());
-    for &(op, bytes, advance_ns) in steps {
+    for (i, &(op, bytes, advance_ns)) in steps.iter().enumerate() {
         now_ns += advance_ns;
-        let wait_ns = nanos(l.admit(op, bytes, Duration::from_nanos(now_ns)).wait());
+        let wait_ns = nanos(admit(i, op, bytes, Duration::from_nanos(now_ns)).wait());
         prop_assert!(wait_ns <= MAX_DEBT_NS);
         ran.push((now_ns + wait_ns, limits.cost(op, bytes)));
         let state = l.own.lock();
@@ -705,7 +718,7 @@ pub(super) fn check_limiter(
             used_nano += u128::from(units(cost)) * u128::from(SEC_NS);
             for spec in std::iter::once(lane.sustained).chain(lane.peak) {
                 let allowed_nano = u128::from(spec.rate_per_sec) * u128::from(*ready_ns)
-                    + u128::from(spec.capacity) * u128::from(SEC_NS);
+                    + u128::from(spec.capacity + slack(spec)) * u128::from(SEC_NS);
                 prop_assert!(
                     used_nano <= allowed_nano,
                     "lane {} at {} ns: {} > {}",

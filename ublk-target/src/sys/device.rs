@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::backend::{AnyBackend, SharedStore, Submitter};
 use crate::engine::execute;
-use crate::qos::{Admission, Clock, Limiter, MonotonicClock};
+use crate::qos::{Admission, Clock, Limiter, MonotonicClock, QueueLimiter};
 use crate::request::{Geometry, Request, SECTOR_SHIFT};
 use crate::stats::DeviceStats;
 
@@ -184,6 +184,7 @@ pub fn serve(
     };
     let started = move |ctrl: &UblkCtrl| {
         let id = ctrl.dev_info().dev_id;
+        bypass_io_scheduler(id);
         on_started(StartedDevice {
             id,
             block_path: PathBuf::from(ctrl.get_bdev_path()),
@@ -195,6 +196,19 @@ pub fn serve(
             source,
         })?;
     Ok(())
+}
+
+/// Switches the block device's I/O scheduler to `none`. The block layer gives a single-queue
+/// device mq-deadline by default (the kernel loop device opts out of that default, ublk_drv of
+/// 6.12 does not), which costs a lock and a sort per request and buys nothing here: requests go
+/// straight to a backend whose own device has its own scheduler, or to memory. Measured in
+/// docs/benchmarks.md. Failing to switch only costs speed, so it is logged, not fatal; an
+/// operator (or a udev rule) may pick another scheduler afterwards.
+fn bypass_io_scheduler(id: u32) {
+    let path = format!("/sys/block/ublkb{id}/queue/scheduler");
+    if let Err(error) = std::fs::write(&path, "none") {
+        tracing::warn!(path, %error, "cannot switch the I/O scheduler to none");
+    }
 }
 
 /// With recovery, in-flight requests of a dead server are re-issued to its successor rather
@@ -241,10 +255,12 @@ fn device_params(geometry: &Geometry, volatile_cache: bool) -> ublk_sys::ublk_pa
     }
 }
 
-/// What every tag loop of a device shares.
+/// What every tag loop of a queue shares.
 struct TagContext {
     backend: AnyBackend<QueueRing>,
-    limiter: Arc<Limiter>,
+    /// The queue's own handle on the device's limiter, whose prepaid tokens spare an
+    /// unthrottled request the limiter's lock.
+    limiter: QueueLimiter,
     stats: Arc<DeviceStats>,
     geometry: Geometry,
 }
@@ -269,7 +285,7 @@ fn serve_queue(
         backend: store.for_queue(QueueRing {
             backing_registered: store.backing_fd().is_some(),
         }),
-        limiter: Arc::clone(shared.limiter),
+        limiter: QueueLimiter::new(Arc::clone(shared.limiter)),
         stats: Arc::clone(shared.stats),
         geometry,
     });
