@@ -49,9 +49,6 @@ struct Args {
     user: Option<String>,
 }
 
-/// Where the volume is mounted in each task's sandbox.
-const CONTAINER_PATH: &str = "volume";
-
 /// The demo's steps, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -111,7 +108,7 @@ impl VolumeDemo {
                 let writing = self.step == Step::Write;
                 let task = self.task(offer, &disk, writing);
                 println!(
-                    "Launching the {} task {} with the volume mounted at <sandbox>/{CONTAINER_PATH}.",
+                    "Launching the {} task {}; the agent mounts the volume and names it in $MESOBLK_MOUNT_PATH.",
                     if writing { "writer" } else { "reader" },
                     task.task_id.value
                 );
@@ -167,7 +164,7 @@ impl VolumeDemo {
             resources: vec![
                 scalar("cpus", 0.1),
                 scalar("mem", 64.0),
-                block::task_disk(disk, Some(CONTAINER_PATH)),
+                block::task_disk(disk, None),
             ],
             command: Some(CommandInfo {
                 value: Some(script),

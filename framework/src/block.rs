@@ -150,9 +150,11 @@ pub fn created_disks(offer: &Offer, kind: DiskKind) -> impl Iterator<Item = &Res
         .filter(move |r| disk_kind(r) == Some(kind) && disk_id(r).is_some())
 }
 
-/// The resource a task lists to use `disk` (a created disk or a RAW slice). With
-/// `container_path` (relative to the sandbox), a file system is mounted there read-write;
-/// without it the agent picks the place and reports it in the [`LABEL_PATH`] label.
+/// The resource a task lists to use `disk` (a created disk or a RAW slice). Without
+/// `container_path` the agent picks where a MOUNT disk is mounted and reports it in the
+/// [`LABEL_PATH`] label and [`ENV_MOUNT_PATH`]. A `container_path` (relative to the sandbox)
+/// is for persistent volumes only (a disk carrying `persistence`, made by CREATE): the master
+/// refuses a plain disk with one, as Mesos does ("Non-persistent volume not supported").
 pub fn task_disk(disk: &Resource, container_path: Option<&str>) -> Resource {
     let mut resource = disk.clone();
     if let Some(path) = container_path {

@@ -82,7 +82,8 @@ impl Drop for Daemon {
     }
 }
 
-/// A master and an agent with a 1 GiB pool of profile `standard`, under one temporary folder.
+/// A master and an agent with a pool of profile `standard` (1 GiB thinly provisioned: the
+/// guest's /tmp is a small tmpfs), under one temporary folder.
 struct Cluster {
     root: tempfile::TempDir,
     master: Daemon,
@@ -107,7 +108,7 @@ impl Cluster {
         std::fs::create_dir_all(&pools).expect("pools folder");
         let config = root.path().join("storage.json");
         let storage = format!(
-            r#"{{"pools": [{{"name": "local", "dir": "{}", "size": "1G"}}],
+            r#"{{"pools": [{{"name": "local", "dir": "{}", "size": "256M", "overcommit": 4}}],
                 "profiles": [{{"name": "standard", "pool": "local", "filesystem": "ext4"}}]}}"#,
             pools.join("local").display()
         );
@@ -125,7 +126,7 @@ impl Cluster {
                 .arg(&pools),
             root.path().join("agent.log"),
         );
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             root,
             master,
             agent,
@@ -135,10 +136,16 @@ impl Cluster {
         cluster
     }
 
-    fn wait_for_agent(&self) {
+    fn wait_for_agent(&mut self) {
         let url = format!("http://{}/master/state", self.master_address);
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
+            let exited = [("master", &mut self.master), ("agent", &mut self.agent)]
+                .into_iter()
+                .find_map(|(name, d)| d.child.try_wait().ok().flatten().map(|s| (name, s)));
+            if let Some((name, status)) = exited {
+                panic!("{}", self.failure(&format!("the {name} exited ({status})")));
+            }
             let out = Command::new("curl").args(["-fsS", &url]).output();
             if let Ok(out) = out {
                 let state: serde_json::Value =
