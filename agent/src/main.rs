@@ -61,6 +61,10 @@ struct Flags {
     /// shut down, and MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD (stout syntax: `5secs`).
     #[arg(long, default_value = "5secs", value_parser = parse_duration)]
     executor_shutdown_grace_period: Duration,
+    /// How long a custom executor has to subscribe to the agent before it is killed and its
+    /// tasks fail.
+    #[arg(long, default_value = "1mins", value_parser = parse_duration)]
+    executor_registration_timeout: Duration,
     /// File holding the agents' shared secret (the master's --agent_secret_file).
     #[arg(long)]
     agent_secret_file: Option<PathBuf>,
@@ -188,6 +192,7 @@ impl Flags {
             switch_user: self.switch_user,
             cgroups: cgroups(&self.isolation, &self.cgroups_root)?,
             executor_shutdown_grace_period: self.executor_shutdown_grace_period,
+            executor_registration_timeout: self.executor_registration_timeout,
             registration_backoff: self
                 .registration_backoff_factor
                 .max(Duration::from_millis(10)),

@@ -8,9 +8,7 @@
 //! | `GET /files/browse?path=` | a sandbox folder: `[{path, size, mode, mtime, nlink, uid, gid}]` |
 //! | `GET /files/read?path=&offset=&length=` | part of a sandbox file: `{data, offset}` |
 //! | `GET /version` | `{version}` |
-//!
-//! [`router`] builds the agent's routes; more (the executor API) merge in with
-//! [`Router::merge`] on the same `Arc<Node>` state.
+//! | `POST /api/v1/executor` | Mesos's executor API, for custom executors (`crate::executor_api`); 503 until the agent knows its id |
 
 mod files;
 mod metrics;
@@ -18,9 +16,12 @@ mod state;
 
 use std::sync::Arc;
 
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
 use axum::{Json, Router};
+use tower::ServiceExt as _;
 
 use crate::node::Node;
 
@@ -40,6 +41,23 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/files/browse", get(files::browse))
         .route("/files/read", get(files::read))
         .route("/version", get(version))
+        .route("/api/v1/executor", any(executor_api))
+}
+
+/// The executor API lives in the agent's runtime, which exists once the agent has an id; as
+/// Mesos's agent while it recovers, the endpoint answers 503 until then.
+async fn executor_api(State(node): State<Arc<Node>>, request: Request) -> Response {
+    let Some(runtime) = node.runtime() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Agent has not finished recovery",
+        )
+            .into_response();
+    };
+    match runtime.executors.routes().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 async fn version() -> Json<serde_json::Value> {

@@ -27,7 +27,8 @@ pub(super) fn handle(node: &Arc<Node>, client: &reqwest::Client, event: agent::E
         }
         Type::RunTaskGroup => {
             if let Some(run) = event.run_task_group {
-                node.launch_on_custom_executor(&run.framework, run.task_group.tasks);
+                let work = crate::executor_api::Work::Group(run.task_group);
+                node.launch_on_custom_executor(run.framework, run.executor, work);
             }
         }
         Type::KillTask => {
@@ -46,10 +47,8 @@ pub(super) fn handle(node: &Arc<Node>, client: &reqwest::Client, event: agent::E
             }
         }
         Type::ShutdownExecutor => {
-            // A command task's executor id is its task id.
             if let Some(shutdown) = event.shutdown_executor {
-                let key = TaskKey::new(shutdown.framework_id.value, shutdown.executor_id.value);
-                node.kill_task(&key, Some(node.config.executor_shutdown_grace_period));
+                node.shutdown_executor(&shutdown.framework_id.value, &shutdown.executor_id.value);
             }
         }
         Type::Acknowledge => {
@@ -69,7 +68,9 @@ pub(super) fn handle(node: &Arc<Node>, client: &reqwest::Client, event: agent::E
             }
         }
         Type::FrameworkMessage => {
-            tracing::info!("framework message dropped: only custom executors receive them");
+            if let Some(message) = event.framework_message {
+                node.framework_message(message);
+            }
         }
         Type::Shutdown => {
             let message = event.shutdown.and_then(|s| s.message).unwrap_or_default();

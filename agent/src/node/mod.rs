@@ -26,12 +26,14 @@
 //! the error's message, nothing left behind), and launches it with the devices in its
 //! environment. Every status update goes to the store first; its terminal one detaches the
 //! task's disks. The scheduler's acknowledgement of the terminal update removes the task from
-//! the books. Tasks with a custom executor go to [`Node::launch_on_custom_executor`].
+//! the books. Tasks with a custom executor (and task groups) go to the executor API
+//! (`custom`, `crate::executor_api`) the same way, their disks attached first.
 
 pub mod books;
 pub mod identity;
 pub mod resources;
 
+mod custom;
 mod events;
 mod link;
 mod operations;
@@ -45,12 +47,15 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use mesoblk_proto::mesoblk::agent::v1 as agent;
-use mesoblk_proto::mesos::v1::{Attribute, MasterInfo, Resource, Task, TaskState};
+use mesoblk_proto::mesos::v1::{
+    AgentId, AgentInfo, Attribute, MasterInfo, Resource, Task, TaskState,
+};
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 
 use crate::checkpoint::{CheckpointError, Layout};
 use crate::executor::{CgroupConfig, CommandExecutor, ExecutorConfig, StatusSink, TaskUpdate};
+use crate::executor_api::{ExecutorApi, ExecutorApiConfig, ExecutorMessage, Sinks};
 use crate::status::{is_terminal, status_state, Backoff, StatusUpdateStore, StoreError, TaskKey};
 use crate::storage::Storage;
 
@@ -86,6 +91,8 @@ pub struct AgentConfig {
     pub cgroups: Option<CgroupConfig>,
     /// `MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD` and the grace of a framework shutdown.
     pub executor_shutdown_grace_period: Duration,
+    /// How long a custom executor has to subscribe (`--executor_registration_timeout`).
+    pub executor_registration_timeout: Duration,
     /// The first wait between registration attempts (doubling up to a minute).
     pub registration_backoff: Duration,
     /// Status update retries.
@@ -149,6 +156,8 @@ pub struct Runtime {
     pub store: Arc<Mutex<StatusUpdateStore>>,
     /// The built-in command executor.
     pub executor: CommandExecutor,
+    /// Custom executors and their `/api/v1/executor`.
+    pub executors: ExecutorApi,
     /// The tasks to report on re-registration.
     pub books: Mutex<TaskBooks>,
 }
@@ -220,6 +229,7 @@ pub struct Node {
     /// Frameworks the master shut down here.
     shut_down: Mutex<BTreeSet<String>>,
     ended_tx: mpsc::UnboundedSender<(TaskKey, TaskState)>,
+    messages_tx: mpsc::UnboundedSender<ExecutorMessage>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -330,19 +340,21 @@ impl Node {
         exec_config.shutdown_grace = self.config.executor_shutdown_grace_period;
         exec_config.switch_user = self.config.switch_user;
         exec_config.cgroups = self.config.cgroups.clone();
-        let (executor, recovery) = CommandExecutor::recover(exec_config, sink)?;
+        let (executor, recovery) = CommandExecutor::recover(exec_config, Arc::clone(&sink) as _)?;
         tracing::info!(
             reattached = recovery.reattached.len(),
             ended = recovery.ended.len(),
             unreadable = recovery.unreadable.len(),
             "command executor recovered"
         );
-        self.release_orphan_disks(&executor);
+        let executors = self.start_executor_api(&layout, agent_id, sink);
+        self.release_orphan_disks(&executor, &executors);
         let runtime = Runtime {
             agent_id: agent_id.to_owned(),
             layout,
             store,
             executor,
+            executors,
             books: Mutex::new(books),
         };
         let _ = self.runtime.set(runtime);
@@ -353,14 +365,56 @@ impl Node {
 }
 
 impl Node {
+    /// The executor API, with the executors that survived an agent restart recovered.
+    fn start_executor_api(
+        &self,
+        layout: &Layout,
+        agent_id: &str,
+        sink: Arc<Updates>,
+    ) -> ExecutorApi {
+        let endpoint = self.config.endpoint.trim_start_matches("http://");
+        let mut config = ExecutorApiConfig::new(layout.clone(), &self.config.launcher, endpoint);
+        config.agent_info = AgentInfo {
+            hostname: self.config.hostname.clone(),
+            id: Some(AgentId {
+                value: agent_id.to_owned(),
+            }),
+            port: Some(i32::from(self.config.port)),
+            resources: self.total_resources(),
+            attributes: self.config.attributes.clone(),
+            ..AgentInfo::default()
+        };
+        config.registration_timeout = self.config.executor_registration_timeout;
+        config.shutdown_grace = self.config.executor_shutdown_grace_period;
+        config.switch_user = self.config.switch_user;
+        let sinks = Sinks {
+            status: sink,
+            messages: Arc::new(custom::MessageQueue(self.messages_tx.clone())),
+        };
+        let executors = ExecutorApi::new(config, sinks);
+        match executors.recover() {
+            Ok(found) => tracing::info!(executors = found, "custom executors recovered"),
+            Err(e) => tracing::error!(error = %e, "cannot recover the custom executors"),
+        }
+        executors
+    }
+
     /// Detaches the disks of tasks that are not running: a task whose end was recorded just
     /// before the agent died never had its disks released.
-    fn release_orphan_disks(&self, executor: &CommandExecutor) {
-        let running: BTreeSet<String> = executor
+    fn release_orphan_disks(&self, executor: &CommandExecutor, executors: &ExecutorApi) {
+        let mut running: BTreeSet<String> = executor
             .tasks()
             .into_iter()
             .map(|run| run.key.task_id)
             .collect();
+        for custom in executors.executors() {
+            running.extend(
+                custom
+                    .tasks
+                    .iter()
+                    .map(|(task, _)| task.task_id.value.clone()),
+            );
+        }
         let mut storage = lock(&self.storage);
         let orphans: BTreeSet<String> = storage
             .volumes()
@@ -385,6 +439,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    let (messages_tx, messages_rx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         config,
         started: SystemTime::now(),
@@ -400,6 +455,7 @@ pub async fn run(
         sandboxes: Mutex::new(BTreeMap::new()),
         shut_down: Mutex::new(BTreeSet::new()),
         ended_tx,
+        messages_tx,
     });
     if let Some(id) = identity::load(&node.config.work_dir)? {
         tracing::info!(agent = %id, "recovering the agent's checkpoints");
@@ -410,6 +466,11 @@ pub async fn run(
     tokio::spawn(tasks::watch_ended(Arc::clone(&node), ended_rx));
     let client = link::client()?;
     tokio::spawn(sender::run(Arc::clone(&node), client.clone()));
+    tokio::spawn(custom::forward_messages(
+        Arc::clone(&node),
+        client.clone(),
+        messages_rx,
+    ));
     let outcome = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down: tasks keep running");

@@ -12,11 +12,9 @@ use tokio::sync::mpsc;
 use super::{lock, Launching, Node, COMPLETED_TASKS_KEPT};
 use crate::checkpoint::RunId;
 use crate::executor::{command, LaunchError, StatusSink as _, TaskLaunch, TaskUpdate};
+use crate::executor_api::Work;
 use crate::status::{NewStatus, TaskKey};
-use crate::storage::TaskDiskRequest;
-
-/// The message of tasks sent to a custom executor until the executor API is wired in.
-pub(super) const CUSTOM_EXECUTORS_UNSUPPORTED: &str = "custom executors are not supported yet";
+use crate::storage::{TaskDiskRequest, TaskDisks};
 
 fn booked(framework: &FrameworkInfo, task: &TaskInfo, agent_id: &str) -> Task {
     Task {
@@ -51,7 +49,7 @@ fn partition_aware(framework: Option<&FrameworkInfo>) -> bool {
 
 impl Node {
     /// Reports a status update the agent itself makes (source AGENT unless said otherwise).
-    fn report(&self, key: &TaskKey, status: NewStatus) {
+    pub(super) fn report(&self, key: &TaskKey, status: NewStatus) {
         let Some(rt) = self.runtime() else {
             return;
         };
@@ -71,7 +69,7 @@ impl Node {
 
     /// Books a task so that a re-registration reports it; `false` (with TASK_FAILED sent)
     /// when it cannot be written.
-    fn book(&self, framework: &FrameworkInfo, task: &TaskInfo, key: &TaskKey) -> bool {
+    pub(super) fn book(&self, framework: &FrameworkInfo, task: &TaskInfo, key: &TaskKey) -> bool {
         let Some(rt) = self.runtime() else {
             return false;
         };
@@ -89,7 +87,7 @@ impl Node {
         true
     }
 
-    fn is_known(&self, key: &TaskKey) -> bool {
+    pub(super) fn is_known(&self, key: &TaskKey) -> bool {
         let Some(rt) = self.runtime() else {
             return false;
         };
@@ -109,8 +107,8 @@ impl Node {
             tracing::warn!(task = %key, "RUN_TASK for a task this agent already has; ignored");
             return;
         }
-        if task.executor.is_some() {
-            self.launch_on_custom_executor(&framework, vec![task]);
+        if let Some(executor) = task.executor.clone() {
+            self.launch_on_custom_executor(framework, executor, Work::Tasks(vec![task]));
             return;
         }
         if !self.book(&framework, &task, &key) {
@@ -119,30 +117,6 @@ impl Node {
         lock(&self.launching).insert(key.clone(), Launching::default());
         let node = Arc::clone(self);
         tokio::task::spawn_blocking(move || node.launch_command_task(framework, task, key));
-    }
-
-    /// Hands tasks to a custom executor (RUN_TASK with `TaskInfo.executor`, RUN_TASK_GROUP).
-    /// The executor API (`/api/v1/executor`) is not wired in yet, so for now every such task
-    /// gets TASK_ERROR; this is the one place to change when it is.
-    pub(super) fn launch_on_custom_executor(
-        &self,
-        framework: &FrameworkInfo,
-        tasks: Vec<TaskInfo>,
-    ) {
-        let framework_id = framework.id.clone().unwrap_or_default().value;
-        for task in tasks {
-            let key = TaskKey::new(framework_id.clone(), task.task_id.value.clone());
-            if self.is_known(&key) || !self.book(framework, &task, &key) {
-                continue;
-            }
-            tracing::warn!(task = %key, "{CUSTOM_EXECUTORS_UNSUPPORTED}");
-            self.report(
-                &key,
-                NewStatus::new(&key.task_id, TaskState::TaskError, Source::Agent)
-                    .reason(Reason::TaskInvalid)
-                    .message(CUSTOM_EXECUTORS_UNSUPPORTED),
-            );
-        }
     }
 
     /// The blocking part of RUN_TASK for a command task: disks, then the launch.
@@ -200,6 +174,18 @@ impl Node {
         task: &TaskInfo,
         sandbox: &std::path::Path,
     ) -> Result<Vec<(String, String)>, String> {
+        self.attach_task_disks(framework, task, sandbox)
+            .map(|disks| disks.env)
+    }
+
+    /// Attaches the task's disks, MOUNT disks under `sandbox`; what the task got, or the
+    /// message of the storage error (nothing is left attached then).
+    pub(super) fn attach_task_disks(
+        &self,
+        framework: &FrameworkInfo,
+        task: &TaskInfo,
+        sandbox: &std::path::Path,
+    ) -> Result<TaskDisks, String> {
         let (uid, gid) = task_owner(framework, task, self.config.switch_user);
         std::fs::create_dir_all(sandbox)
             .map_err(|e| format!("cannot create the sandbox {}: {e}", sandbox.display()))?;
@@ -216,7 +202,7 @@ impl Node {
         for device in &disks.devices {
             tracing::info!(task = %task.task_id.value, volume = %device.volume_id, device = %device.block_path.display(), "disk attached");
         }
-        Ok(disks.env)
+        Ok(disks)
     }
 
     /// KILL_TASK (and SHUTDOWN_EXECUTOR of a command task).
@@ -232,6 +218,14 @@ impl Node {
         }
         if let Some(launching) = lock(&self.launching).get_mut(key) {
             launching.kill_requested = true;
+            return;
+        }
+        let policy = grace.map(|g| mesoblk_proto::mesos::v1::KillPolicy {
+            grace_period: Some(mesoblk_proto::mesos::v1::DurationInfo {
+                nanoseconds: i64::try_from(g.as_nanos()).unwrap_or(i64::MAX),
+            }),
+        });
+        if self.kill_custom(key, policy.as_ref()) {
             return;
         }
         let books = lock(&rt.books);
@@ -274,6 +268,7 @@ impl Node {
                 self.forget_task(&key);
             }
         }
+        rt.executors.shutdown_framework(framework_id);
         let grace = Some(self.config.executor_shutdown_grace_period);
         for run in rt.executor.tasks() {
             if run.key.framework_id == framework_id {
@@ -294,6 +289,10 @@ impl Node {
             for run in rt.executor.tasks() {
                 self.kill_task(&run.key, Some(self.config.executor_shutdown_grace_period));
             }
+            for executor in rt.executors.executors() {
+                let framework_id = executor.framework.id.unwrap_or_default().value;
+                rt.executors.shutdown_framework(&framework_id);
+            }
         }
         let latest = self.config.work_dir.join("meta/slaves/latest");
         if let Err(e) = std::fs::remove_file(&latest) {
@@ -311,6 +310,10 @@ impl Node {
             tracing::warn!(task = %key, "acknowledgement without a 16-byte uuid ignored");
             return;
         };
+        // The executor API keeps its own books of the updates its executors sent.
+        let _ = rt
+            .executors
+            .acknowledge(&key.framework_id, &key.task_id, &uuid);
         let acked = lock(&rt.store).acknowledge(key, &uuid);
         self.wake_sender.notify_one();
         match acked {

@@ -7,14 +7,16 @@ Reads one JSON command per line on stdin and writes one JSON event per line on s
 - {"cmd": "launch", "tasks": [TASK, ...]} launches the tasks on the next unused offer (that
   holds every volume the tasks use; offers without them are declined) and
   answers {"event": "launched", "agent_id": ..}. A TASK is {"id", "command", "cpus", "mem"}
-  plus optional "executor": true (a custom executor), "disk": {"mb", "profile", "mount"} (a
-  slice of the RAW pool of that profile; "mount" makes it a MOUNT disk at that container path)
+  plus optional "data" (the task's data, text), "executor": true (a custom executor whose
+  command is "command"), "disk": {"mb", "profile", "mount"} (a slice of the RAW pool of that profile; "mount" makes it a MOUNT disk at that container path)
   or "volume": RESOURCE (a disk resource from an offer, used as is).
 - {"cmd": "offer"} answers {"event": "offer", "resources": [...]} with the next unused offer,
   which is then declined.
 - {"cmd": "accept", "operations": [OPERATION, ...]} applies offer operations to the next unused
   offer (holding every disk a DESTROY_DISK names). An OPERATION is {"create_disk": {"mb", "profile", "type"}} or {"destroy_disk": RESOURCE}.
 - {"cmd": "kill", "id": ID} kills a task.
+- {"cmd": "message", "executor_id": ID, "agent_id": ID, "data": TEXT} sends a framework message;
+  executors' messages come back as {"event": "message", "executor_id", "agent_id", "data"}.
 - {"cmd": "stop"} stops the driver and exits.
 
 Every status update becomes {"event": "update", "task_id", "state", "message", "reason",
@@ -27,7 +29,7 @@ import sys
 import threading
 import time
 
-from pymesos import MesosSchedulerDriver, Scheduler
+from pymesos import MesosSchedulerDriver, Scheduler, decode_data, encode_data
 
 WAIT_SECS = 60.0
 out_lock = threading.Lock()
@@ -63,6 +65,10 @@ class Driven(Scheduler):
             "agent_id": update.get("agent_id", {}).get("value", ""),
             "source": update.get("source", ""),
         })
+
+    def frameworkMessage(self, driver, executor_id, agent_id, data):
+        emit({"event": "message", "executor_id": executor_id["value"],
+              "agent_id": agent_id["value"], "data": decode_data(data).decode()})
 
     def error(self, driver, message):
         emit({"event": "error", "message": message})
@@ -120,6 +126,8 @@ def task_info(offer, spec):
         "resources": resources,
     }
     command = {"shell": True, "value": spec["command"]}
+    if "data" in spec:
+        task["data"] = encode_data(spec["data"].encode())
     if spec.get("executor"):
         task["executor"] = {"executor_id": {"value": "custom-" + spec["id"]}, "command": command}
     else:
@@ -149,6 +157,11 @@ def main():
             break
         if cmd == "kill":
             driver.killTask({"value": command["id"]})
+            continue
+        if cmd == "message":
+            driver.sendFrameworkMessage({"value": command["executor_id"]},
+                                        {"value": command["agent_id"]},
+                                        encode_data(command["data"].encode()))
             continue
         wanted = [spec["volume"]["disk"]["source"]["id"]
                   for spec in command.get("tasks", []) if "volume" in spec]

@@ -1,0 +1,222 @@
+//! Custom executors: tasks with an `ExecutorInfo` and task groups go to the executor API
+//! ([`crate::executor_api`]) with their disks attached first, exactly as for command tasks
+//! (the devices in the new executor's environment and in each task's resource labels; a
+//! terminal update releases them). Executor MESSAGE calls are forwarded to the master.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mesoblk_proto::mesoblk::agent::v1 as agent;
+use mesoblk_proto::mesos::v1::task_status::{Reason, Source};
+use mesoblk_proto::mesos::v1::{
+    AgentId, ExecutorId, ExecutorInfo, FrameworkId, FrameworkInfo, TaskInfo, TaskState,
+};
+use tokio::sync::mpsc;
+
+use super::{link, Node};
+use crate::checkpoint::path_component;
+use crate::executor_api::{ExecutorLaunch, ExecutorMessage, MessageSink, Work};
+use crate::status::{NewStatus, TaskKey};
+
+/// Executor messages on their way to the master (the executor API calls the sink with its
+/// table locked, so it only queues).
+pub(super) struct MessageQueue(pub(super) mpsc::UnboundedSender<ExecutorMessage>);
+
+impl MessageSink for MessageQueue {
+    fn message(&self, message: ExecutorMessage) {
+        let _ = self.0.send(message);
+    }
+}
+
+/// Posts executor messages to the master (`/agent/v1/framework_message`); not reliable, as in
+/// Mesos: one the master refuses is dropped.
+pub(super) async fn forward_messages(
+    node: Arc<Node>,
+    client: reqwest::Client,
+    mut messages: mpsc::UnboundedReceiver<ExecutorMessage>,
+) {
+    while let Some(message) = messages.recv().await {
+        let Some(agent_id) = node.agent_id().map(str::to_owned) else {
+            continue;
+        };
+        let body = agent::ExecutorMessage {
+            agent_id: AgentId { value: agent_id },
+            framework_id: FrameworkId {
+                value: message.framework_id,
+            },
+            executor_id: ExecutorId {
+                value: message.executor_id,
+            },
+            data: message.data,
+        };
+        if let Err(e) = link::send(&node, &client, "/agent/v1/framework_message", &body).await {
+            tracing::info!(error = %e, "executor message dropped");
+        }
+    }
+}
+
+impl Node {
+    /// Hands tasks to a custom executor (RUN_TASK with `TaskInfo.executor`, RUN_TASK_GROUP).
+    pub(super) fn launch_on_custom_executor(
+        self: &Arc<Self>,
+        framework: FrameworkInfo,
+        executor: ExecutorInfo,
+        work: Work,
+    ) {
+        let framework_id = framework.id.clone().unwrap_or_default().value;
+        for task in work.tasks() {
+            let key = TaskKey::new(framework_id.clone(), task.task_id.value.clone());
+            if self.is_known(&key) || !self.book(&framework, task, &key) {
+                return;
+            }
+        }
+        let node = Arc::clone(self);
+        tokio::task::spawn_blocking(move || node.launch_custom(framework, executor, work));
+    }
+
+    /// The blocking part: every task's disks, then the executor API's launch.
+    fn launch_custom(&self, framework: FrameworkInfo, executor: ExecutorInfo, work: Work) {
+        let Some(rt) = self.runtime() else {
+            return;
+        };
+        let framework_id = framework.id.clone().unwrap_or_default().value;
+        let mut extra_env = Vec::new();
+        let mut tasks = Vec::new();
+        for task in work.tasks() {
+            let key = TaskKey::new(framework_id.clone(), task.task_id.value.clone());
+            match self.attach_custom_disks(&framework, task, &executor) {
+                Ok((env, resources)) => {
+                    extra_env.extend(env);
+                    tasks.push(TaskInfo {
+                        resources,
+                        ..task.clone()
+                    });
+                }
+                Err(message) => {
+                    // A group fails as a whole: its other tasks' disks are released by their
+                    // own terminal updates.
+                    for other in work.tasks() {
+                        let other_key =
+                            TaskKey::new(framework_id.clone(), other.task_id.value.clone());
+                        let why = if other_key == key {
+                            message.clone()
+                        } else {
+                            format!("another task of its group failed: {message}")
+                        };
+                        self.report(
+                            &other_key,
+                            NewStatus::new(&other_key.task_id, TaskState::TaskError, Source::Agent)
+                                .reason(Reason::TaskInvalid)
+                                .message(why),
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+        let work = match work {
+            Work::Tasks(_) => Work::Tasks(tasks),
+            Work::Group(mut group) => {
+                group.tasks = tasks;
+                Work::Group(group)
+            }
+        };
+        let launch = ExecutorLaunch {
+            framework,
+            executor,
+            work,
+            extra_env,
+        };
+        // A failed launch is reported by the executor API (terminal updates release the disks).
+        if let Err(e) = rt.executors.launch(launch) {
+            tracing::info!(error = %e, "custom executor launch failed");
+        }
+    }
+
+    /// Attaches one task's disks; its environment and its resources as the executor sees
+    /// them (attachment labels), or the storage error's message.
+    fn attach_custom_disks(
+        &self,
+        framework: &FrameworkInfo,
+        task: &TaskInfo,
+        executor: &ExecutorInfo,
+    ) -> Result<
+        (
+            Vec<(String, String)>,
+            Vec<mesoblk_proto::mesos::v1::Resource>,
+        ),
+        String,
+    > {
+        let mounts = self.custom_mount_dir(framework, executor, task);
+        let disks = self.attach_task_disks(framework, task, &mounts)?;
+        let resources = if disks.resources.is_empty() {
+            task.resources.clone()
+        } else {
+            disks.resources
+        };
+        Ok((disks.env, resources))
+    }
+
+    /// Where a custom executor's task has its MOUNT disks mounted (the executor's sandbox is
+    /// made by the executor API later, so they live beside it).
+    fn custom_mount_dir(
+        &self,
+        framework: &FrameworkInfo,
+        executor: &ExecutorInfo,
+        task: &TaskInfo,
+    ) -> PathBuf {
+        let framework_id = framework.id.clone().unwrap_or_default().value;
+        self.config
+            .work_dir
+            .join("mounts")
+            .join(path_component(&framework_id))
+            .join(path_component(&executor.executor_id.value))
+            .join(path_component(&task.task_id.value))
+    }
+
+    /// KILL_TASK of a task that a custom executor runs; `false` when none does.
+    pub(super) fn kill_custom(
+        &self,
+        key: &TaskKey,
+        policy: Option<&mesoblk_proto::mesos::v1::KillPolicy>,
+    ) -> bool {
+        let Some(rt) = self.runtime() else {
+            return false;
+        };
+        rt.executors
+            .kill(&key.framework_id, &key.task_id, policy.cloned())
+            .is_ok()
+    }
+
+    /// SHUTDOWN_EXECUTOR: a custom executor is shut down; otherwise the executor is a command
+    /// task's (whose executor id is its task id) and the task is killed.
+    pub(super) fn shutdown_executor(&self, framework_id: &str, executor_id: &str) {
+        let Some(rt) = self.runtime() else {
+            return;
+        };
+        if rt
+            .executors
+            .shutdown_executor(framework_id, executor_id)
+            .is_err()
+        {
+            let key = TaskKey::new(framework_id, executor_id);
+            self.kill_task(&key, Some(self.config.executor_shutdown_grace_period));
+        }
+    }
+
+    /// FRAMEWORK_MESSAGE from the scheduler to one of its executors (dropped, as in Mesos,
+    /// when the executor is unknown or not connected).
+    pub(super) fn framework_message(&self, message: agent::event::FrameworkMessage) {
+        let Some(rt) = self.runtime() else {
+            return;
+        };
+        let sent = rt.executors.framework_message(
+            &message.framework_id.value,
+            &message.executor_id.value,
+            &message.data,
+        );
+        if let Err(e) = sent {
+            tracing::info!(error = %e, "framework message dropped");
+        }
+    }
+}
