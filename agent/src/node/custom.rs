@@ -84,13 +84,16 @@ impl Node {
         let mut tasks = Vec::new();
         for task in work.tasks() {
             let key = TaskKey::new(framework_id.clone(), task.task_id.value.clone());
-            match self.attach_custom_disks(&framework, task, &executor) {
-                Ok((env, resources)) => {
-                    extra_env.extend(env);
-                    tasks.push(TaskInfo {
-                        resources,
-                        ..task.clone()
-                    });
+            let mounts = self.custom_mount_dir(&framework, &executor, task);
+            match self.attach_task_disks(&framework, task, &mounts) {
+                Ok(disks) => {
+                    extra_env.extend(disks.env);
+                    // The executor sees each disk's attachment in its resource labels.
+                    let mut task = task.clone();
+                    if !disks.resources.is_empty() {
+                        task.resources = disks.resources;
+                    }
+                    tasks.push(task);
                 }
                 Err(message) => {
                     // A group fails as a whole: its other tasks' disks are released by their
@@ -131,30 +134,6 @@ impl Node {
         if let Err(e) = rt.executors.launch(launch) {
             tracing::info!(error = %e, "custom executor launch failed");
         }
-    }
-
-    /// Attaches one task's disks; its environment and its resources as the executor sees
-    /// them (attachment labels), or the storage error's message.
-    fn attach_custom_disks(
-        &self,
-        framework: &FrameworkInfo,
-        task: &TaskInfo,
-        executor: &ExecutorInfo,
-    ) -> Result<
-        (
-            Vec<(String, String)>,
-            Vec<mesoblk_proto::mesos::v1::Resource>,
-        ),
-        String,
-    > {
-        let mounts = self.custom_mount_dir(framework, executor, task);
-        let disks = self.attach_task_disks(framework, task, &mounts)?;
-        let resources = if disks.resources.is_empty() {
-            task.resources.clone()
-        } else {
-            disks.resources
-        };
-        Ok((disks.env, resources))
     }
 
     /// Where a custom executor's task has its MOUNT disks mounted (the executor's sandbox is
