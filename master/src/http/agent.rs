@@ -76,6 +76,22 @@ fn answer(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// A message the master takes and answers with 202 Accepted: decoded as `M`, applied by
+/// `apply`.
+fn accepted<M: ReflectMessage + Default>(
+    master: &MasterHandle,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+    apply: impl FnOnce(&mut crate::state::Master, M) -> Result<(), ApiError>,
+) -> Response {
+    answer((|| {
+        let message: M = decode(method, headers, body)?;
+        master.with(|m| apply(m, message))?;
+        Ok(StatusCode::ACCEPTED.into_response())
+    })())
+}
+
 async fn register(
     State(master): State<MasterHandle>,
     method: Method,
@@ -131,11 +147,13 @@ async fn pong(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer((|| {
-        let message: agent::Pong = decode(&method, &headers, &body)?;
-        master.with(|m| m.pong(&message))?;
-        Ok(StatusCode::ACCEPTED.into_response())
-    })())
+    accepted(
+        &master,
+        &method,
+        &headers,
+        &body,
+        |m, message: agent::Pong| m.pong(&message),
+    )
 }
 
 async fn status_update(
@@ -144,11 +162,13 @@ async fn status_update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer((|| {
-        let message: agent::StatusUpdate = decode(&method, &headers, &body)?;
-        master.with(|m| m.status_update(message))?;
-        Ok(StatusCode::ACCEPTED.into_response())
-    })())
+    accepted(
+        &master,
+        &method,
+        &headers,
+        &body,
+        |m, message: agent::StatusUpdate| m.status_update(message),
+    )
 }
 
 async fn operation_status(
@@ -157,11 +177,13 @@ async fn operation_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer((|| {
-        let message: agent::OperationStatusUpdate = decode(&method, &headers, &body)?;
-        master.with(|m| m.operation_status(message))?;
-        Ok(StatusCode::ACCEPTED.into_response())
-    })())
+    accepted(
+        &master,
+        &method,
+        &headers,
+        &body,
+        |m, message: agent::OperationStatusUpdate| m.operation_status(message),
+    )
 }
 
 async fn device_stats(
@@ -170,11 +192,13 @@ async fn device_stats(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer((|| {
-        let message: agent::DeviceStats = decode(&method, &headers, &body)?;
-        master.with(|m| m.device_stats(message))?;
-        Ok(StatusCode::ACCEPTED.into_response())
-    })())
+    accepted(
+        &master,
+        &method,
+        &headers,
+        &body,
+        |m, message: agent::DeviceStats| m.device_stats(message),
+    )
 }
 
 async fn framework_message(
@@ -183,9 +207,11 @@ async fn framework_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer((|| {
-        let message: agent::ExecutorMessage = decode(&method, &headers, &body)?;
-        master.with(|m| m.executor_message(message))?;
-        Ok(StatusCode::ACCEPTED.into_response())
-    })())
+    accepted(
+        &master,
+        &method,
+        &headers,
+        &body,
+        |m, message: agent::ExecutorMessage| m.executor_message(message),
+    )
 }

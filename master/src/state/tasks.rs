@@ -69,20 +69,7 @@ impl TaskRecord {
     }
 }
 
-/// Mesos's terminal task states.
-pub fn is_terminal(state: TaskState) -> bool {
-    matches!(
-        state,
-        TaskState::TaskFinished
-            | TaskState::TaskFailed
-            | TaskState::TaskKilled
-            | TaskState::TaskError
-            | TaskState::TaskLost
-            | TaskState::TaskDropped
-            | TaskState::TaskGone
-            | TaskState::TaskGoneByOperator
-    )
-}
+pub use mesoblk_proto::task_state::is_terminal;
 
 pub(super) fn state_of(state: i32) -> TaskState {
     TaskState::try_from(state).unwrap_or(TaskState::TaskUnknown)
