@@ -82,6 +82,10 @@ struct Flags {
     /// The agent's cgroup under /sys/fs/cgroup.
     #[arg(long, default_value = "mesoblk")]
     cgroups_root: String,
+    /// How often the attached devices' figures (IOPS, bandwidth, latency, throttling) go to
+    /// the master for its dashboard; `0secs` sends none.
+    #[arg(long, default_value = "10secs", value_parser = parse_duration)]
+    device_stats_interval: Duration,
     /// The first wait between registration attempts (doubling, at most a minute).
     #[arg(long, default_value = "1secs", value_parser = parse_duration)]
     registration_backoff_factor: Duration,
@@ -197,6 +201,7 @@ impl Flags {
                 .registration_backoff_factor
                 .max(Duration::from_millis(10)),
             status_backoff: Backoff::MESOS,
+            device_stats_interval: self.device_stats_interval,
         })
     }
 

@@ -118,6 +118,8 @@ impl Agent {
             "100ms",
             "--executor_shutdown_grace_period",
             "2secs",
+            "--device_stats_interval",
+            "1secs",
         ]
         .iter()
         .map(|s| s.to_string())
