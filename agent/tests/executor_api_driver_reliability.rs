@@ -230,8 +230,9 @@ impl Harness {
 
     /// Waits (bounded) for the driver to stop by itself.
     fn join(&self) -> DriverStatus {
+        let join = async { tokio::time::timeout(WAIT, self.driver.join()).await };
         self.runtime
-            .block_on(tokio::time::timeout(WAIT, self.driver.join()))
+            .block_on(join)
             .expect("join in time")
             .expect("join")
     }
@@ -284,7 +285,10 @@ fn updates_are_kept_until_acknowledged_and_carried_by_resubscriptions() {
     assert_eq!(state(&update), TaskState::TaskRunning);
     assert_eq!(update.uuid.as_ref().map(Vec::len), Some(16));
     assert_eq!(update.source(), Source::Executor);
-    assert_eq!(update.executor_id.clone().unwrap_or_default().value, EXECUTOR);
+    assert_eq!(
+        update.executor_id.clone().unwrap_or_default().value,
+        EXECUTOR
+    );
     assert!(update.timestamp.is_some_and(|t| t > 1.0e9));
     assert_eq!(h.driver.unacknowledged_updates(), 1);
 
@@ -333,7 +337,11 @@ fn accepted_updates_are_resent_while_unacknowledged() {
     );
     std::thread::sleep(Duration::from_millis(600));
     h.no_more_updates();
-    assert_eq!(h.agent().count(call::Type::Update), 3, "resends are bounded");
+    assert_eq!(
+        h.agent().count(call::Type::Update),
+        3,
+        "resends are bounded"
+    );
     let uuid = updates[0].uuid.clone().unwrap();
     assert_eq!(h.agent().api.acknowledge(FRAMEWORK, "t1", &uuid), Ok(true));
     assert!(h.runtime.block_on(h.driver.wait_acknowledged(WAIT)));
@@ -351,13 +359,20 @@ fn shutdown_kills_tasks_sends_their_updates_and_stops() {
         h.driver.send_status_update(staging),
         Err(ExecutorError::StagingUpdate)
     ));
-    h.agent().api.shutdown_executor(FRAMEWORK, EXECUTOR).unwrap();
+    h.agent()
+        .api
+        .shutdown_executor(FRAMEWORK, EXECUTOR)
+        .unwrap();
     assert_eq!(h.next(), Saw::Shutdown);
     assert_eq!(h.join(), DriverStatus::Stopped);
     // The TASK_KILLED sent during the shutdown reached the agent before the driver stopped.
     let killed = h.agent().next_update();
     assert_eq!(
-        (killed.task_id.value.as_str(), state(&killed), killed.source()),
+        (
+            killed.task_id.value.as_str(),
+            state(&killed),
+            killed.source()
+        ),
         ("t1", TaskState::TaskKilled, Source::Executor)
     );
     let running = status("t1", TaskState::TaskRunning);
@@ -386,6 +401,7 @@ fn checkpointing_executors_wait_for_the_agent_up_to_the_recovery_timeout() {
     let mut h = Harness::start(true, vec![task("t1", "run")], quick, Default::default());
     assert_eq!(launched(&h, 1), ["t1"]);
     assert_eq!(state(&h.agent().next_update()), TaskState::TaskRunning);
+    assert!(h.runtime.block_on(h.driver.wait_acknowledged(WAIT)));
     // The agent restarts and answers 503 while it recovers.
     h.restart(false);
     assert_eq!(h.next(), Saw::Disconnected);
@@ -397,10 +413,12 @@ fn checkpointing_executors_wait_for_the_agent_up_to_the_recovery_timeout() {
     assert_eq!(h.agent().api.recover().expect("recover"), 1);
     assert_eq!(h.next(), Saw::Reregistered);
     let subscribe = h.agent().subscribes().pop().expect("subscribe");
-    assert_eq!(
-        subscribe.unacknowledged_updates[0].status.uuid,
-        Some(uuid.clone())
-    );
+    let carried: Vec<_> = subscribe
+        .unacknowledged_updates
+        .iter()
+        .map(|u| &u.status.uuid)
+        .collect();
+    assert_eq!(carried, [&Some(uuid.clone())]);
     let delivered = h.agent().next_update();
     assert_eq!(delivered.uuid, Some(uuid));
     assert_eq!(state(&delivered), TaskState::TaskFinished);
@@ -424,12 +442,19 @@ fn protobuf_mode_works_the_same() {
     assert_eq!(launched(&h, 1), ["t1"]);
     assert_eq!(state(&h.agent().next_update()), TaskState::TaskRunning);
     let agent = h.agent();
-    agent.api.framework_message(FRAMEWORK, EXECUTOR, b"ping").unwrap();
+    agent
+        .api
+        .framework_message(FRAMEWORK, EXECUTOR, b"ping")
+        .unwrap();
     assert_eq!(h.next(), Saw::Message(b"ping".to_vec()));
     assert_eq!(agent.next_message().data, b"echo:ping");
     let calls = agent.calls.lock().unwrap().clone();
     let kinds: Vec<call::Type> = calls.iter().map(|(_, c)| c.r#type()).collect();
-    for kind in [call::Type::Subscribe, call::Type::Update, call::Type::Message] {
+    for kind in [
+        call::Type::Subscribe,
+        call::Type::Update,
+        call::Type::Message,
+    ] {
         assert!(kinds.contains(&kind), "no {kind:?} in {kinds:?}");
     }
     assert!(

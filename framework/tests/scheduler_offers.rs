@@ -19,8 +19,7 @@ use mesoblk_framework::block::{self, DiskKind};
 use mesoblk_framework::operations::{refuse_seconds, scalar};
 use mesoblk_framework::proto::mesos::v1::scheduler::call;
 use mesoblk_framework::proto::mesos::v1::{
-    AgentId, CommandInfo, FrameworkId, Offer, OperationState, Resource, TaskId, TaskInfo,
-    TaskState,
+    AgentId, CommandInfo, FrameworkId, Offer, OperationState, Resource, TaskId, TaskInfo, TaskState,
 };
 use mesoblk_framework::scheduler::{SchedulerConfig, SchedulerDriver};
 
@@ -239,7 +238,10 @@ async fn a_failed_scheduler_is_succeeded_by_one_with_its_framework_id() {
         task_id: TaskId { value: "t1".into() },
         agent_id: Some(offer.agent_id.clone()),
     };
-    successor.reconcile_tasks(vec![t1]).await.expect("reconcile");
+    successor
+        .reconcile_tasks(vec![t1])
+        .await
+        .expect("reconcile");
     let answer = seen
         .until("the reconciliation", |s| match s {
             Seen::Update(u) if u.uuid.is_none() => Some(u),
