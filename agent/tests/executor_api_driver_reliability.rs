@@ -93,7 +93,7 @@ impl Executor for TestExecutor {
         let _ = self.saw.send(Saw::Launched(task.task_id.value));
     }
 
-    // Kills are executor_api_driver.rs's: its executor runs as the process the agent signals.
+    // KILL is covered by executor_api_driver.rs.
     async fn kill_task(&mut self, _: &ExecutorDriver, _: &TaskId, _: Option<&KillPolicy>) {}
 
     async fn framework_message(&mut self, driver: &ExecutorDriver, data: &[u8]) {
