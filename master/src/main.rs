@@ -1,6 +1,5 @@
 //! `mesoblk-master`: parses Mesos-named flags, binds, serves the router until SIGINT/SIGTERM.
 
-use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -261,39 +260,12 @@ fn system_hostname() -> String {
 }
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse() {
+    let flags: Flags = match mesoblk_cli::parse("mesoblk-master") {
         Ok(flags) => flags,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version are not errors.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // clap's message plus its usage hint would span several lines; one is the contract.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "mesoblk-master: {} (try --help)",
-                first.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(&flags) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mesoblk-master: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mesoblk_cli::init_logging("info");
+    mesoblk_cli::exit("mesoblk-master", run(&flags))
 }
 
 fn run(flags: &Flags) -> anyhow::Result<()> {
