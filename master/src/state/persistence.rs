@@ -28,7 +28,7 @@ use crate::registry::{epoch_secs, FrameworkRecord, Mutation, RegistryError, Regi
 /// restart is not the framework's failure (Mesos's `--agent_reregister_timeout` default).
 pub(super) const RECOVERED_FRAMEWORK_GRACE: Duration = Duration::from_secs(600);
 
-fn from_epoch_secs(secs: f64) -> SystemTime {
+pub(super) fn from_epoch_secs(secs: f64) -> SystemTime {
     Duration::try_from_secs_f64(secs.max(0.0))
         .ok()
         .and_then(|d| UNIX_EPOCH.checked_add(d))
@@ -91,6 +91,8 @@ impl Master {
             }
         }
         self.recover_stored_frameworks(snapshot);
+        self.stored.recover(snapshot);
+        self.recover_agents(snapshot);
         info!(
             master = %self.info.id,
             frameworks = self.frameworks.len(),
@@ -155,7 +157,11 @@ impl Master {
     }
 
     /// Logs a failed registry write; `Err` is 503 for callers that answer a request.
-    fn persist(&self, what: &str, result: Result<(), RegistryError>) -> Result<(), ApiError> {
+    pub(super) fn persist(
+        &self,
+        what: &str,
+        result: Result<(), RegistryError>,
+    ) -> Result<(), ApiError> {
         result.map_err(|e| {
             error!(what, "the registry refused a change: {e}");
             ApiError::service_unavailable(format!("Failed to update the registry: {e}"))
@@ -203,12 +209,10 @@ impl Master {
         );
     }
 
-    /// Admits an agent as it is now (registration, re-registration).
-    pub(super) fn persist_agent(&self, agent_id: &str) {
-        if let Some(agent) = self.agents.get(agent_id) {
-            let result = self.config.registry.admit_agent(agent_id, &agent.info);
-            let _ = self.persist("admit an agent", result);
-        }
+    /// Admits an agent as it is now (registration, re-registration), with its volumes and
+    /// disks reconciled (`stored_resources`: the agent's report wins).
+    pub(super) fn persist_agent(&mut self, agent_id: &str) {
+        self.persist_agent_resources(agent_id, true);
     }
 
     /// Records an agent's removal: unreachable since `unreachable_at`, or forgotten.
