@@ -443,3 +443,6 @@ fn quota_config(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod recovery_tests;
