@@ -43,7 +43,7 @@ fn resources() -> Vec<Resource> {
     all
 }
 
-fn find<'a>(resources: &'a Value, pred: impl Fn(&Value) -> bool) -> Option<&'a Value> {
+fn find(resources: &Value, pred: impl Fn(&Value) -> bool) -> Option<&Value> {
     resources.as_array()?.iter().find(|r| pred(r))
 }
 

@@ -2,14 +2,18 @@
 //! snapshot at start, and the `persist_*` helpers record each change while the master lock is
 //! held, so nothing is visible or acknowledged before it is stored.
 //!
-//! Call sites (the whole hook): `recover` from the binary before serving; `persist_framework`
-//! in SUBSCRIBE (before SUBSCRIBED is sent) and UPDATE_FRAMEWORK; `persist_removal` in
-//! `remove_framework` (before the completed list is trimmed); `persist_weights` and
-//! `persist_quotas` in UPDATE_WEIGHTS and UPDATE_QUOTA (before the reply); `persist_agent` in
-//! agent registration and re-registration (before `Registered` is answered);
-//! `persist_agent_removal` in `remove_agent`. Not wired yet: volumes and disks
-//! (`Registry::put_volume`/`put_disk` when CREATE/CREATE_DISK finish, `remove_*` on DESTROY*),
-//! MARK_AGENT_GONE (`mark_agent_gone`), and refusing agents the registry says are gone.
+//! What is persisted: frameworks, weights, quotas, agents (admitted, unreachable, gone) and each
+//! agent's persistent volumes and created disks. Call sites (the whole hook): `recover` from the
+//! binary before serving (frameworks here; agents in `recovered_agents`, volumes and disks in
+//! `stored_resources`); `persist_framework` in SUBSCRIBE (before SUBSCRIBED is sent) and
+//! UPDATE_FRAMEWORK; `persist_removal` in `remove_framework` (before the completed list is
+//! trimmed); `persist_weights` and `persist_quotas` in UPDATE_WEIGHTS and UPDATE_QUOTA (before the
+//! reply); `persist_agent` in agent registration and re-registration (before `Registered` is
+//! answered; it stores the agent with its total, volumes and disks, reconciled with its report);
+//! `persist_agent_resources` after an ACCEPT whose CREATE/DESTROY the allocator applied and when a
+//! CREATE_DISK/DESTROY_DISK finishes; `persist_agent_removal` when an agent becomes unreachable;
+//! `mark_agent_gone` (MARK_AGENT_GONE, stored before anything changes); the recovered agents'
+//! deadline (`--agent_reregister_timeout`) marks those that did not come back unreachable.
 //!
 //! A registry error is fatal by the registry's contract (the embedded store exits the process
 //! before any caller sees it); here it is logged, and the operator calls answer 503.
