@@ -140,6 +140,7 @@ impl Master {
             }
             self.removed_agents.push_back((id.clone(), when));
             self.count("master/slave_removals");
+            self.count("master/recovery_slave_removals");
             self.notify_agent_lost(&id);
         }
     }

@@ -8,7 +8,8 @@ use mesoblk_proto::mesoblk::agent::v1 as agent;
 use mesoblk_proto::mesos::v1::resource::{disk_info, DiskInfo, ReservationInfo};
 use mesoblk_proto::mesos::v1::scheduler::{call, event, Event};
 use mesoblk_proto::mesos::v1::{
-    framework_info, resource, value, AgentId, AgentInfo, FrameworkInfo, Resource, TaskId, TaskState,
+    framework_info, resource, value, AgentId, AgentInfo, FrameworkInfo, OperationId,
+    OperationState, Resource, TaskId, TaskState,
 };
 use tokio::sync::mpsc;
 
@@ -138,6 +139,33 @@ fn reconcile_one(m: &mut Master, framework_id: &str, agent_id: &str) {
     );
 }
 
+/// RECONCILE_OPERATIONS of an unknown operation on `agent_id`: the state answered.
+fn reconcile_operation(
+    m: &mut Master,
+    framework_id: &str,
+    agent_id: &str,
+    events: &mut mpsc::Receiver<Event>,
+) -> OperationState {
+    m.reconcile_operations(
+        framework_id,
+        call::ReconcileOperations {
+            operations: vec![call::reconcile_operations::Operation {
+                operation_id: OperationId { value: "op".into() },
+                agent_id: Some(AgentId {
+                    value: agent_id.into(),
+                }),
+                resource_provider_id: None,
+            }],
+        },
+    );
+    let answers: Vec<OperationState> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter_map(|e| e.update_operation_status)
+        .map(|u| u.status.state())
+        .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    answers[0]
+}
+
 fn updates(events: &mut mpsc::Receiver<Event>) -> Vec<TaskState> {
     std::iter::from_fn(|| events.try_recv().ok())
         .filter(|e| e.r#type() == event::Type::Update)
@@ -205,9 +233,14 @@ fn recovered_agents_that_do_not_come_back_in_time_become_unreachable() {
         .expect("re-registered");
     assert!(!m.recovered_agents().contains_key("M-S1"));
 
-    // While recovered, a task on it is not reconciled (as Mesos: no answer yet).
+    // While recovered, a task on it is not reconciled (as Mesos: no answer yet), and an
+    // operation on it is recovering.
     reconcile_one(&mut m, &framework_id, "M-S0");
     assert!(updates(&mut events).is_empty());
+    assert_eq!(
+        reconcile_operation(&mut m, &framework_id, "M-S0", &mut events),
+        OperationState::OperationRecovering
+    );
 
     m.tick(Duration::from_secs(59));
     assert!(m.recovered_agents().contains_key("M-S0"), "not yet");
@@ -226,6 +259,7 @@ fn recovered_agents_that_do_not_come_back_in_time_become_unreachable() {
 
     reconcile_one(&mut m, &framework_id, "M-S0");
     assert_eq!(updates(&mut events), vec![TaskState::TaskUnreachable]);
+    assert_eq!(m.counters().get("master/recovery_slave_removals"), Some(&1));
 }
 
 #[test]
@@ -338,6 +372,10 @@ fn a_gone_agent_is_stored_first_and_refused_for_good() {
     updates(&mut events);
     reconcile_one(&mut m, &framework_id, "M-S0");
     assert_eq!(updates(&mut events), vec![TaskState::TaskGoneByOperator]);
+    assert_eq!(
+        reconcile_operation(&mut m, &framework_id, "M-S0", &mut events),
+        OperationState::OperationGoneByOperator
+    );
 
     // Gone survives a restart.
     let m = recovered(registry, Duration::from_secs(600), 1.0);
