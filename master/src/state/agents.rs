@@ -396,7 +396,7 @@ impl Master {
             return;
         };
         if unreachable {
-            self.persist_agent_removal(agent_id, Some(when));
+            self.persist_agent_removal(agent_id, when);
         }
         self.pending_agent_events.remove(agent_id);
         if let Some(connection) = agent.connection {

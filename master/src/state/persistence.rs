@@ -219,13 +219,10 @@ impl Master {
         self.persist_agent_resources(agent_id, true);
     }
 
-    /// Records an agent's removal: unreachable since `unreachable_at`, or forgotten.
-    pub(super) fn persist_agent_removal(&self, agent_id: &str, unreachable_at: Option<SystemTime>) {
-        let result = match unreachable_at {
-            Some(time) => self.config.registry.mark_agent_unreachable(agent_id, time),
-            None => self.config.registry.remove_agent(agent_id),
-        };
-        let _ = self.persist("record an agent's removal", result);
+    /// Records that an agent became unreachable at `time`.
+    pub(super) fn persist_agent_removal(&self, agent_id: &str, time: SystemTime) {
+        let result = self.config.registry.mark_agent_unreachable(agent_id, time);
+        let _ = self.persist("record an unreachable agent", result);
     }
 
     /// Stores role weights (UPDATE_WEIGHTS).
