@@ -198,6 +198,13 @@ async fn an_agent_that_does_not_come_back_in_time_is_marked_unreachable() {
     agent.disconnect();
     let second = MasterProcess::start_on("restart-late-2", first.port, &args);
 
+    let flags = master.operator(r#"{"type":"GET_FLAGS"}"#).await;
+    let listed = flags["get_flags"]["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .any(|f| f["name"] == "agent_reregister_timeout" && f["value"] == "2s");
+    assert!(listed, "{flags}");
     let mut fw = Framework::resubscribe(&master, &framework_id, FRAMEWORK).await;
     // The deadline passes: the framework hears the agent is lost, and a task on it is
     // unreachable (the framework is PARTITION_AWARE).
