@@ -130,13 +130,13 @@ async fn agents_volumes_disks_and_tasks_survive_a_restart() {
     let total = before["agents"][0]["total_resources"].clone();
     assert!(find(&total, is_volume("vol-a")).is_some(), "{total}");
     assert!(find(&total, is_disk("vol-1")).is_some(), "{total}");
-    let total: Vec<Resource> = total
+    let reported: Vec<Resource> = total
         .as_array()
         .expect("resources")
         .iter()
         .map(|r| mesoblk_proto::json::from_json(r.to_string().as_bytes()).expect("a Resource"))
         .collect();
-    agent.report_resources(total);
+    agent.report_resources(reported.clone());
 
     let framework_id = fw.id.clone();
     first.kill();
@@ -174,6 +174,30 @@ async fn agents_volumes_disks_and_tasks_survive_a_restart() {
     assert!(
         !second.log_text().contains("the registry has a"),
         "the agent's report matches the registry: {}",
+        second.log_text()
+    );
+
+    // An agent that comes back without its volume wins, and the master says so.
+    let without: Vec<Resource> = reported
+        .into_iter()
+        .filter(|r| {
+            r.disk
+                .as_ref()
+                .and_then(|d| d.persistence.as_ref())
+                .is_none()
+        })
+        .collect();
+    agent.report_resources(without);
+    agent.disconnect();
+    assert_eq!(agent.reregister().await, 200);
+    let agents = get_agents(&master).await;
+    let total = &agents["agents"][0]["total_resources"];
+    assert!(find(total, is_volume("vol-a")).is_none(), "{agents}");
+    assert!(
+        second
+            .log_text()
+            .contains("the registry has a persistent volume the agent does not report"),
+        "{}",
         second.log_text()
     );
 }
