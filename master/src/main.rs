@@ -220,7 +220,6 @@ impl Flags {
         config.max_completed_frameworks = self.max_completed_frameworks;
         config.root_submissions = self.root_submissions;
         config.heartbeat_interval = self.heartbeat_interval;
-        self.cluster.apply(&mut config);
         config.work_dir.clone_from(&self.work_dir);
         config.auth = self.auth.config()?;
         config.flags = vec![
@@ -242,6 +241,8 @@ impl Flags {
                 .flags
                 .push(("work_dir".into(), dir.display().to_string()));
         }
+        // After the list above is set, so GET_FLAGS shows the cluster flags too.
+        self.cluster.apply(&mut config);
         config.flags.extend(self.auth.reported());
         if let Some(kind) = &self.registry.registry {
             config.flags.push(("registry".into(), kind.clone()));
