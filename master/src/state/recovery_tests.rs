@@ -8,24 +8,16 @@ use mesoblk_proto::mesoblk::agent::v1 as agent;
 use mesoblk_proto::mesos::v1::resource::{disk_info, DiskInfo, ReservationInfo};
 use mesoblk_proto::mesos::v1::scheduler::{call, event, Event};
 use mesoblk_proto::mesos::v1::{
-    framework_info, resource, value, AgentId, AgentInfo, FrameworkInfo, OperationId,
-    OperationState, Resource, TaskId, TaskState,
+    framework_info, resource, AgentId, AgentInfo, FrameworkInfo, OperationId, OperationState,
+    Resource, TaskId, TaskState,
 };
 use tokio::sync::mpsc;
 
 use super::*;
 use crate::registry::{epoch_secs, AgentState, InMemoryRegistry, Mutation, Registry};
+use mesoblk_proto::resource::scalar;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
-
-fn scalar(name: &str, x: f64) -> Resource {
-    Resource {
-        name: name.into(),
-        r#type: value::Type::Scalar as i32,
-        scalar: Some(value::Scalar { value: x }),
-        ..Default::default()
-    }
-}
 
 /// A persistent volume `id` of `mb`, reserved to role `web`.
 fn volume(id: &str, mb: f64) -> Resource {

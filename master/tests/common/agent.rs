@@ -21,6 +21,7 @@ use mesoblk_proto::recordio;
 use tokio::sync::mpsc;
 
 use super::WAIT;
+pub use mesoblk_proto::resource::scalar;
 
 /// The resource provider id of the test agent's RAW pool.
 pub const PROVIDER: &str = "rp-test";
@@ -97,15 +98,6 @@ impl Drop for TestAgent {
         if let Some(reader) = self.reader.take() {
             reader.abort();
         }
-    }
-}
-
-pub fn scalar(name: &str, x: f64) -> Resource {
-    Resource {
-        name: name.into(),
-        r#type: value::Type::Scalar as i32,
-        scalar: Some(value::Scalar { value: x }),
-        ..Default::default()
     }
 }
 
