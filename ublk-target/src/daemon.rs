@@ -318,14 +318,6 @@ pub fn serve(
         SharedStore::Cached(cache) => Some(Arc::clone(cache)),
         _ => None,
     };
-    let writeback = match &cache {
-        Some(cache) => Some(
-            cache
-                .start_writeback()
-                .map_err(io_error("start the cache writeback thread"))?,
-        ),
-        None => None,
-    };
     let announcer = Announcer {
         run_dir: run_dir.clone(),
         // Record the size actually served (file backends default to the whole store), and not
@@ -353,7 +345,7 @@ pub fn serve(
         move |started| announcer.device_live(started),
     );
     if let Some(cache) = cache {
-        cache.shutdown(writeback);
+        cache.shutdown();
     }
     if let Some(id) = started_id.lock().ok().and_then(|slot| *slot) {
         run_dir.remove(id);

@@ -188,6 +188,9 @@ impl DeviceSpec {
         let Some(cache) = &self.cache else {
             return Ok(None);
         };
+        if self.queues != 1 {
+            return Err(CacheSpecError::Queues(self.queues).into());
+        }
         let backing = match store {
             SharedStore::File(file) => Some(&**file),
             _ => None,

@@ -121,6 +121,10 @@ pub enum CacheSpecError {
     /// The cache store is the backing store.
     #[error("the cache store {0} is the backing store itself")]
     SameAsBacking(PathBuf),
+    /// Requests through a cache are serialised, and its lock is only woken promptly on one
+    /// thread (see `runtime`).
+    #[error("a cached device has exactly one queue, not {0}")]
+    Queues(u16),
 }
 
 /// A cache store opened for serving (shared by every queue of the device).

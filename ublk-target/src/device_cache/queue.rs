@@ -112,6 +112,17 @@ impl<S: Submitter + Clone> CachedQueue<S> {
     }
 }
 
+impl<S: Submitter> CachedQueue<S> {
+    /// The cache's worker task on this queue (see [`AttachedCache::run_worker`]).
+    pub async fn run_worker<F, Fut>(&self, stopping: impl Fn() -> bool, sleep: F)
+    where
+        F: Fn(std::time::Duration) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        self.attached.run_worker(&self.cache, stopping, sleep).await;
+    }
+}
+
 /// Runs `$call` on the cache, or on the backing store once the cache is detached.
 macro_rules! cached_or_direct {
     ($self:ident, $b:ident => $call:expr) => {{

@@ -1,14 +1,18 @@
 //! [`AttachedCache`]: one device server's cache, from opening the store to the orderly shutdown.
 //!
-//! Queue threads serve requests through their own rings ([`super::CachedQueue`]). Everything
-//! else (opening, background writeback, the admin requests, shutdown) runs on ordinary threads
-//! with a private [`BlockingRing`] each: a queue ring can only be driven by its own thread, and
-//! these jobs must not stall a queue's other requests. The cache's async lock orders them with
-//! the queues' requests.
+//! Everything that takes the cache's lock while the device runs does so on the device's queue
+//! thread: the requests, and a worker task beside them that runs background writeback and the
+//! admin jobs (flush, mode change, detach) handed to it by the admin socket's threads. The
+//! reason: a queue thread sleeps in `io_uring_enter` until its own ring has a completion, so a
+//! request waiting for a lock held by another thread would not be woken when that thread lets go
+//! (for up to the queue's idle timeout). On one thread, a released lock wakes its waiter at
+//! once. That is also why a cached device has exactly one queue.
+//!
+//! Opening (before the device starts) and the final shutdown (after its queue is gone) run on
+//! the server's main thread with private [`BlockingRing`]s.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -24,11 +28,11 @@ use crate::cache::{
 use crate::qos::MonotonicClock;
 use crate::sys::ring::BlockingRing;
 
-/// Pause between background writeback steps while there is work (one step writes at most one
-/// batch, and the rate limit spreads batches out).
+/// Pause of the worker while writeback has work (one step writes at most one batch, and the
+/// rate limit spreads batches out).
 const WRITEBACK_BUSY_PAUSE: Duration = Duration::from_millis(10);
-/// Pause while nothing is due.
-const WRITEBACK_IDLE_PAUSE: Duration = Duration::from_millis(200);
+/// Pause while nothing is due; also how long an admin job waits at most to be picked up.
+const WRITEBACK_IDLE_PAUSE: Duration = Duration::from_millis(100);
 /// The window over which the writeback rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
@@ -55,6 +59,38 @@ pub enum AttachError {
     /// The cache was detached from the device.
     #[error("the device's cache was detached")]
     Detached,
+    /// The device stopped before the job ran.
+    #[error("the device stopped before the cache request ran")]
+    Stopped,
+    /// The job did not finish in time.
+    #[error("the cache request did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+/// An admin job for the worker.
+#[derive(Clone, Copy, Debug)]
+enum JobKind {
+    Flush,
+    Mode(CacheMode),
+    Detach,
+}
+
+/// What a job did.
+#[derive(Debug)]
+enum JobDone {
+    Drained(DrainReport),
+    Mode(ModeChange),
+}
+
+struct Job {
+    kind: JobKind,
+    reply: mpsc::Sender<Result<JobDone, AttachError>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("kind", &self.kind).finish()
+    }
 }
 
 /// The cache section of a device's status.
@@ -77,10 +113,9 @@ pub struct AttachedCache {
     backing: Arc<FileStore>,
     store: CacheStoreShared,
     detached: AtomicBool,
-    stop: AtomicBool,
     writeback_rate: AtomicU64,
-    /// Orders the admin requests that change the cache (mode changes, detach).
-    changes: Mutex<()>,
+    /// Admin jobs waiting for the worker.
+    jobs: Mutex<Vec<Job>>,
 }
 
 impl AttachedCache {
@@ -108,9 +143,8 @@ impl AttachedCache {
             backing,
             store,
             detached: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
             writeback_rate: AtomicU64::new(0),
-            changes: Mutex::new(()),
+            jobs: Mutex::new(Vec::new()),
         }))
     }
 
@@ -158,106 +192,143 @@ impl AttachedCache {
     }
 
     /// Writes back every dirty block and returns when the backing store holds them, flushed.
-    pub fn flush(&self) -> Result<DrainReport, AttachError> {
-        let engine = self.attached_engine()?;
-        Ok(smol::block_on(engine.drain()).map_err(CacheError::from)?)
+    pub fn flush(&self, timeout: Duration) -> Result<DrainReport, AttachError> {
+        match self.request(JobKind::Flush, timeout)? {
+            JobDone::Drained(report) => Ok(report),
+            JobDone::Mode(change) => Ok(change.drained),
+        }
     }
 
     /// Switches the mode; leaving writeback, returns once the dirty data is drained.
-    pub fn set_mode(&self, mode: CacheMode) -> Result<ModeChange, AttachError> {
-        let _change = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let engine = self.attached_engine()?;
-        Ok(smol::block_on(engine.set_mode(mode))?)
+    pub fn set_mode(&self, mode: CacheMode, timeout: Duration) -> Result<ModeChange, AttachError> {
+        match self.request(JobKind::Mode(mode), timeout)? {
+            JobDone::Mode(change) => Ok(change),
+            JobDone::Drained(drained) => Ok(ModeChange {
+                from: mode,
+                to: mode,
+                drained,
+            }),
+        }
     }
 
     /// Drains the cache and takes it out of the device's I/O path: from then on requests go to
     /// the backing store. The store is shut down and reformatted empty, so a stale record
     /// naming it can never bring old cached blocks back.
-    pub fn detach(&self) -> Result<DrainReport, AttachError> {
-        let _change = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let engine = self.attached_engine()?;
-        // Mode none: writes stop entering the cache and invalidate cached copies, so the cache
-        // stays coherent while requests still in it finish; leaving writeback drains it.
-        let change = smol::block_on(engine.set_mode(CacheMode::None))?;
-        self.detached.store(true, Ordering::Release);
-        smol::block_on(async {
-            engine.shutdown().await.map_err(CacheError::from)?;
-            cache::discard(&engine_backing(&self.backing)?, &self.offline_store()?).await?;
-            Ok::<_, AttachError>(())
-        })?;
-        tracing::info!(drained = change.drained.blocks, "cache detached");
-        Ok(change.drained)
+    pub fn detach(&self, timeout: Duration) -> Result<DrainReport, AttachError> {
+        match self.request(JobKind::Detach, timeout)? {
+            JobDone::Drained(report) => Ok(report),
+            JobDone::Mode(change) => Ok(change.drained),
+        }
     }
 
-    fn attached_engine(
-        &self,
-    ) -> Result<CachedBackend<FileBackend<BlockingRing>, OfflineStore>, AttachError> {
+    /// Hands a job to the worker and waits for its answer.
+    fn request(&self, kind: JobKind, timeout: Duration) -> Result<JobDone, AttachError> {
         if self.is_detached() {
             return Err(AttachError::Detached);
         }
-        self.offline()
+        let (reply, answer) = mpsc::channel();
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Job { kind, reply });
+        match answer.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(AttachError::Timeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(AttachError::Stopped),
+        }
     }
 
-    fn offline_store(&self) -> Result<OfflineStore, AttachError> {
-        let ring = BlockingRing::new().map_err(AttachError::Ring)?;
-        Ok(self.store.for_ring(Unregistered(ring)))
+    fn take_jobs(&self) -> Vec<Job> {
+        std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Starts background writeback (watermarks, dirty age, rate limit) on its own thread.
-    pub fn start_writeback(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
-        let cache = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("cache-writeback".into())
-            .spawn(move || cache.writeback_loop())
-    }
-
-    fn writeback_loop(&self) {
-        let engine = match self.offline() {
-            Ok(engine) => engine,
-            Err(e) => {
-                tracing::error!(error = %e, "no background writeback");
-                return;
-            }
-        };
+    /// The worker task of the device's queue: runs admin jobs and background writeback steps
+    /// (watermarks, dirty age, rate limit) through `engine`, pausing with `sleep` (a timer on
+    /// the queue's own ring), until `stopping` says the queue is going down.
+    pub async fn run_worker<S, F, Fut>(
+        &self,
+        engine: &CacheEngine<S>,
+        stopping: impl Fn() -> bool,
+        sleep: F,
+    ) where
+        S: Submitter,
+        F: Fn(Duration) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let mut sample = (Instant::now(), self.shared.stats());
         let mut failing = false;
-        while !self.stop.load(Ordering::Acquire) && !self.is_detached() {
-            let busy = match smol::block_on(engine.writeback_step()) {
-                Ok(report) => {
-                    failing = false;
-                    report.blocks > 0
-                }
-                Err(_) if self.is_detached() || self.stop.load(Ordering::Acquire) => break,
-                Err(e) => {
-                    // Logged once per run of failures, not at every step.
-                    if !failing {
-                        tracing::warn!(error = %e, "background writeback failed");
-                    }
-                    failing = true;
-                    false
-                }
-            };
+        while !stopping() {
+            for job in self.take_jobs() {
+                let result = self.run_job(engine, job.kind).await;
+                let _ = job.reply.send(result);
+            }
+            let busy = !self.is_detached() && self.writeback_step(engine, &mut failing).await;
             if sample.0.elapsed() >= RATE_WINDOW {
                 let now = self.shared.stats();
                 let rate = now.writeback_rate(&sample.1, sample.0.elapsed());
                 self.writeback_rate.store(rate as u64, Ordering::Relaxed);
                 sample = (Instant::now(), now);
             }
-            std::thread::sleep(if busy {
+            sleep(if busy {
                 WRITEBACK_BUSY_PAUSE
             } else {
                 WRITEBACK_IDLE_PAUSE
-            });
+            })
+            .await;
+        }
+        for job in self.take_jobs() {
+            let _ = job.reply.send(Err(AttachError::Stopped));
         }
     }
 
-    /// Stops background writeback and, unless detached, shuts the cache down in order (dirty
-    /// data stays in the store, durably; clean blocks stay warm for the next open).
-    pub fn shutdown(&self, writeback: Option<JoinHandle<()>>) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = writeback {
-            let _ = thread.join();
+    /// One background writeback step; whether it wrote anything.
+    async fn writeback_step<S: Submitter>(&self, engine: &CacheEngine<S>, failing: &mut bool) -> bool {
+        match engine.writeback_step().await {
+            Ok(report) => {
+                *failing = false;
+                report.blocks > 0
+            }
+            Err(e) => {
+                // Logged once per run of failures, not at every step.
+                if !*failing {
+                    tracing::warn!(error = %e, "background writeback failed");
+                }
+                *failing = true;
+                false
+            }
         }
+    }
+
+    async fn run_job<S: Submitter>(
+        &self,
+        engine: &CacheEngine<S>,
+        kind: JobKind,
+    ) -> Result<JobDone, AttachError> {
+        if self.is_detached() {
+            return Err(AttachError::Detached);
+        }
+        match kind {
+            JobKind::Flush => Ok(JobDone::Drained(
+                engine.drain().await.map_err(CacheError::from)?,
+            )),
+            JobKind::Mode(mode) => Ok(JobDone::Mode(engine.set_mode(mode).await?)),
+            JobKind::Detach => {
+                // Mode none first: writes stop entering the cache and invalidate cached copies,
+                // so it stays coherent while requests still in it finish; leaving writeback
+                // drains it.
+                let change = engine.set_mode(CacheMode::None).await?;
+                self.detached.store(true, Ordering::Release);
+                engine.shutdown().await.map_err(CacheError::from)?;
+                cache::discard(&engine.backing, &engine.store).await?;
+                tracing::info!(drained = change.drained.blocks, "cache detached");
+                Ok(JobDone::Drained(change.drained))
+            }
+        }
+    }
+
+    /// Shuts the cache down in order, unless it was detached: dirty data stays in the store,
+    /// durably, and clean blocks stay warm for the next open. For after the queue is gone.
+    pub fn shutdown(&self) {
         if self.is_detached() {
             return;
         }
