@@ -159,15 +159,13 @@ impl AdminState {
             };
         };
         let result = match request {
-            AdminRequest::CacheFlush => cache
-                .flush(DRAIN_TIMEOUT)
-                .map(AdminResponse::CacheDrained),
+            AdminRequest::CacheFlush => cache.flush(DRAIN_TIMEOUT).map(AdminResponse::CacheDrained),
             AdminRequest::CacheMode { mode } => cache
                 .set_mode(mode, DRAIN_TIMEOUT)
                 .map(AdminResponse::CacheModeChanged),
-            AdminRequest::CacheDetach => cache
-                .detach(DRAIN_TIMEOUT)
-                .map(AdminResponse::CacheDrained),
+            AdminRequest::CacheDetach => {
+                cache.detach(DRAIN_TIMEOUT).map(AdminResponse::CacheDrained)
+            }
             _ => Ok(AdminResponse::CacheStatus(Box::new(cache.report()))),
         };
         result.unwrap_or_else(|e| AdminResponse::Error {

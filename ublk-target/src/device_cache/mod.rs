@@ -249,14 +249,19 @@ mod tests {
         let ram = CacheStoreSpec::Ram;
         assert!(err(spec(ram.clone(), None, CacheMode::Writethrough)).contains("required"));
         assert!(err(spec(ram.clone(), Some(4096), CacheMode::None)).contains("at least"));
-        assert!(err(spec(ram.clone(), Some((4 << 20) + 512), CacheMode::None)).contains("multiple"));
+        assert!(
+            err(spec(ram.clone(), Some((4 << 20) + 512), CacheMode::None)).contains("multiple")
+        );
         assert!(err(spec(ram.clone(), Some(4 << 20), CacheMode::Writeback)).contains("writeback"));
         let itself = CacheStoreSpec::Path {
             path: backing.path().to_owned(),
         };
         assert!(err(spec(itself, None, CacheMode::Writeback)).contains("backing store itself"));
         let uncacheable = spec(ram, Some(4 << 20), CacheMode::None).open_store(None);
-        assert!(matches!(uncacheable, Err(CacheSpecError::UncacheableBackend)));
+        assert!(matches!(
+            uncacheable,
+            Err(CacheSpecError::UncacheableBackend)
+        ));
     }
 
     #[test]
@@ -269,9 +274,13 @@ mod tests {
         std::fs::File::create(&file)
             .and_then(|f| f.set_len(8 << 20))
             .unwrap();
-        let store = spec(CacheStoreSpec::Path { path: file }, None, CacheMode::Writeback)
-            .open_store(Some(&backing))
-            .unwrap();
+        let store = spec(
+            CacheStoreSpec::Path { path: file },
+            None,
+            CacheMode::Writeback,
+        )
+        .open_store(Some(&backing))
+        .unwrap();
         assert!(!store.is_volatile());
         assert_eq!(store.size(), 8 << 20);
     }

@@ -46,7 +46,9 @@ impl CacheStoreShared {
     pub fn for_ring<S: Submitter>(&self, ring: S) -> CacheStore<S> {
         match self {
             CacheStoreShared::Ram(ram) => CacheStore::Ram(ram.clone()),
-            CacheStoreShared::File(file) => CacheStore::File(FileBackend::new(Arc::clone(file), ring)),
+            CacheStoreShared::File(file) => {
+                CacheStore::File(FileBackend::new(Arc::clone(file), ring))
+            }
         }
     }
 }

@@ -158,7 +158,9 @@ impl AttachedCache {
     }
 
     /// The engine on private rings, for threads other than the queues'.
-    fn offline(&self) -> Result<CachedBackend<FileBackend<BlockingRing>, OfflineStore>, AttachError> {
+    fn offline(
+        &self,
+    ) -> Result<CachedBackend<FileBackend<BlockingRing>, OfflineStore>, AttachError> {
         let (backing, store) = offline_stores(&self.backing, &self.store)?;
         Ok(CachedBackend::new(Arc::clone(&self.shared), backing, store))
     }
@@ -282,7 +284,11 @@ impl AttachedCache {
     }
 
     /// One background writeback step; whether it wrote anything.
-    async fn writeback_step<S: Submitter>(&self, engine: &CacheEngine<S>, failing: &mut bool) -> bool {
+    async fn writeback_step<S: Submitter>(
+        &self,
+        engine: &CacheEngine<S>,
+        failing: &mut bool,
+    ) -> bool {
         match engine.writeback_step().await {
             Ok(report) => {
                 *failing = false;

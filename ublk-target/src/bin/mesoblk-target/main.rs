@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ublk_target::backend::file::DirectIo;
 use ublk_target::cache::CacheMode;
-use ublk_target::device_cache::InvalidCacheChoice;
 use ublk_target::daemon::DEFAULT_RUN_DIR;
+use ublk_target::device_cache::InvalidCacheChoice;
 use ublk_target::spec::parse_size;
 
 /// Userspace block devices for mesoblk, served through Linux ublk.
