@@ -311,6 +311,36 @@ mod tests {
     }
 
     #[test]
+    fn cache_requests_to_a_device_without_a_cache_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("4.sock");
+        let state = AdminState {
+            limiter: Arc::new(Limiter::unlimited()),
+            stats: Arc::new(DeviceStats::new()),
+            cache: None,
+        };
+        listen(&path, state).unwrap();
+        for request in [
+            AdminRequest::CacheStatus,
+            AdminRequest::CacheFlush,
+            AdminRequest::CacheMode {
+                mode: CacheMode::None,
+            },
+            AdminRequest::CacheDetach,
+        ] {
+            let err = ask(&path, &request).unwrap_err();
+            assert!(
+                err.to_string().contains("has no cache"),
+                "{request:?}: {err}"
+            );
+        }
+        match ask(&path, &AdminRequest::Status).unwrap() {
+            AdminResponse::Status(report) => assert!(report.cache.is_none()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_missing_server_is_reported_as_such() {
         let dir = tempfile::tempdir().unwrap();
         let err = ask(&dir.path().join("9.sock"), &AdminRequest::Status).unwrap_err();

@@ -398,3 +398,114 @@ async fn open_with_choice(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::backend::file::DirectIo;
+    use crate::backend::Backend;
+    use crate::device_cache::CacheStoreSpec;
+
+    fn file(path: &Path, bytes: u64) -> Arc<FileStore> {
+        std::fs::File::create(path)
+            .and_then(|f| f.set_len(bytes))
+            .unwrap();
+        Arc::new(FileStore::open(path, None, DirectIo::Disabled).unwrap())
+    }
+
+    /// The worker of a device queue, on a thread with a blocking ring; stops when told.
+    fn start_worker(
+        cache: &Arc<AttachedCache>,
+        stop: &Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let (cache, stop) = (Arc::clone(cache), Arc::clone(stop));
+        std::thread::spawn(move || {
+            let engine = cache.offline().unwrap();
+            let sleep = |pause| async move { std::thread::sleep(pause) };
+            smol::block_on(cache.run_worker(&engine, || stop.load(Ordering::Acquire), sleep));
+        })
+    }
+
+    #[test]
+    fn admin_jobs_run_on_the_worker_and_detach_leaves_the_data_on_the_backing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = file(&dir.path().join("backing.img"), 8 << 20);
+        let cache_path = dir.path().join("cache.img");
+        let store = CacheStoreShared::File(file(&cache_path, 4 << 20));
+        let spec = CacheSpec {
+            store: CacheStoreSpec::Path { path: cache_path },
+            size: None,
+            mode: CacheMode::Writeback,
+            on_invalid: None,
+        };
+        let cache = AttachedCache::open(Arc::clone(&backing), store, &spec).unwrap();
+        let data = vec![0x5a_u8; 3 * 4096];
+        let engine = cache.offline().unwrap();
+        smol::block_on(engine.write(8192, &data, false)).unwrap();
+        assert_eq!(cache.report().stats.dirty_bytes, 3 * 4096);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = start_worker(&cache, &stop);
+        let wait = Duration::from_secs(60);
+        assert_eq!(cache.flush(wait).unwrap().blocks, 3);
+        assert_eq!(cache.report().stats.dirty_bytes, 0);
+        smol::block_on(engine.write(8192, &data[..4096], false)).unwrap();
+        let change = cache.set_mode(CacheMode::Writethrough, wait).unwrap();
+        assert_eq!(
+            (change.from, change.to, change.drained.blocks),
+            (CacheMode::Writeback, CacheMode::Writethrough, 1)
+        );
+        assert_eq!(cache.report().stats.mode, CacheMode::Writethrough);
+
+        cache.detach(wait).unwrap();
+        assert!(cache.is_detached());
+        assert!(matches!(cache.flush(wait), Err(AttachError::Detached)));
+        // The engine of a detached cache refuses requests (the queue then uses the backing).
+        let refused = smol::block_on(engine.write(0, &data[..4096], false)).unwrap_err();
+        assert_eq!(refused.errno, libc::ESHUTDOWN);
+        stop.store(true, Ordering::Release);
+        worker.join().unwrap();
+
+        let on_backing = std::fs::read(backing.path()).unwrap();
+        assert!(on_backing[8192..8192 + data.len()]
+            .iter()
+            .all(|&b| b == 0x5a));
+        // The store was reformatted empty: reopening it finds a valid cache with nothing in it.
+        let reopened = AttachedCache::open(
+            backing,
+            CacheStoreShared::File(Arc::new(
+                FileStore::open(&dir.path().join("cache.img"), None, DirectIo::Disabled).unwrap(),
+            )),
+            &spec,
+        )
+        .unwrap();
+        assert_eq!(reopened.report().stats.cached_bytes, 0);
+    }
+
+    #[test]
+    fn a_job_for_a_stopped_worker_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = file(&dir.path().join("backing.img"), 8 << 20);
+        let store = CacheStoreShared::Ram(crate::backend::RamBackend::new(2 << 20));
+        let spec = CacheSpec {
+            store: CacheStoreSpec::Ram,
+            size: Some(2 << 20),
+            mode: CacheMode::Writethrough,
+            on_invalid: None,
+        };
+        let cache = AttachedCache::open(backing, store, &spec).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = start_worker(&cache, &stop);
+        let refused = cache
+            .set_mode(CacheMode::Writeback, Duration::from_secs(60))
+            .unwrap_err();
+        assert!(refused.to_string().contains("writeback"), "{refused}");
+        stop.store(true, Ordering::Release);
+        worker.join().unwrap();
+        // Nobody serves jobs any more: the request times out instead of hanging.
+        let late = cache.flush(Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(late, AttachError::Timeout(_)), "{late}");
+    }
+}
