@@ -51,9 +51,12 @@ fn fio_args(target: &str, offset_mib: u64, size_mib: u64, phase: Fio) -> Vec<Str
     args.push(format!("--direct={direct}"));
     args.push(format!("--offset={offset_mib}M"));
     args.push(format!("--size={size_mib}M"));
+    if phase == Fio::Write {
+        args.push("--end_fsync=1".to_owned());
+    }
     args.push(match phase {
         Fio::WriteAndVerify => "--do_verify=1".to_owned(),
-        Fio::Write => "--end_fsync=1".to_owned(),
+        Fio::Write => "--do_verify=0".to_owned(),
         Fio::Verify => "--verify_only".to_owned(),
     });
     args
