@@ -484,6 +484,66 @@ mod tests {
         assert_eq!(reopened.report().stats.cached_bytes, 0);
     }
 
+    /// Flips a byte inside journal block `index` of the active region of the cache in `path`.
+    fn damage_journal_block(path: &Path, index: u64) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        let (journal_blocks, region) = (word(40), u64::from(bytes[56]));
+        let offset = ((2 + region * journal_blocks + index) * 4096 + 2048) as usize;
+        bytes[offset] ^= 0xff;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn an_invalid_cache_is_refused_and_flush_valid_saves_its_valid_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = file(&dir.path().join("backing.img"), 8 << 20);
+        let cache_path = dir.path().join("cache.img");
+        let store = || {
+            let file = FileStore::open(&cache_path, None, DirectIo::Disabled).unwrap();
+            CacheStoreShared::File(Arc::new(file))
+        };
+        file(&cache_path, 4 << 20);
+        let mut spec = CacheSpec {
+            store: CacheStoreSpec::Path {
+                path: cache_path.clone(),
+            },
+            size: None,
+            mode: CacheMode::Writeback,
+            on_invalid: None,
+        };
+        {
+            // Three commits of one dirty block each (journal blocks 0, 1, 2: the opening
+            // checkpoint of an empty cache takes no block), then a crash: no shutdown.
+            let cache = AttachedCache::open(Arc::clone(&backing), store(), &spec).unwrap();
+            let engine = cache.offline().unwrap();
+            for block in 0..3u8 {
+                let data = vec![block + 1; 4096];
+                smol::block_on(engine.write(u64::from(block) * 4096, &data, false)).unwrap();
+                smol::block_on(engine.flush()).unwrap();
+            }
+        }
+        damage_journal_block(&cache_path, 1);
+        let refused = AttachedCache::open(Arc::clone(&backing), store(), &spec).unwrap_err();
+        let message = refused.to_string();
+        assert!(message.contains("failed validation"), "{message}");
+        assert!(message.contains("--cache-invalid flush-valid"), "{message}");
+        assert!(
+            std::fs::read(backing.path()).unwrap()[..3 * 4096]
+                .iter()
+                .all(|&b| b == 0),
+            "a refused cache wrote to the backing store"
+        );
+
+        spec.on_invalid = Some(InvalidCacheChoice::FlushValid);
+        let cache = AttachedCache::open(Arc::clone(&backing), store(), &spec).unwrap();
+        assert_eq!(cache.report().stats.cached_bytes, 0, "not reformatted");
+        let on_backing = std::fs::read(backing.path()).unwrap();
+        // Block 0's record precedes the damage: written back. Blocks 1 and 2 are lost.
+        assert!(on_backing[..4096].iter().all(|&b| b == 1));
+        assert!(on_backing[4096..3 * 4096].iter().all(|&b| b == 0));
+    }
+
     #[test]
     fn a_job_for_a_stopped_worker_is_answered() {
         let dir = tempfile::tempdir().unwrap();
