@@ -152,7 +152,10 @@ fn bad_cache_requests_are_refused_before_touching_anything() {
         (add(&[], missing.to_str().unwrap()), "does not exist"),
         (add(&["--cache-size", "1000000"], cache), "multiple of 4096"),
         (add(&["--cache-size", "64K"], cache), "at least"),
-        (add(&["--cache-size", "8M"], cache), "smaller than"),
+        (
+            add(&["--cache-size", "8M"], cache),
+            "fewer than --cache-size",
+        ),
         (add(&["--cache-mode", "fast"], cache), "unknown cache mode"),
         (add(&["--cache-mode", "writeback"], "ram"), "writeback"),
         (

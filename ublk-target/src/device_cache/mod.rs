@@ -95,6 +95,16 @@ pub enum CacheSpecError {
     /// The store path does not exist.
     #[error("cache store {0} does not exist")]
     Missing(PathBuf),
+    /// The store is smaller than `--cache-size`.
+    #[error("cache store {path} has {have} bytes, fewer than --cache-size {need}")]
+    StoreTooSmall {
+        /// The store.
+        path: PathBuf,
+        /// Its size.
+        have: u64,
+        /// The size asked for.
+        need: u64,
+    },
     /// The store could not be opened.
     #[error("cache store: {0}")]
     Open(#[from] OpenError),
@@ -165,7 +175,13 @@ impl CacheSpec {
                 if same_file(path, backing.path()) {
                     return Err(CacheSpecError::SameAsBacking(path.clone()));
                 }
-                let store = FileStore::open(path, self.size, DirectIo::Optional)?;
+                let store =
+                    FileStore::open(path, self.size, DirectIo::Optional).map_err(|e| match e {
+                        OpenError::TooSmall { path, have, need } => {
+                            CacheSpecError::StoreTooSmall { path, have, need }
+                        }
+                        other => CacheSpecError::Open(other),
+                    })?;
                 if self.size.is_none() {
                     check_cache_size(store.size() - store.size() % CACHE_BLOCK)?;
                 }
