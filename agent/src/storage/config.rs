@@ -465,6 +465,7 @@ impl ProfileConfig {
             max_io_bytes: u32::try_from(self.max_io_size.0).unwrap_or(u32::MAX),
             qos: self.qos,
             qos_group: None,
+            cache: None,
         }
     }
 }
