@@ -200,6 +200,7 @@ impl Master {
         let agent = self.new_agent(register, &id, address);
         self.agents.insert(id.clone(), agent);
         self.persist_agent(&id);
+        self.publish_agent_added(&id);
         self.count("master/slave_registrations");
         Ok(self.registered_answer(&id))
     }
@@ -381,6 +382,7 @@ impl Master {
             return;
         };
         self.persist_agent_removal(agent_id, unreachable.then_some(when));
+        self.publish_agent_removed(agent_id);
         self.pending_agent_events.remove(agent_id);
         if let Some(connection) = agent.connection {
             let _ = connection.outbox.try_send(agent::Event {

@@ -21,7 +21,8 @@
 //! [`tasks`] (task lifecycle, status updates and acknowledgements; KILL, RECONCILE, SHUTDOWN and
 //! MESSAGE in `task_calls`), [`convert`] (Mesos resources ⇄ the allocator's), [`validation`] and
 //! [`task_validation`] (Mesos's checks and messages), `persistence` (the registry hooks),
-//! [`device_stats`] (the agents' device figures, for monitoring),
+//! [`device_stats`] (the agents' device figures, for monitoring), [`operator_events`] (the
+//! operator API's SUBSCRIBE streams and the events fed to them),
 //! [`timer`] (the allocation-run timer behind `allocator/mesos/allocation_run_ms`).
 
 pub mod accept;
@@ -34,6 +35,7 @@ mod launch;
 pub mod offers;
 mod operation_validation;
 pub mod operations;
+pub mod operator_events;
 mod persistence;
 mod reregistration;
 mod task_calls;
@@ -115,6 +117,8 @@ pub struct Master {
     device_stats: BTreeMap<String, mesoblk_proto::mesoblk::agent::v1::DeviceStats>,
     /// Durations of allocation runs (`allocator/mesos/allocation_run_ms`).
     allocation_run: timer::Timer,
+    /// Operator API SUBSCRIBE streams ([`operator_events`]).
+    operator_subscribers: operator_events::OperatorSubscribers,
 }
 
 /// How far back `allocator/mesos/allocation_run_ms` looks (Mesos's allocator timer window).
@@ -218,6 +222,7 @@ impl Master {
             counters: BTreeMap::new(),
             device_stats: BTreeMap::new(),
             allocation_run: timer::Timer::new(ALLOCATION_RUN_WINDOW, timer::TIMER_CAPACITY),
+            operator_subscribers: Vec::new(),
         }
     }
 
