@@ -2,7 +2,6 @@
 //! agent's HTTP port, and runs the agent (`mesoblk_agent::node`) until SIGINT/SIGTERM. Tasks
 //! keep running when the agent stops; a restarted agent takes them over.
 
-use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +81,10 @@ struct Flags {
     /// The agent's cgroup under /sys/fs/cgroup.
     #[arg(long, default_value = "mesoblk")]
     cgroups_root: String,
+    /// How often the attached devices' figures (IOPS, bandwidth, latency, throttling) go to
+    /// the master for its dashboard; `0secs` sends none.
+    #[arg(long, default_value = "10secs", value_parser = parse_duration)]
+    device_stats_interval: Duration,
     /// The first wait between registration attempts (doubling, at most a minute).
     #[arg(long, default_value = "1secs", value_parser = parse_duration)]
     registration_backoff_factor: Duration,
@@ -197,6 +200,7 @@ impl Flags {
                 .registration_backoff_factor
                 .max(Duration::from_millis(10)),
             status_backoff: Backoff::MESOS,
+            device_stats_interval: self.device_stats_interval,
         })
     }
 
@@ -224,43 +228,12 @@ impl Flags {
 }
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse() {
+    let flags: Flags = match mesoblk_cli::parse("mesoblk-agent") {
         Ok(flags) => flags,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // clap's message plus its usage would span several lines; one is the contract.
-            let rendered = e.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.starts_with("Usage:"))
-                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
-                .collect();
-            eprintln!(
-                "mesoblk-agent: {} (try --help)",
-                message.join(" ").trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(&flags) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mesoblk-agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mesoblk_cli::init_logging("info");
+    mesoblk_cli::exit("mesoblk-agent", run(&flags))
 }
 
 fn run(flags: &Flags) -> anyhow::Result<()> {

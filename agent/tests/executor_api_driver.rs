@@ -142,6 +142,9 @@ fn events(sandbox: &Path) -> String {
 
 fn scheduler_acks(config: &mut ExecutorApiConfig) {
     config.acknowledge = AcknowledgeWhen::SchedulerAcknowledged;
+    // The executor waits up to MESOS_SUBSCRIPTION_BACKOFF_MAX (2 s) between resubscriptions:
+    // the default 2 s to re-register after a restart made the restart test flaky.
+    config.reregistration_timeout = Duration::from_secs(20);
 }
 
 fn rust_driver_runs_tasks_messages_kill_and_shutdown() {

@@ -342,3 +342,53 @@ async fn a_task_keeps_its_device_across_a_kill_9_of_the_agent() {
         .await;
     scheduler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_device_reports_its_figures_to_the_master() {
+    let scratch = scratch();
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_pool(&master, dir.path(), &scratch);
+    let mut scheduler = Scheduler::start(&master.address());
+    let gate = dir.path().join("stop");
+    let command = format!(
+        "set -e; while [ ! -e {gate} ]; do \
+         dd if=/dev/zero of=\"$MESOBLK_BLOCK_DEVICE\" bs=64k count=64 oflag=direct status=none; \
+         done",
+        gate = gate.display()
+    );
+    scheduler
+        .launch_specs(vec![json!({"id": "busy", "command": command, "mem": 128,
+                                  "disk": {"mb": 64, "profile": "fast"}})])
+        .await;
+    scheduler.update("busy", "TASK_RUNNING").await;
+
+    let url = format!("http://{}/master/state", master.address());
+    let deadline = std::time::Instant::now() + cluster_common::WAIT;
+    let device = loop {
+        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let state: Value = serde_json::from_str(&body).unwrap();
+        let device = state["slaves"][0]["mesoblk_devices"][0].clone();
+        if device["write_bytes_per_second"].as_f64().unwrap_or(0.0) > 0.0 {
+            break device;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write rate reached the master: {device:#}\nagent log:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(device["task_id"]["value"], "busy", "{device:#}");
+    assert!(device["device"].as_str().unwrap().starts_with("/dev/ublkb"));
+    assert!(
+        device["latency_p99_us"].as_f64().unwrap() > 0.0,
+        "{device:#}"
+    );
+    assert_eq!(device["errors"], 0, "{device:#}");
+
+    std::fs::write(&gate, b"").unwrap();
+    let end = task_end(&mut scheduler, "busy").await;
+    assert_eq!(end["state"], "TASK_FINISHED", "{end}");
+    scheduler.stop().await;
+}

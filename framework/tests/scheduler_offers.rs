@@ -1,6 +1,7 @@
 //! The scheduler driver against the real master with a registered agent (the master's own
 //! test agent, speaking the agent protocol over HTTP): offers, LAUNCH, status updates with
-//! implicit and explicit acknowledgements, KILL, reconciliation of known tasks, DECLINE filters,
+//! implicit and explicit acknowledgements, KILL, reconciliation of known tasks, a failed
+//! scheduler's successor taking over its running task with its framework id, DECLINE filters,
 //! SUPPRESS/REVIVE kept across a resubscription, and a block disk's life through the `block`
 //! helpers (CREATE_DISK, a task on the disk, DESTROY_DISK) with operation status
 //! acknowledgements.
@@ -12,13 +13,13 @@ use std::time::Duration;
 use common::agent::{standard_resources, TaskScript, TestAgent};
 use common::net::Proxy;
 use common::recorder::{recorder, Seeing, Seen};
-use common::{eventually, framework, TestMaster};
+use common::{eventually, framework, TestMaster, WAIT};
 use mesoblk_framework::backoff::BackoffPolicy;
 use mesoblk_framework::block::{self, DiskKind};
 use mesoblk_framework::operations::{refuse_seconds, scalar};
 use mesoblk_framework::proto::mesos::v1::scheduler::call;
 use mesoblk_framework::proto::mesos::v1::{
-    AgentId, CommandInfo, Offer, OperationState, Resource, TaskId, TaskInfo, TaskState,
+    AgentId, CommandInfo, FrameworkId, Offer, OperationState, Resource, TaskId, TaskInfo, TaskState,
 };
 use mesoblk_framework::scheduler::{SchedulerConfig, SchedulerDriver};
 
@@ -196,6 +197,74 @@ async fn explicit_acknowledgements_are_left_to_the_scheduler() {
         .expect("no-op"));
     assert_eq!(master.calls_of(call::Type::Acknowledge).len(), 2);
     driver.stop(false).await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_scheduler_is_succeeded_by_one_with_its_framework_id() {
+    let (master, agent, driver, mut seen) = setup(true).await;
+    let id = driver.framework_id().expect("an id");
+    let offer = offer(&mut seen).await;
+    launch(
+        &driver,
+        &offer,
+        vec![task("t1", &offer.agent_id, Vec::new())],
+    )
+    .await;
+    seen.until("TASK_RUNNING", |s| match s {
+        Seen::Update(u) if u.state() == TaskState::TaskRunning => Some(()),
+        _ => None,
+    })
+    .await;
+    eventually("both updates acknowledged", || agent.unacknowledged() == 0).await;
+
+    // The scheduler dies (no TEARDOWN): the master keeps the framework and its task.
+    driver.abort().expect("abort");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while master.frameworks().await.0 != vec![(id.value.clone(), false)] {
+        assert!(tokio::time::Instant::now() < deadline, "still connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A successor subscribing with the framework id takes over the running task.
+    let mut info = framework("offers-test", 60.0);
+    info.id = Some(FrameworkId {
+        value: id.value.clone(),
+    });
+    let successor = SchedulerDriver::new(info, config(&master.endpoint())).expect("driver");
+    let (scheduler, mut seen) = recorder();
+    successor.start(scheduler).expect("start");
+    assert_eq!(seen.registered().await, id.value);
+    let t1 = call::reconcile::Task {
+        task_id: TaskId { value: "t1".into() },
+        agent_id: Some(offer.agent_id.clone()),
+    };
+    successor
+        .reconcile_tasks(vec![t1])
+        .await
+        .expect("reconcile");
+    let answer = seen
+        .until("the reconciliation", |s| match s {
+            Seen::Update(u) if u.uuid.is_none() => Some(u),
+            _ => None,
+        })
+        .await;
+    assert_eq!(answer.state(), TaskState::TaskRunning);
+    successor
+        .kill_task(TaskId { value: "t1".into() }, None, None)
+        .await
+        .expect("kill");
+    let killed = seen
+        .until("TASK_KILLED", |s| match s {
+            Seen::Update(u) if u.state() == TaskState::TaskKilled => Some(u),
+            _ => None,
+        })
+        .await;
+    assert_eq!(killed.task_id.value, "t1");
+    eventually("the kill is acknowledged", || agent.unacknowledged() == 0).await;
+    assert!(master.calls_of(call::Type::Teardown).is_empty());
+    let (registered, _) = master.frameworks().await;
+    assert_eq!(registered, vec![(id.value, true)]);
+    successor.stop(false).await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread")]

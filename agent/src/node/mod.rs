@@ -9,6 +9,7 @@
 //! - `link`: registration, the event stream, PING/PONG, reconnection with backoff.
 //! - `events`, `tasks`, `operations`: what each master event does.
 //! - `sender`: the loop that sends status updates (and operation statuses) until acknowledged.
+//! - `device_stats`: the loop that reports the attached devices' figures to the master.
 //!
 //! # Start and restart
 //!
@@ -34,6 +35,7 @@ pub mod identity;
 pub mod resources;
 
 mod custom;
+mod device_stats;
 mod events;
 mod link;
 mod operations;
@@ -97,6 +99,8 @@ pub struct AgentConfig {
     pub registration_backoff: Duration,
     /// Status update retries.
     pub status_backoff: Backoff,
+    /// How often device figures go to the master (`--device_stats_interval`; zero: never).
+    pub device_stats_interval: Duration,
 }
 
 /// Why the agent could not run.
@@ -118,6 +122,9 @@ pub enum NodeError {
     /// The HTTP server failed.
     #[error("the agent's HTTP server failed: {0}")]
     Server(#[from] std::io::Error),
+    /// The master refuses this agent for good: an operator marked it gone.
+    #[error("the master refuses this agent (marked gone): {0}")]
+    Gone(String),
 }
 
 /// Counters for `/metrics/snapshot`.
@@ -466,6 +473,7 @@ pub async fn run(
     tokio::spawn(tasks::watch_ended(Arc::clone(&node), ended_rx));
     let client = link::client()?;
     tokio::spawn(sender::run(Arc::clone(&node), client.clone()));
+    tokio::spawn(device_stats::run(Arc::clone(&node), client.clone()));
     tokio::spawn(custom::forward_messages(
         Arc::clone(&node),
         client.clone(),

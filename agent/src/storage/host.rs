@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags};
@@ -78,7 +79,7 @@ pub trait Formatter: Send + Sync {
 /// The machine's services, as the storage manager uses them.
 pub struct Host {
     /// Device servers.
-    pub devices: Box<dyn DeviceControl>,
+    pub devices: Arc<dyn DeviceControl>,
     /// Mounts.
     pub mounter: Box<dyn Mounter>,
     /// mkfs.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mesoblk_proto::mesos::v1::offer::operation::{self, CreateDisk, DestroyDisk};
 use mesoblk_proto::mesos::v1::offer::Operation;
@@ -12,11 +13,10 @@ use mesoblk_proto::mesos::v1::{
     OperationId, OperationState, OperationStatus, Resource, ResourceProviderId,
     ResourceProviderInfo,
 };
-use ublk_target::admin::DeviceReport;
 
 use super::config::{ProfileConfig, ResolvedPool, StorageConfig, MIB};
 use super::error::StorageError;
-use super::host::{Host, MkfsFormatter, SystemMounter, UblkDevices};
+use super::host::{DeviceControl, Host, MkfsFormatter, SystemMounter, UblkDevices};
 use super::records::{sync_dir, RecordStore, UnreadableRecord};
 use super::resources::{self, DiskClaim, PoolUsage};
 use super::volume::{
@@ -102,7 +102,7 @@ impl Storage {
             }
         }
         let host = Host {
-            devices: Box::new(UblkDevices::new(&options.target_exe, &options.run_dir)),
+            devices: Arc::new(UblkDevices::new(&options.target_exe, &options.run_dir)),
             mounter: Box::new(SystemMounter),
             formatter: Box::new(options.mkfs.clone()),
         };
@@ -173,10 +173,9 @@ impl Storage {
             .collect()
     }
 
-    /// The device server's QoS limits and statistics for an attached volume.
-    pub fn device_report(&self, id: &VolumeId) -> Option<DeviceReport> {
-        let device = self.volumes.get(id)?.state.attachment()?.device_id;
-        self.host.devices.report(device)
+    /// The device servers, to ask for their reports without holding the storage.
+    pub fn device_control(&self) -> Arc<dyn DeviceControl> {
+        Arc::clone(&self.host.devices)
     }
 
     /// The agent's disk resources: per profile, its pool's offerable capacity as a RAW disk

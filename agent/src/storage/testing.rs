@@ -338,7 +338,7 @@ impl FakeHost {
     /// A [`Host`] sharing these fakes' state.
     pub fn host(&self) -> Host {
         Host {
-            devices: Box::new(self.devices.clone()),
+            devices: Arc::new(self.devices.clone()),
             mounter: Box::new(self.mounter.clone()),
             formatter: Box::new(self.formatter.clone()),
         }

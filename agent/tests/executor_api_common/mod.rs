@@ -1,6 +1,7 @@
 //! Helpers of the executor API tests: an "agent" (an [`ExecutorApi`] served over real HTTP on
 //! loopback, on its own tokio runtime so that dropping it closes every connection, as an agent
-//! crash does), executor infos, bounded waits on the sinks, and a small HTTP client.
+//! crash does, and recording the calls it gets), executor infos, bounded waits on the sinks,
+//! and a small HTTP client.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,8 +9,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 
 use mesoblk_agent::checkpoint::Layout;
 use mesoblk_agent::executor_api::{
@@ -17,7 +23,7 @@ use mesoblk_agent::executor_api::{
 };
 use mesoblk_agent::status::status_state;
 use mesoblk_proto::codec::ContentType;
-use mesoblk_proto::mesos::v1::executor::Event;
+use mesoblk_proto::mesos::v1::executor::{call, Call, Event};
 use mesoblk_proto::mesos::v1::{
     CommandInfo, ExecutorId, ExecutorInfo, FrameworkId, FrameworkInfo, TaskId, TaskInfo, TaskState,
     TaskStatus,
@@ -46,7 +52,32 @@ pub struct Agent {
     pub work: PathBuf,
     /// How many executors `recover` found at start.
     pub recovered: usize,
+    /// Every executor call it received (refused ones too), in order.
+    pub calls: CallLog,
     runtime: tokio::runtime::Runtime,
+}
+
+/// Executor calls an agent received, with their encoding.
+pub type CallLog = Arc<Mutex<Vec<(ContentType, Call)>>>;
+
+/// Records each call that decodes, then lets the executor API answer it.
+async fn record_calls(State(calls): State<CallLog>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 16 << 20)
+        .await
+        .unwrap_or_default();
+    let encoding = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ContentType::from_content_type);
+    if let Some(encoding) = encoding {
+        if let Ok(call) = encoding.decode::<Call>(&bytes) {
+            calls.lock().unwrap().push((encoding, call));
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 impl Agent {
@@ -95,7 +126,11 @@ impl Agent {
         } else {
             0
         };
-        let app = api.routes();
+        let calls = CallLog::default();
+        let app = api.routes().layer(axum::middleware::from_fn_with_state(
+            calls.clone(),
+            record_calls,
+        ));
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -106,8 +141,30 @@ impl Agent {
             messages,
             work: work.to_path_buf(),
             recovered,
+            calls,
             runtime,
         }
+    }
+
+    /// The SUBSCRIBE calls received so far (refused ones too).
+    pub fn subscribes(&self) -> Vec<call::Subscribe> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, c)| c.r#type() == call::Type::Subscribe)
+            .filter_map(|(_, c)| c.subscribe.clone())
+            .collect()
+    }
+
+    /// How many calls of `kind` were received so far.
+    pub fn count(&self, kind: call::Type) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, c)| c.r#type() == kind)
+            .count()
     }
 
     pub fn url(&self) -> String {

@@ -11,7 +11,6 @@
 // up with the protocol.
 #[path = "../../../master/tests/common/agent.rs"]
 pub mod agent;
-pub mod fake_agent;
 pub mod net;
 pub mod recorder;
 

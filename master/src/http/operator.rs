@@ -235,6 +235,14 @@ fn answer(
             }
             return Ok(StatusCode::OK.into_response());
         }
+        T::MarkAgentGone => {
+            let id = call
+                .mark_agent_gone
+                .map(|c| c.agent_id.value)
+                .unwrap_or_default();
+            m.mark_agent_gone(&id)?;
+            return Ok(StatusCode::OK.into_response());
+        }
         T::Unknown => return Err(ApiError::not_implemented("Received 'UNKNOWN' call")),
         other => {
             return Err(ApiError::not_implemented(format!(
@@ -293,7 +301,7 @@ pub fn get_agents(m: &Master) -> response::GetAgents {
         .collect();
     response::GetAgents {
         agents,
-        recovered_agents: Vec::new(),
+        recovered_agents: m.recovered_agents().values().cloned().collect(),
     }
 }
 

@@ -3,7 +3,8 @@
 //! PARTITION_AWARE frameworks); an agent the master removed, or never knew (after a master
 //! restart), is admitted again with its id and the tasks it reports, except those of frameworks
 //! that were told the tasks were lost and are not PARTITION_AWARE, which are shut down on the
-//! agent as Mesos does. Unacknowledged updates it reports are processed as new ones.
+//! agent as Mesos does. Unacknowledged updates it reports are processed as new ones. An agent
+//! marked gone is refused (410); a recovered one (`recovered_agents`) stops being recovered.
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -51,12 +52,16 @@ impl Master {
         };
         super::validation::validate_id(&id)
             .map_err(|e| ApiError::bad_request(format!("Invalid agent id: {e}")))?;
+        self.refuse_gone_agent(&id)?;
         let (address, total) = validate_registration(&reregister.agent)?;
         self.recover_frameworks(&reregister.frameworks);
         if self.agents.contains_key(&id) {
             self.reregister_known(&id, reregister, address, total)?;
         } else {
             self.readmit(&id, reregister, address, total)?;
+        }
+        if self.recovered_agents.remove(&id).is_some() {
+            info!(agent = %id, "recovered agent re-registered");
         }
         self.persist_agent(&id);
         self.count("master/slave_reregistrations");

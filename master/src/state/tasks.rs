@@ -15,11 +15,11 @@ use std::time::{Duration, SystemTime};
 use mesoblk_proto::mesoblk::agent::v1 as agent;
 use mesoblk_proto::mesos::v1::scheduler::{call, event, Event};
 use mesoblk_proto::mesos::v1::{
-    task_status, AgentId, ExecutorId, FrameworkId, Task, TaskId, TaskState, TaskStatus, TimeInfo,
+    task_status, AgentId, ExecutorId, FrameworkId, Task, TaskId, TaskState, TaskStatus,
 };
 use tracing::{debug, warn};
 
-use super::{epoch_secs, typed_event, Master};
+use super::{epoch_secs, typed_event, AgentRemoval, Master};
 use crate::allocator::{AgentId as AllocAgentId, FrameworkId as AllocFrameworkId, ResourceSet};
 use crate::config::STATUS_UPDATE_RETRY_INTERVAL_MAX;
 use crate::error::ApiError;
@@ -496,10 +496,21 @@ impl Master {
         &self,
         key: &TaskKey,
         message: &str,
-        unreachable_time: Option<TimeInfo>,
+        removal: AgentRemoval,
+        when: SystemTime,
     ) -> TaskStatus {
+        let (state, reason) = match removal {
+            AgentRemoval::Unreachable => (
+                TaskState::TaskUnreachable,
+                task_status::Reason::AgentRemoved,
+            ),
+            AgentRemoval::Gone => (
+                TaskState::TaskGoneByOperator,
+                task_status::Reason::AgentRemovedByOperator,
+            ),
+        };
         let state = if self.partition_aware(&key.0) {
-            TaskState::TaskUnreachable
+            state
         } else {
             TaskState::TaskLost
         };
@@ -508,11 +519,13 @@ impl Master {
             &key.1,
             record.map(|r| r.task.agent_id.value.as_str()),
             state,
-            task_status::Reason::AgentRemoved,
+            reason,
             message,
         );
         status.executor_id = record.and_then(|r| r.task.executor_id.clone());
-        status.unreachable_time = unreachable_time;
+        if removal == AgentRemoval::Unreachable {
+            status.unreachable_time = Some(super::time_info(when));
+        }
         status
     }
 

@@ -205,7 +205,12 @@ impl TestAgent {
     /// Registers with `master` (`http://host:port`) and opens the stream.
     pub async fn start(master: &str, hostname: &str, resources: Vec<Resource>) -> TestAgent {
         let shared = Arc::new(Shared {
-            client: reqwest::Client::new(),
+            // No idle connections kept: a master killed and restarted on the same port would
+            // leave dead ones in the pool.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client"),
             master: master.trim_end_matches('/').to_owned(),
             agent_id: Mutex::new(String::new()),
             behavior: Mutex::new(Behavior::default()),
@@ -277,6 +282,12 @@ impl TestAgent {
         if let Some(reader) = self.reader.take() {
             reader.abort();
         }
+    }
+
+    /// What the agent reports as its resources when it re-registers (a real agent reports its
+    /// current total, volumes and created disks included).
+    pub fn report_resources(&mut self, resources: Vec<Resource>) {
+        self.register.agent_info.resources = resources;
     }
 
     /// Re-registers with the same id, its tasks and unacknowledged updates, and reconnects.
