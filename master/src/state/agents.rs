@@ -211,6 +211,7 @@ impl Master {
         let agent = self.new_agent(register, &id, address);
         self.agents.insert(id.clone(), agent);
         self.persist_agent(&id);
+        self.publish_agent_added(&id);
         self.count("master/slave_registrations");
         Ok(self.registered_answer(&id))
     }
@@ -398,6 +399,7 @@ impl Master {
         if unreachable {
             self.persist_agent_removal(agent_id, when);
         }
+        self.publish_agent_removed(agent_id);
         self.pending_agent_events.remove(agent_id);
         if let Some(connection) = agent.connection {
             let _ = connection.outbox.try_send(agent::Event {

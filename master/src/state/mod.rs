@@ -23,7 +23,8 @@
 //! [`task_validation`] (Mesos's checks and messages), `persistence` (the registry hooks),
 //! `recovered_agents` (agents across a restart: recovered, unreachable, gone), `stored_resources`
 //! (persistent volumes and created disks in the registry),
-//! [`device_stats`] (the agents' device figures, for monitoring),
+//! [`device_stats`] (the agents' device figures, for monitoring), [`operator_events`] (the
+//! operator API's SUBSCRIBE streams and the events fed to them),
 //! [`timer`] (the allocation-run timer behind `allocator/mesos/allocation_run_ms`).
 
 pub mod accept;
@@ -36,6 +37,7 @@ mod launch;
 pub mod offers;
 mod operation_validation;
 pub mod operations;
+pub mod operator_events;
 mod persistence;
 mod recovered_agents;
 mod reregistration;
@@ -134,6 +136,8 @@ pub struct Master {
     device_stats: BTreeMap<String, mesoblk_proto::mesoblk::agent::v1::DeviceStats>,
     /// Durations of allocation runs (`allocator/mesos/allocation_run_ms`).
     allocation_run: timer::Timer,
+    /// Operator API SUBSCRIBE streams ([`operator_events`]).
+    operator_subscribers: operator_events::OperatorSubscribers,
 }
 
 /// How far back `allocator/mesos/allocation_run_ms` looks (Mesos's allocator timer window).
@@ -241,6 +245,7 @@ impl Master {
             counters: BTreeMap::new(),
             device_stats: BTreeMap::new(),
             allocation_run: timer::Timer::new(ALLOCATION_RUN_WINDOW, timer::TIMER_CAPACITY),
+            operator_subscribers: Vec::new(),
         }
     }
 

@@ -82,7 +82,7 @@ impl Master {
             }
             info!(framework = %id, "recovered framework from a re-registering agent");
             self.frameworks.insert(
-                id,
+                id.clone(),
                 super::Framework {
                     info: info.clone(),
                     connection: None,
@@ -96,6 +96,7 @@ impl Master {
                     completed_tasks: Default::default(),
                 },
             );
+            self.publish_framework(&id, true);
         }
     }
 
@@ -214,6 +215,7 @@ impl Master {
             self.shutdown_framework_later(id, &framework_id);
         }
         info!(agent = %id, "agent re-admitted");
+        self.publish_agent_added(id);
         self.replay_updates(reregister.unacknowledged_updates);
         Ok(())
     }

@@ -130,7 +130,8 @@ impl Master {
             agent.tasks.insert(key.clone());
         }
         self.tasks
-            .insert(key, TaskRecord::new(task, role, allocation));
+            .insert(key.clone(), TaskRecord::new(task, role, allocation));
+        self.publish_task_added(&key);
     }
 
     /// Sends a status the master made up to the framework (when connected), without a uuid.
@@ -161,6 +162,8 @@ impl Master {
         let old = state_of(record.task.state);
         let ends = |s: TaskState| is_terminal(s) || s == TaskState::TaskUnreachable;
         let transitioned = !ends(old) && ends(update_state);
+        // Mesos tells operator subscribers when an update changes the task's state.
+        let changed = !is_terminal(old) && status.state != old as i32;
         if !is_terminal(old) {
             record.task.state = update_state as i32;
         }
@@ -175,6 +178,9 @@ impl Master {
                 self.count(counter);
             }
             self.recover_task_resources(key);
+        }
+        if changed {
+            self.publish_task_updated(key, status, update_state as i32);
         }
     }
 

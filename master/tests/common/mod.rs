@@ -187,6 +187,18 @@ impl EventStream {
         }
     }
 
+    /// An operator API SUBSCRIBE stream (it has no `Mesos-Stream-Id`).
+    pub fn operator(response: reqwest::Response, content_type: ContentType) -> Self {
+        EventStream {
+            response,
+            stream_id: String::new(),
+            content_type,
+            decoder: recordio::Decoder::new(1 << 20),
+            records: Default::default(),
+            raw: Vec::new(),
+        }
+    }
+
     /// The next record, or `None` when the stream ended.
     pub async fn next_record(&mut self) -> Option<Vec<u8>> {
         loop {
