@@ -24,12 +24,24 @@ use prost_reflect::ReflectMessage;
 use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior};
 
+/// The sending end of a subscriber's queue.
+pub type EventSender<E> = mpsc::Sender<Box<E>>;
+/// The receiving end of a subscriber's queue, which an [`EventStream`] drains.
+pub type EventQueue<E> = mpsc::Receiver<Box<E>>;
+
+/// A subscriber's queue of at most `capacity` events. Events are boxed: a Mesos message holds
+/// each optional sub-message inline (an agent event is kilobytes), and a tokio channel reserves
+/// room for 32 entries up front, which across 10,000 agents' queues came to gigabytes.
+pub fn event_queue<E>(capacity: usize) -> (EventSender<E>, EventQueue<E>) {
+    mpsc::channel(capacity)
+}
+
 /// What runs when a stream is dropped.
 pub type CloseHook = Box<dyn FnOnce() + Send + Sync>;
 
 /// A subscriber's event stream, usable as an axum response body.
 pub struct EventStream<E> {
-    events: mpsc::Receiver<E>,
+    events: EventQueue<E>,
     content_type: ContentType,
     heartbeat: Option<(Interval, E)>,
     on_close: Option<CloseHook>,
@@ -41,7 +53,7 @@ impl<E: ReflectMessage + Clone + Unpin> EventStream<E> {
     /// the event is sent every interval (first right away); must be called within a tokio
     /// runtime in that case.
     pub fn new(
-        events: mpsc::Receiver<E>,
+        events: EventQueue<E>,
         content_type: ContentType,
         heartbeat: Option<(Duration, E)>,
         on_close: Option<CloseHook>,

@@ -19,6 +19,7 @@ use super::tasks::TaskKey;
 use super::{convert, Master, MAX_REMOVED_AGENTS};
 use crate::allocator::{AgentId as AllocAgentId, FrameworkId as AllocFrameworkId, ResourceSet};
 use crate::error::ApiError;
+use crate::stream::{event_queue, EventQueue, EventSender};
 
 /// Why an agent is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +38,7 @@ pub enum AgentRemoval {
 pub struct AgentConnection {
     /// Distinguishes this stream from the agent's earlier and later ones.
     pub id: u64,
-    pub(super) outbox: mpsc::Sender<agent::Event>,
+    pub(super) outbox: EventSender<agent::Event>,
 }
 
 /// An executor the master knows on an agent.
@@ -244,10 +245,10 @@ impl Master {
     pub fn subscribe_agent(
         &mut self,
         subscribe: &agent::Subscribe,
-    ) -> Result<(u64, mpsc::Receiver<agent::Event>), ApiError> {
+    ) -> Result<(u64, EventQueue<agent::Event>), ApiError> {
         let agent_id = subscribe.agent_id.value.clone();
         self.check_agent(&agent_id)?;
-        let (outbox, events) = mpsc::channel(self.config.event_queue_max);
+        let (outbox, events) = event_queue(self.config.event_queue_max);
         let connection_id = self.next_connection_id;
         self.next_connection_id += 1;
         for queued in self
@@ -255,7 +256,7 @@ impl Master {
             .remove(&agent_id)
             .unwrap_or_default()
         {
-            let _ = outbox.try_send(queued);
+            let _ = outbox.try_send(Box::new(queued));
         }
         if let Some(agent) = self.agents.get_mut(&agent_id) {
             // Dropping the old sender ends the old stream.
@@ -311,7 +312,7 @@ impl Master {
         else {
             return false;
         };
-        match connection.outbox.try_send(event) {
+        match connection.outbox.try_send(Box::new(event)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(agent = %agent_id, "agent event queue full; disconnecting the agent");
@@ -402,13 +403,13 @@ impl Master {
         self.publish_agent_removed(agent_id);
         self.pending_agent_events.remove(agent_id);
         if let Some(connection) = agent.connection {
-            let _ = connection.outbox.try_send(agent::Event {
+            let _ = connection.outbox.try_send(Box::new(agent::Event {
                 r#type: Some(agent::event::Type::Shutdown as i32),
                 shutdown: Some(agent::event::Shutdown {
                     message: Some(message.into()),
                 }),
                 ..Default::default()
-            });
+            }));
         }
         if unreachable {
             while self.removed_agents.len() >= MAX_REMOVED_AGENTS {

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use super::{error_event, typed_event, validation, Effect, Master};
 use crate::allocator::{FrameworkId as AllocFrameworkId, FrameworkSpec, Quantities};
 use crate::error::ApiError;
+use crate::stream::{event_queue, EventQueue, EventSender};
 
 /// A framework's live event stream.
 #[derive(Debug)]
@@ -23,7 +24,7 @@ pub struct Connection {
     pub id: u64,
     /// The `Mesos-Stream-Id` handed out with it.
     pub stream_id: String,
-    pub(super) outbox: mpsc::Sender<Event>,
+    pub(super) outbox: EventSender<Event>,
 }
 
 /// A registered framework.
@@ -75,19 +76,19 @@ pub struct Subscription {
     /// Connection id, when subscribed.
     pub connection_id: Option<u64>,
     /// The queue the stream reads.
-    pub events: mpsc::Receiver<Event>,
+    pub events: EventQueue<Event>,
 }
 
 /// A refused subscription: the ERROR event on a stream that then ends.
 fn refused(
-    outbox: &mpsc::Sender<Event>,
-    events: mpsc::Receiver<Event>,
+    outbox: &EventSender<Event>,
+    events: EventQueue<Event>,
     stream_id: String,
     message: String,
 ) -> Subscription {
     // The queue is new and empty, so this cannot fail; the sender's owner drops it right after,
     // which ends the stream.
-    let _ = outbox.try_send(error_event(message));
+    let _ = outbox.try_send(Box::new(error_event(message)));
     Subscription {
         stream_id,
         framework_id: None,
@@ -165,7 +166,7 @@ impl Master {
     /// unknown id is taken as a framework recovering after a master failover; the id of a removed
     /// framework, or an invalid `FrameworkInfo`, gets an ERROR event and a closed stream.
     pub fn subscribe(&mut self, subscribe: call::Subscribe) -> Subscription {
-        let (outbox, events) = mpsc::channel(self.config.event_queue_max);
+        let (outbox, events) = event_queue(self.config.event_queue_max);
         let stream_id = uuid::Uuid::new_v4().to_string();
         let mut info = subscribe.framework_info;
         info!(framework = %info.name, "received subscription request");
@@ -209,7 +210,9 @@ impl Master {
                 info.id = Some(FrameworkId { value: id.clone() });
                 if let Some(old) = framework.connection.take() {
                     info!(framework = %id, "framework failed over");
-                    let _ = old.outbox.try_send(error_event("Framework failed over"));
+                    let _ = old
+                        .outbox
+                        .try_send(Box::new(error_event("Framework failed over")));
                 }
                 let was_recovered = framework.recovered;
                 framework.info = info;
@@ -328,7 +331,7 @@ impl Master {
             debug!(framework = %framework_id, "dropping event for a disconnected framework");
             return;
         };
-        match connection.outbox.try_send(event) {
+        match connection.outbox.try_send(Box::new(event)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(framework = %framework_id, "event queue full; disconnecting the framework");

@@ -21,9 +21,10 @@ use tracing::{debug, warn};
 use super::tasks::TaskKey;
 use super::{convert, time_info, Master};
 use crate::allocator::{AgentId as AllocAgentId, ResourceSet};
+use crate::stream::{event_queue, EventQueue, EventSender};
 
 /// Operator subscribers' queues.
-pub type OperatorSubscribers = Vec<mpsc::Sender<Event>>;
+pub type OperatorSubscribers = Vec<EventSender<Event>>;
 
 /// An operator event of `kind` with no body.
 pub fn operator_event(kind: event::Type) -> Event {
@@ -36,10 +37,10 @@ pub fn operator_event(kind: event::Type) -> Event {
 impl Master {
     /// A new operator subscriber whose stream starts with `first` (SUBSCRIBED, built under the
     /// same lock, so no change falls between the snapshot and the events that follow it).
-    pub fn add_operator_subscriber(&mut self, first: Event) -> mpsc::Receiver<Event> {
-        let (queue, events) = mpsc::channel(self.config.event_queue_max);
+    pub fn add_operator_subscriber(&mut self, first: Event) -> EventQueue<Event> {
+        let (queue, events) = event_queue(self.config.event_queue_max);
         // The queue is new and its bound is positive (`Config::validate`).
-        let _ = queue.try_send(first);
+        let _ = queue.try_send(Box::new(first));
         self.operator_subscribers.retain(|q| !q.is_closed());
         self.operator_subscribers.push(queue);
         events
@@ -63,7 +64,7 @@ impl Master {
             return;
         };
         self.operator_subscribers
-            .retain(|queue| match queue.try_send(event.clone()) {
+            .retain(|queue| match queue.try_send(Box::new(event.clone())) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!("operator event queue full; closing the subscriber's stream");

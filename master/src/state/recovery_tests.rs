@@ -11,10 +11,10 @@ use mesoblk_proto::mesos::v1::{
     framework_info, resource, AgentId, AgentInfo, FrameworkInfo, OperationId, OperationState,
     Resource, TaskId, TaskState,
 };
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::registry::{epoch_secs, AgentState, InMemoryRegistry, Mutation, Registry};
+use crate::stream::EventQueue;
 use mesoblk_proto::resource::scalar;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -95,7 +95,7 @@ fn stored_state(registry: &InMemoryRegistry, id: &str) -> Option<AgentState> {
         .map(|a| a.state)
 }
 
-fn partition_aware_framework(m: &mut Master) -> (String, mpsc::Receiver<Event>) {
+fn partition_aware_framework(m: &mut Master) -> (String, EventQueue<Event>) {
     let subscription = m.subscribe(call::Subscribe {
         framework_info: FrameworkInfo {
             user: "u".into(),
@@ -136,7 +136,7 @@ fn reconcile_operation(
     m: &mut Master,
     framework_id: &str,
     agent_id: &str,
-    events: &mut mpsc::Receiver<Event>,
+    events: &mut EventQueue<Event>,
 ) -> OperationState {
     m.reconcile_operations(
         framework_id,
@@ -158,7 +158,7 @@ fn reconcile_operation(
     answers[0]
 }
 
-fn updates(events: &mut mpsc::Receiver<Event>) -> Vec<TaskState> {
+fn updates(events: &mut EventQueue<Event>) -> Vec<TaskState> {
     std::iter::from_fn(|| events.try_recv().ok())
         .filter(|e| e.r#type() == event::Type::Update)
         .filter_map(|e| e.update.map(|u| u.status.state()))
@@ -244,7 +244,7 @@ fn recovered_agents_that_do_not_come_back_in_time_become_unreachable() {
         Some(AgentState::Unreachable { .. })
     ));
     assert_eq!(stored_state(&registry, "M-S1"), Some(AgentState::Admitted));
-    let failures: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok())
+    let failures: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok().map(|e| *e))
         .filter(|e| e.r#type() == event::Type::Failure)
         .collect();
     assert_eq!(failures.len(), 1, "the framework hears the agent is lost");

@@ -9,6 +9,7 @@ use mesoblk_proto::mesos::v1::{FrameworkId, FrameworkInfo};
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::stream::EventQueue;
 
 fn master() -> Master {
     Master::new(Config::new("h", Ipv4Addr::new(10, 0, 0, 1), 5050))
@@ -27,7 +28,7 @@ fn subscribe(name: &str, id: Option<&str>, failover_timeout: f64) -> call::Subsc
     }
 }
 
-fn next_type(events: &mut mpsc::Receiver<Event>) -> Option<event::Type> {
+fn next_type(events: &mut EventQueue<Event>) -> Option<event::Type> {
     events.try_recv().ok().map(|e| e.r#type())
 }
 
@@ -172,11 +173,11 @@ mod lifecycle {
         }
     }
 
-    fn drain(events: &mut mpsc::Receiver<Event>) -> Vec<Event> {
-        std::iter::from_fn(|| events.try_recv().ok()).collect()
+    fn drain(events: &mut EventQueue<Event>) -> Vec<Event> {
+        std::iter::from_fn(|| events.try_recv().ok().map(|e| *e)).collect()
     }
 
-    fn drain_agent(events: &mut mpsc::Receiver<agent::Event>) -> Vec<agent::event::Type> {
+    fn drain_agent(events: &mut EventQueue<agent::Event>) -> Vec<agent::event::Type> {
         std::iter::from_fn(|| events.try_recv().ok())
             .map(|e| e.r#type())
             .collect()
@@ -189,9 +190,9 @@ mod lifecycle {
     ) -> (
         Master,
         String,
-        mpsc::Receiver<agent::Event>,
+        EventQueue<agent::Event>,
         String,
-        mpsc::Receiver<Event>,
+        EventQueue<Event>,
         String,
     ) {
         let mut config = Config::new("h", Ipv4Addr::LOCALHOST, 5050);
@@ -290,7 +291,7 @@ mod lifecycle {
         }
     }
 
-    fn updates(events: &mut mpsc::Receiver<Event>) -> usize {
+    fn updates(events: &mut EventQueue<Event>) -> usize {
         drain(events)
             .iter()
             .filter(|e| e.r#type() == event::Type::Update)
