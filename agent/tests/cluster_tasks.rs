@@ -422,9 +422,52 @@ async fn a_new_master_learns_the_custom_executors_from_the_re_registration() {
     let info = &listed[0]["executor_info"];
     assert_eq!(info["executor_id"]["value"], "custom-kept", "{listed:#}");
     assert!(info["framework_id"]["value"].is_string(), "{listed:#}");
+    let state = master.get_json("/master/state").await;
+    let executors = &state["frameworks"][0]["executors"];
+    assert_eq!(executors[0]["executor_id"], "custom-kept", "{state:#}");
+    assert_eq!(
+        executors[0]["slave_id"], state["slaves"][0]["id"],
+        "{state:#}"
+    );
+    assert_eq!(executors[0]["framework_id"], info["framework_id"]["value"]);
+    // pymesos re-subscribes to the new master on its own time; a kill sent before is lost.
+    let deadline = std::time::Instant::now() + cluster_common::WAIT;
+    while master.get_json("/master/state").await["frameworks"][0]["connected"] != true {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler re-subscribed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     scheduler
         .send(serde_json::json!({"cmd": "kill", "id": "kept"}))
         .await;
     scheduler.update("kept", "TASK_KILLED").await;
     scheduler.stop().await;
+    // This framework was recovered by the new master, whose teardown does not reach the
+    // executor: end its process group here so that nothing is left running.
+    let directory = executor_of(&agent.get_json("/state").await, "custom-kept")
+        .map(|e| e["directory"].as_str().unwrap_or_default().to_owned())
+        .expect("the executor is listed");
+    kill_group_of_launcher(&directory);
+    agent
+        .wait_state("the executor shut down", |s| {
+            executor_of(s, "custom-kept").is_none()
+        })
+        .await;
+}
+
+/// SIGKILLs the process group of the `mesoblk-launcher` whose `--workdir` is `sandbox`.
+fn kill_group_of_launcher(sandbox: &str) {
+    let needle = format!("--workdir\0{sandbox}\0");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let group = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
