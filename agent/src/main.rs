@@ -2,7 +2,6 @@
 //! agent's HTTP port, and runs the agent (`mesoblk_agent::node`) until SIGINT/SIGTERM. Tasks
 //! keep running when the agent stops; a restarted agent takes them over.
 
-use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -264,43 +263,12 @@ impl Flags {
 }
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse() {
+    let flags: Flags = match mesoblk_cli::parse("mesoblk-agent") {
         Ok(flags) => flags,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // clap's message plus its usage would span several lines; one is the contract.
-            let rendered = e.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.starts_with("Usage:"))
-                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
-                .collect();
-            eprintln!(
-                "mesoblk-agent: {} (try --help)",
-                message.join(" ").trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(&flags) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mesoblk-agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mesoblk_cli::init_logging("info");
+    mesoblk_cli::exit("mesoblk-agent", run(&flags))
 }
 
 fn run(flags: &Flags) -> anyhow::Result<()> {

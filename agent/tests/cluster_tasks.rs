@@ -2,7 +2,8 @@
 //! fail and get killed; a pymesos custom executor runs a task and exchanges framework messages;
 //! the agent's HTTP API shows them;
 //! a `kill -9` of the agent leaves a running task running, and the restarted agent re-registers
-//! with the same id and reports the task's end.
+//! with the same id and reports the task's end; an agent the operator marked gone is refused
+//! and exits.
 
 mod cluster_common;
 
@@ -470,4 +471,34 @@ fn kill_group_of_launcher(sandbox: &str) {
             let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_marked_gone_is_refused_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = cluster_common::MasterProcess::start(
+        cluster_common::free_port(),
+        dir.path().join("master.log"),
+    );
+    let mut agent = Agent::start(&master.address(), dir.path(), &[]);
+    let registered = agent
+        .wait_state("registered", |s| s["registered"] == true)
+        .await;
+    let agent_id = registered["id"].as_str().unwrap().to_owned();
+    agent.kill9();
+    let body = serde_json::json!({"type":"MARK_AGENT_GONE",
+        "mark_agent_gone":{"agent_id":{"value":agent_id}}});
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1", master.address()))
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Restarted, it re-registers with its id, is refused for good, and stops.
+    let status = agent.restart_until_exit();
+    assert!(!status.success(), "{status}");
+    let log = agent.log_text();
+    assert!(log.contains("marked gone"), "{log}");
 }

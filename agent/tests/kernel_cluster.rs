@@ -63,15 +63,20 @@ fn scratch() -> Scratch {
     Scratch { mount, _dir: dir }
 }
 
-/// An agent with one pool (`local`, on the scratch disk) and one ext4 profile (`fast`).
+/// An agent with one pool (`local`, on the scratch disk) and two ext4 profiles of it: `fast`,
+/// and `cached`, whose devices have a writeback cache in the `nvme` pool.
 fn agent_with_pool(master: &Master, dir: &Path, scratch: &Scratch) -> Agent {
     let pool = scratch.mount.join("pool");
+    let cache_pool = scratch.mount.join("cache");
     let config = dir.join("storage.json");
     std::fs::write(
         &config,
         json!({
-            "pools": [{"name": "local", "dir": pool, "size": format!("{POOL_MB}M")}],
-            "profiles": [{"name": "fast", "pool": "local", "filesystem": "ext4"}],
+            "pools": [{"name": "local", "dir": pool, "size": format!("{POOL_MB}M")},
+                      {"name": "nvme", "dir": cache_pool, "size": "64M"}],
+            "profiles": [{"name": "fast", "pool": "local", "filesystem": "ext4"},
+                         {"name": "cached", "pool": "local", "filesystem": "ext4",
+                          "cache": "writeback", "cache_pool": "nvme", "cache_size": "16M"}],
         })
         .to_string(),
     )
@@ -344,7 +349,7 @@ async fn a_task_keeps_its_device_across_a_kill_9_of_the_agent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_device_reports_its_figures_to_the_master() {
+async fn a_busy_cached_device_reports_its_figures_to_the_master() {
     let scratch = scratch();
     let master = Master::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -359,7 +364,7 @@ async fn a_busy_device_reports_its_figures_to_the_master() {
     );
     scheduler
         .launch_specs(vec![json!({"id": "busy", "command": command, "mem": 128,
-                                  "disk": {"mb": 64, "profile": "fast"}})])
+                                  "disk": {"mb": 64, "profile": "cached"}})])
         .await;
     scheduler.update("busy", "TASK_RUNNING").await;
 
@@ -386,6 +391,9 @@ async fn a_busy_device_reports_its_figures_to_the_master() {
         "{device:#}"
     );
     assert_eq!(device["errors"], 0, "{device:#}");
+    assert_eq!(device["profile"], "cached");
+    assert!(device["cache_dirty_bytes"].is_u64(), "{device:#}");
+    assert!(device["cache_read_misses"].is_u64(), "{device:#}");
 
     std::fs::write(&gate, b"").unwrap();
     let end = task_end(&mut scheduler, "busy").await;

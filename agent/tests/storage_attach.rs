@@ -8,11 +8,14 @@ use std::path::PathBuf;
 
 use mesoblk_agent::storage::volume::{VolumeId, VolumeKind, VolumeState};
 use mesoblk_agent::storage::{
-    AttachRequest, Filesystem, Storage, TaskDiskRequest, ENV_BLOCK_DEVICE, ENV_MOUNT_PATH,
+    AttachRequest, Filesystem, Storage, StorageConfig, TaskDiskRequest, ENV_BLOCK_DEVICE,
+    ENV_MOUNT_PATH,
 };
 use mesoblk_proto::mesos::v1::resource::disk_info::source;
 use mesoblk_proto::mesos::v1::{task_status, value, volume, Resource, TaskState, Volume};
 use storage_common::*;
+use ublk_target::cache::CacheMode;
+use ublk_target::device_cache::CacheStoreSpec;
 
 /// The task's user: someone else than us when we can chown (root), else ourselves.
 fn task_user() -> (u32, u32) {
@@ -466,4 +469,51 @@ fn nested_mounts_come_off_innermost_first() {
 fn the_storage_manager_can_be_shared_between_threads() {
     fn shareable<T: Send + Sync>() {}
     shareable::<Storage>();
+}
+
+#[test]
+fn a_cached_profile_serves_each_volume_through_its_own_cache_store() {
+    let fx = Fixture::new();
+    let cache_dir = fx.allowed.join("nvme");
+    let config = StorageConfig::from_str(&format!(
+        r#"{{
+            "pools": [{{"name": "local", "dir": "{}", "size": "1024M"}},
+                      {{"name": "nvme", "dir": "{}", "size": "256M"}}],
+            "profiles": [{{"name": "cached", "pool": "local", "cache": "writeback",
+                           "cache_pool": "nvme", "cache_size": "64M"}}]
+        }}"#,
+        fx.pool_dir.display(),
+        cache_dir.display()
+    ))
+    .unwrap();
+    let mut storage = fx.open_config(config);
+    let disk = create(&mut storage, "cached", 256, source::Type::Block);
+    let id = VolumeId::parse(&disk_id(&disk)).unwrap();
+    let store = std::fs::canonicalize(&cache_dir)
+        .unwrap()
+        .join(format!("{id}.cache"));
+    assert_eq!(std::fs::metadata(&store).unwrap().len(), 64 * MB);
+
+    let device = storage.attach(&id, &request("t1", None)).unwrap();
+    let served = fx.fakes.devices.devices()[&device.device_id]
+        .record
+        .spec
+        .clone();
+    let cache = served.cache.expect("the device has a cache");
+    assert_eq!(cache.mode, CacheMode::Writeback);
+    assert!(
+        matches!(&cache.store, CacheStoreSpec::Path { path } if *path == store),
+        "{cache:?}"
+    );
+
+    storage.detach_task("t1").unwrap();
+    assert!(
+        store.is_file(),
+        "the store outlives the device (dirty data)"
+    );
+    destroy(&mut storage, &disk);
+    assert!(
+        !store.exists(),
+        "destroying the volume removes its cache store"
+    );
 }

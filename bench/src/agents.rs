@@ -17,10 +17,9 @@ use futures::stream::{self, StreamExt};
 use mesoblk_proto::codec::ContentType;
 use mesoblk_proto::mesoblk::agent::v1 as agent;
 use mesoblk_proto::mesos::v1::agent_info::{capability, Capability};
-use mesoblk_proto::mesos::v1::{
-    task_status, value, AgentId, AgentInfo, Resource, TaskState, TaskStatus,
-};
+use mesoblk_proto::mesos::v1::{task_status, AgentId, AgentInfo, TaskState, TaskStatus};
 use mesoblk_proto::recordio;
+use mesoblk_proto::resource::scalar;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
@@ -98,15 +97,6 @@ impl Poster {
                 warn!(path, error = %e, "post failed");
             }
         }
-    }
-}
-
-fn scalar(name: &str, x: f64) -> Resource {
-    Resource {
-        name: name.into(),
-        r#type: value::Type::Scalar as i32,
-        scalar: Some(value::Scalar { value: x }),
-        ..Default::default()
     }
 }
 

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
-use tracing_subscriber::EnvFilter;
 
 use agents::AgentShape;
 use frameworks::{Book, TaskShape};
@@ -245,10 +244,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    mesoblk_cli::init_logging("warn");
     let args = Args::parse();
     let report_path = args.report.clone();
     let report = run(args).await?;

@@ -21,8 +21,9 @@ use mesoblk_proto::mesos::v1::offer::operation::{self, Type};
 use mesoblk_proto::mesos::v1::offer::Operation;
 use mesoblk_proto::mesos::v1::resource::disk_info::source;
 use mesoblk_proto::mesos::v1::{
-    value, ExecutorInfo, Filters, OperationId, Resource, TaskGroupInfo, TaskInfo,
+    ExecutorInfo, Filters, OperationId, Resource, TaskGroupInfo, TaskInfo,
 };
+pub use mesoblk_proto::resource::scalar;
 
 fn operation(kind: Type) -> Operation {
     Operation {
@@ -123,16 +124,6 @@ pub fn with_id(operation: Operation, id: impl Into<String>) -> Operation {
 pub fn refuse_seconds(seconds: f64) -> Filters {
     Filters {
         refuse_seconds: Some(seconds),
-    }
-}
-
-/// An unreserved scalar resource (`cpus`, `mem` in MB, `disk` in MB, `gpus`).
-pub fn scalar(name: &str, value: f64) -> Resource {
-    Resource {
-        name: name.to_owned(),
-        r#type: value::Type::Scalar as i32,
-        scalar: Some(value::Scalar { value }),
-        ..Resource::default()
     }
 }
 

@@ -35,6 +35,14 @@ pub const DEFAULT_STATUS_UPDATE_RETRY_INTERVAL: Duration = Duration::from_secs(1
 /// Longest interval between retries of one status update.
 pub const STATUS_UPDATE_RETRY_INTERVAL_MAX: Duration = Duration::from_secs(600);
 
+/// Mesos's `--agent_reregister_timeout` default: how long agents recovered from the registry
+/// have to re-register after a master restart before they are marked unreachable.
+pub const DEFAULT_AGENT_REREGISTER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Mesos's `--registry_max_agent_age` default: unreachable and gone agents older than this are
+/// forgotten by the registry.
+pub const DEFAULT_REGISTRY_MAX_AGENT_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+
 /// Terminal tasks remembered per framework (`--max_completed_tasks_per_framework`).
 pub const DEFAULT_MAX_COMPLETED_TASKS_PER_FRAMEWORK: usize = 1000;
 
@@ -78,6 +86,16 @@ pub struct Config {
     pub status_update_retry_interval: Duration,
     /// Terminal tasks remembered per framework.
     pub max_completed_tasks_per_framework: usize,
+    /// How long agents recovered from the registry have to re-register after a restart
+    /// (`--agent_reregister_timeout`).
+    pub agent_reregister_timeout: Duration,
+    /// The largest fraction (0 to 1) of recovered agents that may fail to re-register in time;
+    /// beyond it the master exits instead of marking them unreachable
+    /// (`--recovery_agent_removal_limit`, given in percent).
+    pub recovery_agent_removal_limit: f64,
+    /// Unreachable and gone agents older than this are forgotten by the registry at start
+    /// (`--registry_max_agent_age`).
+    pub registry_max_agent_age: Duration,
     /// Where the master's persistent state goes (`--registry`, `--work_dir`); in memory unless
     /// the binary opens an embedded registry.
     pub registry: Arc<dyn Registry>,
@@ -105,6 +123,9 @@ impl Config {
             offer_timeout: None,
             status_update_retry_interval: DEFAULT_STATUS_UPDATE_RETRY_INTERVAL,
             max_completed_tasks_per_framework: DEFAULT_MAX_COMPLETED_TASKS_PER_FRAMEWORK,
+            agent_reregister_timeout: DEFAULT_AGENT_REREGISTER_TIMEOUT,
+            recovery_agent_removal_limit: 1.0,
+            registry_max_agent_age: DEFAULT_REGISTRY_MAX_AGENT_AGE,
             registry: Arc::new(InMemoryRegistry::new()),
             auth: AuthConfig::default(),
         }
@@ -127,6 +148,9 @@ impl Config {
         }
         if self.allocation_interval.is_zero() {
             return Err("--allocation_interval must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.recovery_agent_removal_limit) {
+            return Err("--recovery_agent_removal_limit must be within [0%-100%]".into());
         }
         if self.agent_ping_timeout.is_zero() {
             return Err("--agent_ping_timeout must be positive".into());

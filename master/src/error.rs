@@ -35,6 +35,17 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, message)
     }
 
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 410: an agent the operator marked gone may never come back (mesoblk's agent protocol;
+    /// Mesos sends such an agent a `ShutdownMessage` instead).
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, message)
+    }
+
     /// 405 for a resource that only takes POST, worded as libprocess's `MethodNotAllowed`.
     pub fn post_only(method: &str) -> Self {
         ApiError {

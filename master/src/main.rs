@@ -1,6 +1,5 @@
 //! `mesoblk-master`: parses Mesos-named flags, binds, serves the router until SIGINT/SIGTERM.
 
-use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -221,7 +220,6 @@ impl Flags {
         config.max_completed_frameworks = self.max_completed_frameworks;
         config.root_submissions = self.root_submissions;
         config.heartbeat_interval = self.heartbeat_interval;
-        self.cluster.apply(&mut config);
         config.work_dir.clone_from(&self.work_dir);
         config.auth = self.auth.config()?;
         config.flags = vec![
@@ -243,6 +241,8 @@ impl Flags {
                 .flags
                 .push(("work_dir".into(), dir.display().to_string()));
         }
+        // After the list above is set, so GET_FLAGS shows the cluster flags too.
+        self.cluster.apply(&mut config);
         config.flags.extend(self.auth.reported());
         if let Some(kind) = &self.registry.registry {
             config.flags.push(("registry".into(), kind.clone()));
@@ -261,39 +261,12 @@ fn system_hostname() -> String {
 }
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse() {
+    let flags: Flags = match mesoblk_cli::parse("mesoblk-master") {
         Ok(flags) => flags,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version are not errors.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // clap's message plus its usage hint would span several lines; one is the contract.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "mesoblk-master: {} (try --help)",
-                first.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(&flags) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mesoblk-master: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mesoblk_cli::init_logging("info");
+    mesoblk_cli::exit("mesoblk-master", run(&flags))
 }
 
 fn run(flags: &Flags) -> anyhow::Result<()> {

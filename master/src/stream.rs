@@ -5,7 +5,9 @@
 //! - events are written in the order they were queued; the stream ends (and the chunked response
 //!   with it) once the master drops the queue's sender and the queued events are written;
 //! - when heartbeats are on, the first one follows the first event immediately (Mesos's
-//!   heartbeater starts right after SUBSCRIBED), then one every interval while the queue is idle;
+//!   scheduler heartbeater starts right after SUBSCRIBED; [`EventStream::delay_first_heartbeat`]
+//!   waits one interval instead, as the operator API's does), then one every interval while the
+//!   queue is idle;
 //! - dropping the stream, which hyper does when the client goes away, runs the `on_close` hook
 //!   once, so the master can mark the subscriber disconnected.
 
@@ -56,6 +58,16 @@ impl<E: ReflectMessage + Clone + Unpin> EventStream<E> {
             on_close,
             ended: false,
         }
+    }
+
+    /// The first heartbeat after one interval instead of right away (Mesos's operator API
+    /// heartbeater waits; a framework's does not).
+    #[must_use]
+    pub fn delay_first_heartbeat(mut self) -> Self {
+        if let Some((interval, _)) = &mut self.heartbeat {
+            interval.reset();
+        }
+        self
     }
 
     fn frame(&self, event: &E) -> Bytes {

@@ -22,6 +22,7 @@ use prost_reflect::DescriptorPool;
 pub mod codec;
 pub mod json;
 pub mod recordio;
+pub mod resource;
 pub mod stout;
 pub mod task_state;
 

@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::admin::{self, AdminState};
 use crate::backend::SharedStore;
+use crate::device_cache::{AttachError, AttachedCache, CacheSpec};
 use crate::qos::{Clock, GroupJoin, Limiter, MonotonicClock};
 use crate::spec::{DeviceSpec, SpecError};
 use crate::stats::DeviceStats;
@@ -60,6 +61,9 @@ pub enum DaemonError {
     /// The device's QoS group could not be joined.
     #[error(transparent)]
     QosGroup(#[from] ShmError),
+    /// The device's cache could not be opened.
+    #[error(transparent)]
+    Cache(#[from] AttachError),
     /// The server reported an error before the device started.
     #[error("{0}")]
     Server(String),
@@ -197,9 +201,17 @@ pub fn spawn(
     }
 }
 
-/// Opens the spec's store and, when recovering, readies the quiesced device for this server.
+/// Opens the spec's store (and its cache, replaying the cache's journal) and, when recovering,
+/// readies the quiesced device for this server. The cache is opened before the device starts or
+/// ends recovery, so no request reaches it before its replay.
 fn prepare(spec: &DeviceSpec, mode: StartMode) -> Result<SharedStore, DaemonError> {
-    let store = spec.open()?;
+    let mut store = spec.open()?;
+    if let (Some(cache_store), Some(cache), SharedStore::File(backing)) =
+        (spec.open_cache_store(&store)?, &spec.cache, &store)
+    {
+        let attached = AttachedCache::open(Arc::clone(backing), cache_store, cache)?;
+        store = SharedStore::Cached(attached);
+    }
     if mode == StartMode::Recover {
         let id = spec
             .id
@@ -230,6 +242,7 @@ struct Announcer<W> {
     log_file: Option<PathBuf>,
     limiter: Arc<Limiter>,
     stats: Arc<DeviceStats>,
+    cache: Option<Arc<AttachedCache>>,
     report: Arc<Mutex<Option<W>>>,
     started_id: Arc<Mutex<Option<u32>>>,
 }
@@ -251,6 +264,7 @@ impl<W: Write> Announcer<W> {
         let admin = AdminState {
             limiter: self.limiter,
             stats: self.stats,
+            cache: self.cache,
         };
         let published = self.run_dir.write(&record).and_then(|()| {
             let socket = self.run_dir.socket_path(record.id);
@@ -300,16 +314,26 @@ pub fn serve(
     };
     let started_id = Arc::new(Mutex::new(None));
     let stats = Arc::new(DeviceStats::new());
+    let cache = match &store {
+        SharedStore::Cached(cache) => Some(Arc::clone(cache)),
+        _ => None,
+    };
     let announcer = Announcer {
         run_dir: run_dir.clone(),
-        // Record the size actually served (file backends default to the whole store).
+        // Record the size actually served (file backends default to the whole store), and not
+        // the one-time choice for an invalid cache: a later recovery must not repeat it.
         spec: DeviceSpec {
             size: Some(store.size()),
+            cache: spec.cache.clone().map(|cache| CacheSpec {
+                on_invalid: None,
+                ..cache
+            }),
             ..spec.clone()
         },
         log_file,
         limiter: Arc::clone(&limiter),
         stats: Arc::clone(&stats),
+        cache: cache.clone(),
         report: Arc::clone(&report),
         started_id: Arc::clone(&started_id),
     };
@@ -320,6 +344,9 @@ pub fn serve(
         stats,
         move |started| announcer.device_live(started),
     );
+    if let Some(cache) = cache {
+        cache.shutdown();
+    }
     if let Some(id) = started_id.lock().ok().and_then(|slot| *slot) {
         run_dir.remove(id);
         let _ = std::fs::remove_file(run_dir.socket_path(id));

@@ -4,6 +4,7 @@
 //! - [`request`]: decoding a ublk I/O descriptor into a validated [`request::Request`];
 //! - [`backend`]: where blocks live (file or block device through io_uring, RAM, null);
 //! - [`cache`]: a writeback/writethrough cache store in front of a backend, crash-consistent;
+//! - [`device_cache`]: a cache attached to a served device: spec, per-queue backend, admin jobs;
 //! - [`engine`]: running one request against a backend, producing ublk's result code;
 //! - [`qos`]: per-device and per-group token-bucket throttling (pure; the clock is injected);
 //! - [`stats`]: per-device I/O counters and latency histograms, snapshots and rates (pure);
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod backend;
 pub mod cache;
 pub mod daemon;
+pub mod device_cache;
 pub mod engine;
 pub mod qos;
 pub mod request;

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::backend::file::{DirectIo, OpenError, StoreKind};
 use crate::backend::{FileStore, NullBackend, RamBackend, SharedStore};
+use crate::device_cache::{CacheSpec, CacheSpecError, CacheStoreShared};
 use crate::qos::{QosError, QosLimits};
 use crate::sys::device::{DeviceOptions, StartMode};
 
@@ -73,6 +74,9 @@ pub struct DeviceSpec {
     /// created and changed with `mesoblk-target set-qos --group`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos_group: Option<String>,
+    /// A cache store in front of the backing store (file and blockdev backends only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
 }
 
 /// Why a spec cannot become a device.
@@ -123,6 +127,9 @@ pub enum SpecError {
     /// The I/O size must be whole pages.
     #[error("max I/O size {0} is not a multiple of 4096 bytes")]
     IoSizeNotPageMultiple(u32),
+    /// The cache cannot be served.
+    #[error(transparent)]
+    Cache(#[from] CacheSpecError),
 }
 
 impl DeviceSpec {
@@ -168,7 +175,27 @@ impl DeviceSpec {
             BackendSpec::Ram => SharedStore::Ram(RamBackend::new(self.sized("ram")?)),
             BackendSpec::Null => SharedStore::Null(NullBackend::new(self.sized("null")?)),
         };
+        self.open_cache_store(&store)?;
         Ok(store)
+    }
+
+    /// Checks the spec's cache (if any) against the opened backing `store` and opens the cache
+    /// store. Its contents are not read here: the device server opens the cache itself.
+    pub fn open_cache_store(
+        &self,
+        store: &SharedStore,
+    ) -> Result<Option<CacheStoreShared>, SpecError> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        if self.queues != 1 {
+            return Err(CacheSpecError::Queues(self.queues).into());
+        }
+        let backing = match store {
+            SharedStore::File(file) => Some(&**file),
+            _ => None,
+        };
+        Ok(Some(cache.open_store(backing)?))
     }
 
     /// Whether the device's data outlives its server process, so that a crashed server can be
@@ -273,6 +300,7 @@ mod tests {
             max_io_bytes: 512 << 10,
             qos: QosLimits::default(),
             qos_group: None,
+            cache: None,
         }
     }
 

@@ -121,6 +121,81 @@ fn bad_add_requests_are_refused_before_touching_anything() {
 }
 
 #[test]
+fn bad_cache_requests_are_refused_before_touching_anything() {
+    let work = tempfile::tempdir().unwrap();
+    let run_dir = work.path().join("run");
+    let backing = work.path().join("backing.img");
+    let cache = work.path().join("cache.img");
+    for (path, bytes) in [(&backing, 16 << 20), (&cache, 4 << 20)] {
+        std::fs::File::create(path)
+            .and_then(|f| f.set_len(bytes))
+            .unwrap();
+    }
+    let (backing, cache) = (backing.to_str().unwrap(), cache.to_str().unwrap());
+    let missing = work.path().join("missing.img");
+    let add = |extra: &[&'static str], store: &str| -> Vec<String> {
+        [
+            "add",
+            "--backend",
+            "file",
+            "--path",
+            backing,
+            "--cache",
+            store,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let cases = [
+        (add(&[], missing.to_str().unwrap()), "does not exist"),
+        (add(&["--cache-size", "1000000"], cache), "multiple of 4096"),
+        (add(&["--cache-size", "64K"], cache), "at least"),
+        (
+            add(&["--cache-size", "8M"], cache),
+            "fewer than --cache-size",
+        ),
+        (add(&["--cache-mode", "fast"], cache), "unknown cache mode"),
+        (add(&["--cache-mode", "writeback"], "ram"), "writeback"),
+        (
+            add(&["--cache-mode", "writethrough"], "ram"),
+            "--cache-size is required",
+        ),
+        (add(&["--queues", "2"], cache), "exactly one queue"),
+        (add(&[], backing), "backing store itself"),
+    ];
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&run_dir, &args, needle);
+    }
+    assert_refused(
+        &run_dir,
+        &["add", "--backend", "ram", "--size", "16M", "--cache", cache],
+        "needs a file or blockdev backend",
+    );
+    assert_refused(
+        &run_dir,
+        &[
+            "add",
+            "--backend",
+            "file",
+            "--path",
+            backing,
+            "--cache-size",
+            "8M",
+        ],
+        "--cache",
+    );
+    assert_refused(&run_dir, &["cache", "status", "3"], "no record of device 3");
+    let untouched = std::fs::read(cache).unwrap();
+    assert!(
+        untouched.iter().all(|&b| b == 0),
+        "the cache store was written"
+    );
+}
+
+#[test]
 fn without_a_ublk_kernel_every_device_command_says_so() {
     if Path::new("/dev/ublk-control").exists() {
         // This host has ublk; the kernel tier covers these commands against the real driver.
@@ -143,7 +218,7 @@ fn help_describes_every_command() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for command in ["add", "del", "recover", "list", "features"] {
+    for command in ["add", "del", "recover", "cache", "list", "features"] {
         assert!(help.contains(command), "--help lacks {command}");
     }
     assert!(

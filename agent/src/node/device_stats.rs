@@ -1,7 +1,8 @@
 //! The device-stats loop: every `--device_stats_interval` it asks the server of each attached
 //! device for its figures and posts them to the master in one `DeviceStats` call, which the
 //! dashboard shows. Rates are over the interval since the previous report of the same server
-//! process; latency percentiles, errors and throttled time are since the server started.
+//! process; latency percentiles, errors, throttled time and cache hits are since the server
+//! started; dirty bytes are the cache's now.
 //!
 //! Figures are best effort, like Mesos's resource statistics: a device whose server does not
 //! answer is left out of that report, and a report the master does not take is not retried
@@ -143,6 +144,7 @@ fn device_entry(
     let rates = earlier.and_then(|e| io.delta(e).ok()).map(|d| d.rates());
     let latency = &io.counters.latency;
     let total = io.counters.total();
+    let cache = report.cache.as_ref().map(|c| &c.stats);
     agent::device_stats::Device {
         volume_id: attached.volume_id.clone(),
         device: Some(attached.block_path.clone()),
@@ -162,7 +164,9 @@ fn device_entry(
         in_flight: Some(io.in_flight),
         throttled_seconds: Some(io.counters.throttled_ns_total as f64 / 1e9),
         errors: Some(total.errors),
-        ..Default::default()
+        cache_read_hits: cache.map(|c| c.read_hits),
+        cache_read_misses: cache.map(|c| c.read_misses),
+        cache_dirty_bytes: cache.map(|c| c.dirty_bytes),
     }
 }
 
@@ -189,6 +193,7 @@ mod tests {
         DeviceReport {
             qos: QosLimits::default(),
             io: stats.snapshot(at),
+            cache: None,
         }
     }
 

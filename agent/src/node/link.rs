@@ -1,7 +1,8 @@
 //! The master link: registration (or re-registration with the agent's tasks), the event
 //! stream (RecordIO of protobuf `Event`s), a watchdog on the master's PINGs, and reconnection
 //! with exponential backoff and jitter. A lost stream, a 403 or an unreachable master all lead
-//! to a re-registration.
+//! to a re-registration. A 410 to a (re-)registration means an operator marked this agent gone
+//! (MARK_AGENT_GONE): it may never come back with its id, so the agent stops with that error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub(super) enum CallError {
     /// The master does not know this agent (403): re-register.
     #[error("403 Forbidden: the master does not know this agent")]
     Forbidden,
+    /// The master refuses this agent for good (410): it was marked gone.
+    #[error("410 Gone: {0}")]
+    Gone(String),
     /// Any other failure, for the log.
     #[error("{0}")]
     Other(String),
@@ -72,6 +76,9 @@ pub(super) async fn post(
         return Err(CallError::Forbidden);
     }
     let text = response.text().await.unwrap_or_default();
+    if status == reqwest::StatusCode::GONE {
+        return Err(CallError::Gone(text.trim().to_owned()));
+    }
     Err(CallError::Other(format!(
         "POST {path}: {status}: {}",
         text.trim()
@@ -250,6 +257,10 @@ async fn register(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 lock(&node.link).master = Some(registered.master_info.clone());
                 return Ok(registered);
+            }
+            Err(CallError::Gone(message)) => {
+                tracing::error!(%message, "the master refuses this agent for good");
+                return Err(NodeError::Gone(message));
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?wait, "cannot register with the master");

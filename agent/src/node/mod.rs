@@ -128,6 +128,9 @@ pub enum NodeError {
     /// The HTTP server failed.
     #[error("the agent's HTTP server failed: {0}")]
     Server(#[from] std::io::Error),
+    /// The master refuses this agent for good: an operator marked it gone.
+    #[error("the master refuses this agent (marked gone): {0}")]
+    Gone(String),
 }
 
 /// Counters for `/metrics/snapshot`.

@@ -8,6 +8,7 @@
 //! text.
 
 use mesoblk_proto::mesos::v1::{value, Attribute, Resource};
+pub use mesoblk_proto::resource::scalar;
 use thiserror::Error;
 
 /// The ports Mesos's agent offers when `--resources` names none.
@@ -157,16 +158,6 @@ pub fn parse_attributes(text: &str) -> Result<Vec<Attribute>, ParseError> {
             Ok(attribute)
         })
         .collect()
-}
-
-/// A scalar resource.
-pub fn scalar(name: &str, x: f64) -> Resource {
-    Resource {
-        name: name.to_owned(),
-        r#type: value::Type::Scalar as i32,
-        scalar: Some(value::Scalar { value: x }),
-        ..Default::default()
-    }
 }
 
 /// What the machine has: its cpus, and its memory less what Mesos's agent keeps for the

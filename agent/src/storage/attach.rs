@@ -136,9 +136,11 @@ impl Storage {
             .cloned()
             .ok_or_else(|| StorageError::UnknownVolume { id: id.to_string() })?;
         let mount_path = attachable(&volume, request)?;
-        let spec = self
-            .profile(&volume.profile)?
-            .device_spec(&volume.backing, volume.size_bytes);
+        let spec = self.profile(&volume.profile)?.device_spec(
+            &volume.backing,
+            volume.size_bytes,
+            volume.cache.as_deref(),
+        );
         let device = self
             .host
             .devices

@@ -30,6 +30,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 use ublk_target::backend::file::DirectIo;
+use ublk_target::cache::CacheMode;
+use ublk_target::device_cache::{CacheSpec, CacheStoreSpec};
 use ublk_target::qos::QosLimits;
 use ublk_target::spec::{parse_size, BackendSpec, DeviceSpec, SpecError};
 
@@ -85,9 +87,16 @@ pub struct ProfileConfig {
     pub name: String,
     /// The pool its volumes come from.
     pub pool: String,
-    /// Cache mode; only `"none"` for now (the writeback cache comes later).
+    /// Cache mode of its devices: `none` (the default), `writeback`, `writethrough` or
+    /// `writearound`; any but `none` needs `cache_pool` and `cache_size`.
     #[serde(default = "default_cache")]
     pub cache: String,
+    /// The pool (on faster storage) holding each volume's cache store, `<dir>/<volume>.cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_pool: Option<String>,
+    /// Each volume's cache store size: bytes, or a size such as `"256M"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_size: Option<ByteSize>,
     /// Per-device rate limits (the `mesoblk-target --qos-json` format).
     #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
     pub qos: QosLimits,
@@ -256,13 +265,13 @@ pub enum ConfigError {
         /// The missing pool.
         pool: String,
     },
-    /// A cache mode other than `none`.
-    #[error("profile {profile:?}: cache mode {mode:?} is not supported yet; only \"none\" is")]
-    UnsupportedCache {
+    /// The cache settings are incomplete or invalid.
+    #[error("profile {profile:?}: {problem}")]
+    BadCache {
         /// The profile.
         profile: String,
-        /// The mode given.
-        mode: String,
+        /// What is wrong.
+        problem: String,
     },
     /// The profile's queues, depth, I/O size or QoS limits are outside what a device accepts.
     #[error("profile {profile:?} describes an invalid device")]
@@ -399,19 +408,22 @@ impl StorageConfig {
                     name: profile.name.clone(),
                 });
             }
-            if !pools.contains(profile.pool.as_str()) {
-                return Err(ConfigError::UnknownPool {
-                    profile: profile.name.clone(),
-                    pool: profile.pool.clone(),
-                });
+            for pool in std::iter::once(&profile.pool).chain(&profile.cache_pool) {
+                if !pools.contains(pool.as_str()) {
+                    return Err(ConfigError::UnknownPool {
+                        profile: profile.name.clone(),
+                        pool: pool.clone(),
+                    });
+                }
             }
             validate_profile(profile)?;
         }
-        if let Some(unused) = self
-            .pools
-            .iter()
-            .find(|pool| !self.profiles.iter().any(|p| p.pool == pool.name))
-        {
+        let used = |pool: &PoolConfig| {
+            self.profiles
+                .iter()
+                .any(|p| p.pool == pool.name || p.cache_pool.as_deref() == Some(pool.name.as_str()))
+        };
+        if let Some(unused) = self.pools.iter().find(|pool| !used(pool)) {
             return Err(ConfigError::UnusedPool {
                 pool: unused.name.clone(),
             });
@@ -450,8 +462,25 @@ impl StorageConfig {
 }
 
 impl ProfileConfig {
-    /// The device this profile makes for a volume of `size` bytes backed by `backing`.
-    pub fn device_spec(&self, backing: &Path, size: u64) -> DeviceSpec {
+    /// Its cache mode, when its devices have a cache (the mode was validated).
+    pub fn cache_mode(&self) -> Option<CacheMode> {
+        self.cache
+            .parse()
+            .ok()
+            .filter(|mode| *mode != CacheMode::None)
+    }
+
+    /// The device this profile makes for a volume of `size` bytes backed by `backing`, with
+    /// its cache store at `cache` when the profile has a cache.
+    pub fn device_spec(&self, backing: &Path, size: u64, cache: Option<&Path>) -> DeviceSpec {
+        let cache = self.cache_mode().zip(cache).map(|(mode, path)| CacheSpec {
+            store: CacheStoreSpec::Path {
+                path: path.to_owned(),
+            },
+            size: None,
+            mode,
+            on_invalid: None,
+        });
         DeviceSpec {
             backend: BackendSpec::File {
                 path: backing.to_owned(),
@@ -465,6 +494,7 @@ impl ProfileConfig {
             max_io_bytes: u32::try_from(self.max_io_size.0).unwrap_or(u32::MAX),
             qos: self.qos,
             qos_group: None,
+            cache,
         }
     }
 }
@@ -524,13 +554,42 @@ fn validate_pool(pool: &PoolConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_profile(profile: &ProfileConfig) -> Result<(), ConfigError> {
-    if profile.cache != "none" {
-        return Err(ConfigError::UnsupportedCache {
-            profile: profile.name.clone(),
-            mode: profile.cache.clone(),
-        });
+fn validate_cache(profile: &ProfileConfig) -> Result<(), ConfigError> {
+    let bad_cache = |problem: String| ConfigError::BadCache {
+        profile: profile.name.clone(),
+        problem,
+    };
+    let mode: CacheMode = profile.cache.parse().map_err(bad_cache)?;
+    let sized = profile.cache_pool.is_some() || profile.cache_size.is_some();
+    if mode == CacheMode::None {
+        return match sized {
+            true => Err(bad_cache(
+                "cache_pool and cache_size need a cache mode other than \"none\"".into(),
+            )),
+            false => Ok(()),
+        };
     }
+    if profile.queues != 1 {
+        return Err(bad_cache(format!(
+            "a cached device has exactly one queue, not {}",
+            profile.queues
+        )));
+    }
+    match (&profile.cache_pool, profile.cache_size) {
+        (Some(_), Some(size)) if size.0 >= MIB => Ok(()),
+        (Some(_), Some(size)) => Err(bad_cache(format!(
+            "cache_size {} bytes is under the 1 MiB minimum",
+            size.0
+        ))),
+        _ => Err(bad_cache(format!(
+            "cache mode {:?} needs cache_pool and cache_size",
+            profile.cache
+        ))),
+    }
+}
+
+fn validate_profile(profile: &ProfileConfig) -> Result<(), ConfigError> {
+    validate_cache(profile)?;
     let bad_device = |source| ConfigError::BadDevice {
         profile: profile.name.clone(),
         source,
@@ -543,7 +602,8 @@ fn validate_profile(profile: &ProfileConfig) -> Result<(), ConfigError> {
             max: ublk_target::spec::MAX_IO_BYTES.into(),
         })
     })?;
-    let mut spec = profile.device_spec(Path::new("/"), MIB);
+    let cache = Path::new("/cache");
+    let mut spec = profile.device_spec(Path::new("/"), MIB, Some(cache));
     spec.max_io_bytes = max_io;
     spec.check_limits().map_err(bad_device)
 }
@@ -710,7 +770,35 @@ mod tests {
             (
                 POOL,
                 r#"{"name": "fast", "pool": "p", "cache": "writeback"}"#,
-                "cache mode \"writeback\" is not supported yet",
+                "cache mode \"writeback\" needs cache_pool and cache_size",
+            ),
+            (
+                POOL,
+                r#"{"name": "fast", "pool": "p", "cache": "writeback", "cache_pool": "p",
+                    "cache_size": "64M", "queues": 2}"#,
+                "a cached device has exactly one queue, not 2",
+            ),
+            (
+                POOL,
+                r#"{"name": "fast", "pool": "p", "cache": "writeback", "cache_pool": "p",
+                    "cache_size": 4096}"#,
+                "cache_size 4096 bytes is under the 1 MiB minimum",
+            ),
+            (
+                POOL,
+                r#"{"name": "fast", "pool": "p", "cache": "writeback", "cache_pool": "nvme",
+                    "cache_size": "64M"}"#,
+                "names pool \"nvme\", which is not configured",
+            ),
+            (
+                POOL,
+                r#"{"name": "fast", "pool": "p", "cache": "sometimes"}"#,
+                "unknown cache mode \"sometimes\"",
+            ),
+            (
+                POOL,
+                r#"{"name": "fast", "pool": "p", "cache_size": "64M"}"#,
+                "need a cache mode other than \"none\"",
             ),
             (
                 POOL,
@@ -836,11 +924,28 @@ mod tests {
                 "qos": {"write_ops": {"ops_per_sec": 100}}}"#,
         )
         .unwrap();
-        let spec = c.profiles[0].device_spec(Path::new("/srv/pool/v.img"), 256 * MIB);
+        let spec = c.profiles[0].device_spec(Path::new("/srv/pool/v.img"), 256 * MIB, None);
         assert_eq!(spec.size, Some(256 * MIB));
         assert_eq!((spec.queues, spec.depth), (2, 64));
         assert_eq!(spec.qos.write_ops.unwrap().ops_per_sec, 100);
         assert!(matches!(spec.backend, BackendSpec::File { .. }));
+        assert!(spec.cache.is_none());
         spec.check_limits().unwrap();
+    }
+
+    #[test]
+    fn cached_profiles_give_their_devices_a_cache_store() {
+        let c = config(
+            &format!(r#"{POOL}, {{"name": "nvme", "dir": "/nvme", "size": "1G"}}"#),
+            r#"{"name": "fast", "pool": "p", "cache": "writeback", "cache_pool": "nvme",
+                "cache_size": "64M"}"#,
+        )
+        .unwrap();
+        let store = Path::new("/nvme/v.cache");
+        let spec = c.profiles[0].device_spec(Path::new("/p/v.img"), 256 * MIB, Some(store));
+        let cache = spec.cache.expect("a cache");
+        assert_eq!(cache.mode, CacheMode::Writeback);
+        assert!(matches!(cache.store, CacheStoreSpec::Path { path } if path == store));
+        assert_eq!(c.profiles[0].cache_size, Some(ByteSize(64 * MIB)));
     }
 }

@@ -455,6 +455,7 @@ impl Storage {
             filesystem: (kind == VolumeKind::Mount).then_some(profile.filesystem),
             size_bytes: mb * MIB,
             backing: pool.dir.join(format!("{id}.img")),
+            cache: self.cache_store_path(profile, &id),
             lifetime,
             state: VolumeState::Creating,
             resource,
@@ -485,18 +486,25 @@ impl Storage {
         Ok(id)
     }
 
+    /// Where a volume of `profile` keeps its cache store, if the profile has a cache.
+    fn cache_store_path(&self, profile: &ProfileConfig, id: &VolumeId) -> Option<PathBuf> {
+        profile.cache_mode()?;
+        let pool = self.pool(profile.cache_pool.as_deref()?)?;
+        Some(pool.dir.join(format!("{id}.cache")))
+    }
+
     fn make_backing(&self, record: &VolumeRecord) -> Result<(), StorageError> {
         let path = &record.backing;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(StorageError::io("create the backing file", path))?;
-        file.set_len(record.size_bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(StorageError::io("size the backing file", path))?;
-        drop(file);
+        make_sparse_file(path, record.size_bytes, "backing file")?;
+        if let Some(cache) = &record.cache {
+            let size = self
+                .profile(&record.profile)?
+                .cache_size
+                .map_or(0, |size| size.0);
+            // A blank store: the device server formats it on first use.
+            make_sparse_file(cache, size, "cache store")?;
+            sync_dir(cache.parent().expect("cache stores live in a pool folder"))?;
+        }
         if let Some(filesystem) = record.filesystem {
             self.host
                 .formatter
@@ -513,12 +521,17 @@ impl Storage {
         sync_dir(path.parent().expect("backing files live in a pool folder"))
     }
 
-    /// Removes what an unfinished creation left: the backing file and the record.
+    /// Removes what an unfinished creation left: the backing file, the cache store and the
+    /// record.
     pub(super) fn discard_creating(&mut self, record: &VolumeRecord) {
-        match std::fs::remove_file(&record.backing) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(volume = %record.id, error = %e, "cannot remove backing file"),
+        for path in std::iter::once(&record.backing).chain(&record.cache) {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(volume = %record.id, file = %path.display(), error = %e, "cannot remove")
+                }
+            }
         }
         if let Err(e) = self.records.remove(&record.id) {
             tracing::warn!(volume = %record.id, error = %e.message(), "cannot remove volume record");
@@ -544,13 +557,15 @@ impl Storage {
             self.records.save(&record)?;
             self.volumes.insert(id.clone(), record.clone());
         }
-        match std::fs::remove_file(&record.backing) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StorageError::io("remove the backing file", &record.backing)(e)),
-        }
-        if let Some(dir) = record.backing.parent() {
-            sync_dir(dir)?;
+        for path in std::iter::once(&record.backing).chain(&record.cache) {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove a volume file", path)(e)),
+            }
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
         }
         self.records.remove(id)?;
         self.volumes.remove(id);
@@ -575,4 +590,17 @@ pub fn check_ublk(control: &Path) -> Result<(), StorageError> {
             control: control.to_owned(),
         })
     }
+}
+
+/// Creates `path` (it must not exist) as a sparse file of `size` bytes, durably.
+fn make_sparse_file(path: &Path, size: u64, what: &'static str) -> Result<(), StorageError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(StorageError::io(format!("create the {what}"), path))?;
+    file.set_len(size)
+        .and_then(|()| file.sync_all())
+        .map_err(StorageError::io(format!("size the {what}"), path))
 }

@@ -167,6 +167,7 @@ mod tests {
             filesystem: None,
             size_bytes: 1 << 20,
             backing: format!("/srv/{id}.img").into(),
+            cache: None,
             lifetime: Lifetime::Persistent,
             state: VolumeState::Ready,
             resource: None,

@@ -599,6 +599,7 @@ mod tests {
             filesystem: None,
             size_bytes: mb * MIB,
             backing: format!("/p/vol-{n}.img").into(),
+            cache: None,
             lifetime: if ephemeral {
                 Lifetime::Ephemeral {
                     task_id: "t".into(),

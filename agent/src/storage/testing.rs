@@ -112,6 +112,7 @@ impl FakeDevices {
             max_io_bytes: 4096,
             qos: Default::default(),
             qos_group: None,
+            cache: None,
         };
         self.start(&spec, StartMode::Add).expect("fake start").id
     }

@@ -264,6 +264,11 @@ pub struct VolumeRecord {
     pub size_bytes: u64,
     /// The sparse backing file.
     pub backing: PathBuf,
+    /// Its cache store (`<cache pool dir>/<id>.cache`), when its profile has a cache. Kept in
+    /// the record so the volume is always served with the store that may hold its dirty data,
+    /// whatever the profile says later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PathBuf>,
     /// Persistent or ephemeral.
     pub lifetime: Lifetime,
     /// Where it is in its life.
@@ -380,6 +385,7 @@ mod tests {
             filesystem: Some(Filesystem::Xfs),
             size_bytes: 256 << 20,
             backing: "/srv/p/vol-1.img".into(),
+            cache: None,
             lifetime: Lifetime::Ephemeral {
                 task_id: "t".into(),
             },

@@ -144,6 +144,19 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
+        self.spawn_unchecked();
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("mesoblk-agent exited with {status}:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "agent listening in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process without waiting for it to listen.
+    fn spawn_unchecked(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -158,14 +171,6 @@ impl Agent {
             .spawn()
             .expect("start mesoblk-agent");
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("mesoblk-agent exited with {status}:\n{}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "agent listening in time");
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// `kill -9`: the agent dies at once; its tasks do not.
@@ -179,6 +184,25 @@ impl Agent {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "killed first");
         self.spawn();
+    }
+
+    /// Starts the agent again (killed first) and waits, bounded, for it to exit by itself.
+    pub fn restart_until_exit(&mut self) -> std::process::ExitStatus {
+        assert!(self.child.is_none(), "killed first");
+        self.spawn_unchecked();
+        let mut child = self.child.take().expect("spawned");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the agent") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent did not exit in time:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {

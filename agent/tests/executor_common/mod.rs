@@ -13,9 +13,12 @@ use mesoblk_agent::checkpoint::Layout;
 use mesoblk_agent::executor::{CommandExecutor, ExecutorConfig, TaskUpdate};
 use mesoblk_agent::status::{status_state, TaskKey};
 use mesoblk_proto::mesos::v1::{
-    framework_info, value, CommandInfo, DurationInfo, FrameworkId, FrameworkInfo, KillPolicy,
-    Resource, TaskId, TaskInfo, TaskState, TaskStatus,
+    framework_info, CommandInfo, DurationInfo, FrameworkId, FrameworkInfo, KillPolicy, TaskId,
+    TaskInfo, TaskState, TaskStatus,
 };
+// Not every test binary that includes this module builds resources.
+#[allow(unused_imports)]
+pub use mesoblk_proto::resource::scalar;
 
 /// The longest any single wait in these tests lasts.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -102,15 +105,6 @@ pub fn with_grace(mut task: TaskInfo, grace: Duration) -> TaskInfo {
         }),
     });
     task
-}
-
-pub fn scalar(name: &str, v: f64) -> Resource {
-    Resource {
-        name: name.into(),
-        r#type: value::Type::Scalar as i32,
-        scalar: Some(value::Scalar { value: v }),
-        ..Default::default()
-    }
 }
 
 pub fn key(task: &str) -> TaskKey {

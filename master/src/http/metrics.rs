@@ -24,6 +24,7 @@ const COUNTERS: &[&str] = &[
     "master/slave_registrations",
     "master/slave_reregistrations",
     "master/slave_removals",
+    "master/recovery_slave_removals",
     "master/tasks_finished",
     "master/tasks_failed",
     "master/tasks_killed",

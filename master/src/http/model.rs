@@ -2,7 +2,8 @@
 //! (`src/master/readonly_handler.cpp`, `src/common/http.cpp`), which the Mesos web UI and older
 //! tools read, with `?jsonp=<callback>` (MESOS-5911). Resources are summarised as
 //! `{cpus, gpus, mem, disk, ports: "[31000-32000]"}`; agents are `slaves` with `pid`
-//! `slave(1)@ip:port`.
+//! `slave(1)@ip:port`; agents recovered from the registry that have not re-registered are
+//! `recovered_slaves`.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use mesoblk_proto::json::to_json;
-use mesoblk_proto::mesos::v1::{Resource, Task, TaskState};
+use mesoblk_proto::mesos::v1::{AgentInfo, Attribute, Resource, Task, TaskState};
 use serde_json::{json, Map, Value};
 
 use super::version_info;
@@ -150,6 +151,37 @@ fn task_model(task: &Task, role: Option<&str>) -> Value {
     model
 }
 
+/// Attributes as Mesos's model shows them: name → text or scalar value.
+fn attributes_model(attributes: &[Attribute]) -> Map<String, Value> {
+    attributes
+        .iter()
+        .map(|a| {
+            let value = proto_json(a);
+            let shown = value
+                .get("text")
+                .and_then(|t| t.get("value"))
+                .or_else(|| value.get("scalar").and_then(|s| s.get("value")))
+                .cloned()
+                .unwrap_or(Value::Null);
+            (a.name.clone(), shown)
+        })
+        .collect()
+}
+
+/// An agent recovered from the registry that has not re-registered (Mesos's `SlaveInfo`
+/// model in `recovered_slaves`): its last `AgentInfo`, whose resources include the volumes and
+/// disks the registry holds.
+fn recovered_agent_model(id: &str, info: &AgentInfo) -> Value {
+    json!({
+        "id": id,
+        "hostname": info.hostname,
+        "port": info.port.unwrap_or(5051),
+        "resources": summary(&info.resources),
+        "resources_full": info.resources.iter().map(proto_json).collect::<Vec<_>>(),
+        "attributes": attributes_model(&info.attributes),
+    })
+}
+
 fn agent_model(m: &Master, id: &str, agent: &Agent) -> Value {
     let allocator = m.allocator();
     let alloc_id = AgentId(id.to_owned());
@@ -180,21 +212,7 @@ fn agent_model(m: &Master, id: &str, agent: &Agent) -> Value {
             None => unreserved.push(resource.clone()),
         }
     }
-    let attributes: Map<String, Value> = agent
-        .info
-        .attributes
-        .iter()
-        .map(|a| {
-            let value = proto_json(a);
-            let shown = value
-                .get("text")
-                .and_then(|t| t.get("value"))
-                .or_else(|| value.get("scalar").and_then(|s| s.get("value")))
-                .cloned()
-                .unwrap_or(Value::Null);
-            (a.name.clone(), shown)
-        })
-        .collect();
+    let attributes = attributes_model(&agent.info.attributes);
     let list = |rs: &[Resource]| Value::Array(rs.iter().map(proto_json).collect());
     json!({
         "id": id,
@@ -368,6 +386,7 @@ pub fn state(m: &Master) -> Value {
         "leader_info": proto_json(info),
         "flags": flags,
         "slaves": m.agents().iter().map(|(id, a)| agent_model(m, id, a)).collect::<Vec<_>>(),
+        "recovered_slaves": m.recovered_agents().iter().map(|(id, info)| recovered_agent_model(id, info)).collect::<Vec<_>>(),
         "frameworks": m.frameworks().iter().map(|(id, f)| framework_model(m, id, f)).collect::<Vec<_>>(),
         "completed_frameworks": completed,
         "orphan_tasks": [],

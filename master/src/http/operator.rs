@@ -5,22 +5,27 @@
 //! Implemented: GET_HEALTH, GET_FLAGS, GET_VERSION, GET_METRICS, GET_STATE, GET_AGENTS,
 //! GET_FRAMEWORKS, GET_EXECUTORS, GET_OPERATIONS, GET_TASKS, GET_ROLES, GET_WEIGHTS,
 //! UPDATE_WEIGHTS, GET_MASTER, GET_QUOTA, UPDATE_QUOTA, TEARDOWN, over the real agents, tasks,
-//! executors and operations. The other calls (SUBSCRIBE, maintenance, volumes, files, logging)
-//! answer 501.
+//! executors and operations, and SUBSCRIBE: a chunked RecordIO stream in the negotiated
+//! encoding (no `Mesos-Stream-Id`, as in Mesos) of SUBSCRIBED with GET_STATE, the master's
+//! events (`crate::state::operator_events`) and HEARTBEAT every heartbeat interval. The other
+//! calls (maintenance, volumes, files, logging) answer 501.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mesoblk_proto::codec::ContentType;
-use mesoblk_proto::mesos::v1::master::{call, response, Call, Response as MasterResponse};
+use mesoblk_proto::mesos::v1::master::{
+    call, event, response, Call, Event as MasterEvent, Response as MasterResponse,
+};
 use mesoblk_proto::mesos::v1::quota::QuotaStatus;
 use mesoblk_proto::mesos::v1::{AgentId, Flag, FrameworkId, Metric, Role, WeightInfo};
 
 use super::{decode_call, request_content_type, response_content_type, version_info};
-use crate::allocator::{AgentId as AllocAgentId, ResourceSet};
 use crate::error::ApiError;
-use crate::state::{convert, epoch_secs, time_info, validation, Master, MasterHandle};
+use crate::state::operator_events::operator_event;
+use crate::state::{epoch_secs, time_info, validation, Master, MasterHandle};
+use crate::stream::EventStream;
 
 /// Axum handler.
 pub async fn handle(
@@ -50,7 +55,35 @@ fn handle_call(
         .map_err(|e| ApiError::bad_request(format!("Failed to validate master::Call: {e}")))?;
     let accept = response_content_type(headers)?;
     tracing::info!(call = ?kind, "processing operator call");
+    if kind == call::Type::Subscribe {
+        return Ok(subscribe(master, accept));
+    }
     master.with(|m| answer(m, kind, call, accept))
+}
+
+/// SUBSCRIBE: 200 and the subscriber's event stream, SUBSCRIBED first.
+fn subscribe(master: &MasterHandle, accept: ContentType) -> Response {
+    let (events, interval) = master.with(|m| {
+        let interval = m.config().heartbeat_interval;
+        let subscribed = MasterEvent {
+            subscribed: Some(event::Subscribed {
+                get_state: Some(get_state(m)),
+                heartbeat_interval_seconds: Some(interval.as_secs_f64()),
+            }),
+            ..operator_event(event::Type::Subscribed)
+        };
+        (m.add_operator_subscriber(subscribed), interval)
+    });
+    let heartbeat = (interval, operator_event(event::Type::Heartbeat));
+    let stream = EventStream::new(events, accept, Some(heartbeat), None).delay_first_heartbeat();
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(accept.as_str()),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 fn reply(accept: ContentType, response: &MasterResponse) -> Response {
@@ -202,6 +235,14 @@ fn answer(
             }
             return Ok(StatusCode::OK.into_response());
         }
+        T::MarkAgentGone => {
+            let id = call
+                .mark_agent_gone
+                .map(|c| c.agent_id.value)
+                .unwrap_or_default();
+            m.mark_agent_gone(&id)?;
+            return Ok(StatusCode::OK.into_response());
+        }
         T::Unknown => return Err(ApiError::not_implemented("Received 'UNKNOWN' call")),
         other => {
             return Err(ApiError::not_implemented(format!(
@@ -218,35 +259,8 @@ fn answer(
 pub fn get_frameworks(m: &Master) -> response::GetFrameworks {
     let frameworks = m
         .frameworks()
-        .iter()
-        .map(|(id, f)| {
-            let offers: Vec<_> = m
-                .allocator()
-                .offers()
-                .filter(|o| o.framework.0 == *id)
-                .filter_map(|o| m.offer_proto(o))
-                .collect();
-            let offered_resources = offers.iter().flat_map(|o| o.resources.clone()).collect();
-            let allocated_resources = m
-                .tasks()
-                .range((id.clone(), String::new())..)
-                .take_while(|(k, _)| k.0 == *id)
-                .flat_map(|(_, r)| r.task.resources.clone())
-                .collect();
-            response::get_frameworks::Framework {
-                framework_info: f.info.clone(),
-                active: f.active,
-                connected: f.connection.is_some(),
-                recovered: f.recovered,
-                registered_time: Some(time_info(f.registered_time)),
-                reregistered_time: f.reregistered_time.map(time_info),
-                offer_constraints: f.offer_constraints.clone(),
-                offers,
-                offered_resources,
-                allocated_resources,
-                ..Default::default()
-            }
-        })
+        .keys()
+        .filter_map(|id| m.framework_view(id))
         .collect();
     let completed_frameworks = m
         .completed_frameworks()
@@ -280,64 +294,14 @@ pub fn get_state(m: &Master) -> response::GetState {
 
 /// GET_AGENTS: every registered agent with its total, allocated and offered resources.
 pub fn get_agents(m: &Master) -> response::GetAgents {
-    let allocator = m.allocator();
     let agents = m
         .agents()
-        .iter()
-        .map(|(id, agent)| {
-            let alloc_id = AllocAgentId(id.clone());
-            let total = allocator
-                .agent_total(&alloc_id)
-                .cloned()
-                .unwrap_or_default();
-            let available = allocator
-                .agent_available(&alloc_id)
-                .cloned()
-                .unwrap_or_default();
-            let mut offered = ResourceSet::new();
-            for offer in allocator.offers().filter(|o| o.agent.0 == *id) {
-                let _ = offered.add(&offer.resources);
-            }
-            let allocated = total
-                .checked_sub(&available)
-                .and_then(|s| s.checked_sub(&offered))
-                .unwrap_or_default();
-            let mut info = agent.info.clone();
-            info.resources = convert::to_protos(&total);
-            let providers = agent
-                .resource_providers
-                .iter()
-                .map(|p| response::get_agents::agent::ResourceProvider {
-                    resource_provider_info: p.clone(),
-                    total_resources: info
-                        .resources
-                        .iter()
-                        .filter(|r| r.provider_id.is_some() && r.provider_id == p.id)
-                        .cloned()
-                        .collect(),
-                })
-                .collect();
-            response::get_agents::Agent {
-                agent_info: info.clone(),
-                active: agent.connected(),
-                deactivated: Some(false),
-                version: agent.version.clone().unwrap_or_default(),
-                pid: Some(agent.pid()),
-                registered_time: Some(time_info(agent.registered_time)),
-                reregistered_time: agent.reregistered_time.map(time_info),
-                total_resources: info.resources,
-                allocated_resources: convert::to_protos(&allocated),
-                offered_resources: convert::to_protos(&offered),
-                capabilities: agent.capabilities.clone(),
-                resource_providers: providers,
-                drain_info: None,
-                estimated_drain_start_time: None,
-            }
-        })
+        .keys()
+        .filter_map(|id| m.agent_view(id))
         .collect();
     response::GetAgents {
         agents,
-        recovered_agents: Vec::new(),
+        recovered_agents: m.recovered_agents().values().cloned().collect(),
     }
 }
 

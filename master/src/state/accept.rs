@@ -153,9 +153,13 @@ impl Master {
             used: plan.used,
             refuse_seconds: accept.filters.as_ref().and_then(|f| f.refuse_seconds),
         };
+        let speculative = !decision.conversions.is_empty();
         if let Err(e) = self.allocator.accept(merged, decision, now) {
             error!(framework = %framework_id, agent = %agent_id, "the allocator refused a validated ACCEPT: {e}");
             let _ = self.allocator.rescind(merged);
+        } else if speculative {
+            // CREATE and DESTROY changed the agent's volumes: into the registry.
+            self.persist_agent_resources(&agent_id, false);
         }
         if !plan.destroyed.is_empty() {
             self.rescind_offers_holding(&agent_id, &plan.destroyed);

@@ -11,15 +11,26 @@ use std::time::{Duration, SystemTime};
 use mesoblk_proto::mesoblk::agent::v1 as agent;
 use mesoblk_proto::mesos::v1::agent_info::Capability as AgentCapability;
 use mesoblk_proto::mesos::v1::resource::disk_info::source::Type as SourceType;
-use mesoblk_proto::mesos::v1::scheduler::{event, Event};
 use mesoblk_proto::mesos::v1::{AgentId, AgentInfo, ExecutorInfo, ResourceProviderInfo};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::tasks::TaskKey;
-use super::{convert, time_info, typed_event, Master, MAX_REMOVED_AGENTS};
+use super::{convert, Master, MAX_REMOVED_AGENTS};
 use crate::allocator::{AgentId as AllocAgentId, FrameworkId as AllocFrameworkId, ResourceSet};
 use crate::error::ApiError;
+
+/// Why an agent is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentRemoval {
+    /// It stopped answering: it may come back by re-registering; its tasks are
+    /// TASK_UNREACHABLE (TASK_LOST for frameworks that are not PARTITION_AWARE).
+    Unreachable,
+    /// An operator marked it gone (MARK_AGENT_GONE, already in the registry): it may never come
+    /// back; its tasks are TASK_GONE_BY_OPERATOR (TASK_LOST for frameworks that are not
+    /// PARTITION_AWARE).
+    Gone,
+}
 
 /// An agent's live event stream.
 #[derive(Debug)]
@@ -200,6 +211,7 @@ impl Master {
         let agent = self.new_agent(register, &id, address);
         self.agents.insert(id.clone(), agent);
         self.persist_agent(&id);
+        self.publish_agent_added(&id);
         self.count("master/slave_registrations");
         Ok(self.registered_answer(&id))
     }
@@ -344,19 +356,23 @@ impl Master {
             .collect();
         for agent_id in silent {
             warn!(agent = %agent_id, ?timeout, "agent unreachable: health check timed out");
-            self.remove_agent(&agent_id, "health check timed out", true);
+            self.remove_agent(
+                &agent_id,
+                "health check timed out",
+                AgentRemoval::Unreachable,
+            );
         }
     }
 
-    /// Removes an agent (`__removeSlave`). With `unreachable`, tasks become TASK_UNREACHABLE for
-    /// PARTITION_AWARE frameworks (with the time) and TASK_LOST for the others, and the agent may
-    /// come back by re-registering.
-    pub fn remove_agent(&mut self, agent_id: &str, message: &str, unreachable: bool) {
+    /// Removes an agent (`__removeSlave`); see [`AgentRemoval`] for what its tasks become. An
+    /// unreachable agent is recorded as such in the registry here; a gone one was recorded by
+    /// the caller, before anything changed.
+    pub fn remove_agent(&mut self, agent_id: &str, message: &str, removal: AgentRemoval) {
         if !self.agents.contains_key(agent_id) {
             return;
         }
         let when = SystemTime::now();
-        let unreachable_time = unreachable.then(|| time_info(when));
+        let unreachable = removal == AgentRemoval::Unreachable;
         let rescinded = self
             .allocator
             .remove_agent(&AllocAgentId(agent_id.to_owned()))
@@ -372,7 +388,7 @@ impl Master {
             if let Some(record) = self.tasks.get_mut(&key) {
                 record.recovered = true;
             }
-            let status = self.agent_lost_status(&key, message, unreachable_time);
+            let status = self.agent_lost_status(&key, message, removal, when);
             let connected = self.is_connected(&key.0);
             self.end_task(&key, status, connected);
         }
@@ -380,7 +396,10 @@ impl Master {
         let Some(agent) = self.agents.remove(agent_id) else {
             return;
         };
-        self.persist_agent_removal(agent_id, unreachable.then_some(when));
+        if unreachable {
+            self.persist_agent_removal(agent_id, when);
+        }
+        self.publish_agent_removed(agent_id);
         self.pending_agent_events.remove(agent_id);
         if let Some(connection) = agent.connection {
             let _ = connection.outbox.try_send(agent::Event {
@@ -398,25 +417,7 @@ impl Master {
             self.removed_agents.push_back((agent_id.to_owned(), when));
         }
         self.count("master/slave_removals");
-        let connected: Vec<String> = self
-            .frameworks
-            .iter()
-            .filter(|(_, f)| f.connection.is_some())
-            .map(|(id, _)| id.clone())
-            .collect();
-        for framework_id in connected {
-            let failure = Event {
-                failure: Some(event::Failure {
-                    agent_id: Some(AgentId {
-                        value: agent_id.into(),
-                    }),
-                    executor_id: None,
-                    status: None,
-                }),
-                ..typed_event(event::Type::Failure)
-            };
-            self.send(&framework_id, failure);
-        }
+        self.notify_agent_lost(agent_id);
     }
 
     /// One of an executor's tasks ended; at the last one its resources return to the allocator.

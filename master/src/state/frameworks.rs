@@ -222,6 +222,7 @@ impl Master {
                 framework.recovered = false;
                 info!(framework = %id, "framework resubscribed");
                 self.resubscribe_in_allocator(&id, was_recovered);
+                self.publish_framework(&id, false);
                 id
             }
             requested => {
@@ -256,6 +257,7 @@ impl Master {
                         completed_tasks: VecDeque::new(),
                     },
                 );
+                self.publish_framework(&id, true);
                 id
             }
         };
@@ -368,6 +370,7 @@ impl Master {
             Ok(dropped) => self.forget_offers(&dropped),
             Err(e) => debug!(framework = %framework_id, "deactivating in the allocator: {e}"),
         }
+        self.publish_framework(framework_id, false);
         self.effects.push(Effect::FailoverTimer {
             framework_id: framework_id.into(),
             generation,
@@ -403,6 +406,7 @@ impl Master {
             return false;
         };
         self.persist_removal(&framework);
+        self.publish_framework_removed(&framework.info);
         if !framework.recovered {
             match self
                 .allocator
@@ -513,6 +517,7 @@ impl Master {
             Err(e) => warn!(framework = %id, "allocator refused the update: {e}"),
         }
         self.persist_framework(&id);
+        self.publish_framework(&id, false);
         let now = self.now();
         self.allocate_all(now);
         Ok(())

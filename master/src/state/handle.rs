@@ -119,6 +119,12 @@ impl MasterHandle {
                     }
                 });
             }
+            Effect::Exit { message } => {
+                // The registry already holds everything acknowledged; nothing else to flush.
+                tracing::error!(%message, "stopping the master");
+                eprintln!("mesoblk-master: {message}");
+                std::process::exit(1);
+            }
         }
     }
 

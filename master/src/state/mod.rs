@@ -21,7 +21,10 @@
 //! [`tasks`] (task lifecycle, status updates and acknowledgements; KILL, RECONCILE, SHUTDOWN and
 //! MESSAGE in `task_calls`), [`convert`] (Mesos resources ⇄ the allocator's), [`validation`] and
 //! [`task_validation`] (Mesos's checks and messages), `persistence` (the registry hooks),
-//! [`device_stats`] (the agents' device figures, for monitoring),
+//! `recovered_agents` (agents across a restart: recovered, unreachable, gone), `stored_resources`
+//! (persistent volumes and created disks in the registry),
+//! [`device_stats`] (the agents' device figures, for monitoring), [`operator_events`] (the
+//! operator API's SUBSCRIBE streams and the events fed to them),
 //! [`timer`] (the allocation-run timer behind `allocator/mesos/allocation_run_ms`).
 
 pub mod accept;
@@ -34,8 +37,11 @@ mod launch;
 pub mod offers;
 mod operation_validation;
 pub mod operations;
+pub mod operator_events;
 mod persistence;
+mod recovered_agents;
 mod reregistration;
+mod stored_resources;
 mod task_calls;
 pub mod task_validation;
 pub mod tasks;
@@ -47,9 +53,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mesoblk_proto::mesos::v1::scheduler::{event, Event};
-use mesoblk_proto::mesos::v1::{Address, MasterInfo, TimeInfo};
+use mesoblk_proto::mesos::v1::{Address, AgentInfo, MasterInfo, TimeInfo};
 
-pub use agents::{Agent, AgentConnection};
+pub use agents::{Agent, AgentConnection, AgentRemoval};
 pub use frameworks::{CompletedFramework, Connection, Framework, Subscription};
 pub use handle::MasterHandle;
 pub use operations::OperationRecord;
@@ -70,6 +76,12 @@ pub enum Effect {
         generation: u64,
         /// Its `failover_timeout`.
         timeout: Duration,
+    },
+    /// Stop the master: too many recovered agents failed to re-register
+    /// (`--recovery_agent_removal_limit`), as Mesos exits in that case.
+    Exit {
+        /// Why, for the one-line message.
+        message: String,
     },
 }
 
@@ -99,6 +111,15 @@ pub struct Master {
     /// Agents removed as unreachable, with when, oldest first (bounded).
     removed_agents: VecDeque<(String, SystemTime)>,
     next_agent_id: u64,
+    /// Agents admitted in the registry that have not re-registered since this master started.
+    recovered_agents: BTreeMap<String, AgentInfo>,
+    /// When recovered agents that have not re-registered are marked unreachable (master clock),
+    /// and how many agents were recovered (for `--recovery_agent_removal_limit`).
+    reregister_deadline: Option<(Duration, usize)>,
+    /// Agents marked gone (MARK_AGENT_GONE), with when: refused for good.
+    gone_agents: BTreeMap<String, SystemTime>,
+    /// The registry's persistent volumes and created disks, by agent ([`stored_resources`]).
+    stored: stored_resources::StoredResources,
     tasks: BTreeMap<TaskKey, TaskRecord>,
     /// When each task with an unacknowledged update is due for a retry.
     retries: BTreeSet<(Duration, TaskKey)>,
@@ -115,6 +136,8 @@ pub struct Master {
     device_stats: BTreeMap<String, mesoblk_proto::mesoblk::agent::v1::DeviceStats>,
     /// Durations of allocation runs (`allocator/mesos/allocation_run_ms`).
     allocation_run: timer::Timer,
+    /// Operator API SUBSCRIBE streams ([`operator_events`]).
+    operator_subscribers: operator_events::OperatorSubscribers,
 }
 
 /// How far back `allocator/mesos/allocation_run_ms` looks (Mesos's allocator timer window).
@@ -208,6 +231,10 @@ impl Master {
             agents: BTreeMap::new(),
             removed_agents: VecDeque::new(),
             next_agent_id: 0,
+            recovered_agents: BTreeMap::new(),
+            reregister_deadline: None,
+            gone_agents: BTreeMap::new(),
+            stored: Default::default(),
             tasks: BTreeMap::new(),
             retries: BTreeSet::new(),
             operations: BTreeMap::new(),
@@ -218,6 +245,7 @@ impl Master {
             counters: BTreeMap::new(),
             device_stats: BTreeMap::new(),
             allocation_run: timer::Timer::new(ALLOCATION_RUN_WINDOW, timer::TIMER_CAPACITY),
+            operator_subscribers: Vec::new(),
         }
     }
 
@@ -259,6 +287,17 @@ impl Master {
     /// Agents removed as unreachable, oldest first.
     pub fn removed_agents(&self) -> &VecDeque<(String, SystemTime)> {
         &self.removed_agents
+    }
+
+    /// Agents recovered from the registry that have not re-registered yet, with their last
+    /// `AgentInfo` (Mesos's `slaves.recovered`).
+    pub fn recovered_agents(&self) -> &BTreeMap<String, AgentInfo> {
+        &self.recovered_agents
+    }
+
+    /// Agents marked gone, with when.
+    pub fn gone_agents(&self) -> &BTreeMap<String, SystemTime> {
+        &self.gone_agents
     }
 
     /// Live tasks (not yet terminal-and-acknowledged) by (framework, task) id.
@@ -316,6 +355,7 @@ impl Master {
             self.ping_agents(now);
         }
         self.remove_unhealthy_agents(now);
+        self.expire_recovered_agents(now);
         if now >= self.deadlines.allocation {
             self.deadlines.allocation = now.saturating_add(self.config.allocation_interval);
             self.allocate_all(now);
@@ -408,3 +448,6 @@ fn quota_config(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod recovery_tests;

@@ -284,6 +284,10 @@ impl Master {
         if let Err(e) = result {
             warn!(agent = %agent_id, "accounting the end of a disk operation: {e}");
         }
+        if finished {
+            // The agent's disks changed: into the registry.
+            self.persist_agent_resources(agent_id, false);
+        }
         let now = self.now();
         self.allocate_agents(&[agent_id.to_owned()], now);
     }
@@ -411,6 +415,14 @@ impl Master {
                 Some(a) if self.agents.contains_key(a) => (
                     OperationState::OperationUnknown,
                     "Reconciliation: Operation is unknown",
+                ),
+                Some(a) if self.recovered_agents.contains_key(a) => (
+                    OperationState::OperationRecovering,
+                    "Reconciliation: Agent is recovered but has not re-registered",
+                ),
+                Some(a) if self.gone_agents.contains_key(a) => (
+                    OperationState::OperationGoneByOperator,
+                    "Reconciliation: Agent marked gone by operator",
                 ),
                 Some(a) if self.removed_agent_time(a).is_some() => (
                     OperationState::OperationUnreachable,

@@ -2,14 +2,18 @@
 //! snapshot at start, and the `persist_*` helpers record each change while the master lock is
 //! held, so nothing is visible or acknowledged before it is stored.
 //!
-//! Call sites (the whole hook): `recover` from the binary before serving; `persist_framework`
-//! in SUBSCRIBE (before SUBSCRIBED is sent) and UPDATE_FRAMEWORK; `persist_removal` in
-//! `remove_framework` (before the completed list is trimmed); `persist_weights` and
-//! `persist_quotas` in UPDATE_WEIGHTS and UPDATE_QUOTA (before the reply); `persist_agent` in
-//! agent registration and re-registration (before `Registered` is answered);
-//! `persist_agent_removal` in `remove_agent`. Not wired yet: volumes and disks
-//! (`Registry::put_volume`/`put_disk` when CREATE/CREATE_DISK finish, `remove_*` on DESTROY*),
-//! MARK_AGENT_GONE (`mark_agent_gone`), and refusing agents the registry says are gone.
+//! What is persisted: frameworks, weights, quotas, agents (admitted, unreachable, gone) and each
+//! agent's persistent volumes and created disks. Call sites (the whole hook): `recover` from the
+//! binary before serving (frameworks here; agents in `recovered_agents`, volumes and disks in
+//! `stored_resources`); `persist_framework` in SUBSCRIBE (before SUBSCRIBED is sent) and
+//! UPDATE_FRAMEWORK; `persist_removal` in `remove_framework` (before the completed list is
+//! trimmed); `persist_weights` and `persist_quotas` in UPDATE_WEIGHTS and UPDATE_QUOTA (before the
+//! reply); `persist_agent` in agent registration and re-registration (before `Registered` is
+//! answered; it stores the agent with its total, volumes and disks, reconciled with its report);
+//! `persist_agent_resources` after an ACCEPT whose CREATE/DESTROY the allocator applied and when a
+//! CREATE_DISK/DESTROY_DISK finishes; `persist_agent_removal` when an agent becomes unreachable;
+//! `mark_agent_gone` (MARK_AGENT_GONE, stored before anything changes); the recovered agents'
+//! deadline (`--agent_reregister_timeout`) marks those that did not come back unreachable.
 //!
 //! A registry error is fatal by the registry's contract (the embedded store exits the process
 //! before any caller sees it); here it is logged, and the operator calls answer 503.
@@ -28,7 +32,7 @@ use crate::registry::{epoch_secs, FrameworkRecord, Mutation, RegistryError, Regi
 /// restart is not the framework's failure (Mesos's `--agent_reregister_timeout` default).
 pub(super) const RECOVERED_FRAMEWORK_GRACE: Duration = Duration::from_secs(600);
 
-fn from_epoch_secs(secs: f64) -> SystemTime {
+pub(super) fn from_epoch_secs(secs: f64) -> SystemTime {
     Duration::try_from_secs_f64(secs.max(0.0))
         .ok()
         .and_then(|d| UNIX_EPOCH.checked_add(d))
@@ -91,6 +95,8 @@ impl Master {
             }
         }
         self.recover_stored_frameworks(snapshot);
+        self.stored.recover(snapshot);
+        self.recover_agents(snapshot);
         info!(
             master = %self.info.id,
             frameworks = self.frameworks.len(),
@@ -155,7 +161,11 @@ impl Master {
     }
 
     /// Logs a failed registry write; `Err` is 503 for callers that answer a request.
-    fn persist(&self, what: &str, result: Result<(), RegistryError>) -> Result<(), ApiError> {
+    pub(super) fn persist(
+        &self,
+        what: &str,
+        result: Result<(), RegistryError>,
+    ) -> Result<(), ApiError> {
         result.map_err(|e| {
             error!(what, "the registry refused a change: {e}");
             ApiError::service_unavailable(format!("Failed to update the registry: {e}"))
@@ -203,21 +213,16 @@ impl Master {
         );
     }
 
-    /// Admits an agent as it is now (registration, re-registration).
-    pub(super) fn persist_agent(&self, agent_id: &str) {
-        if let Some(agent) = self.agents.get(agent_id) {
-            let result = self.config.registry.admit_agent(agent_id, &agent.info);
-            let _ = self.persist("admit an agent", result);
-        }
+    /// Admits an agent as it is now (registration, re-registration), with its volumes and
+    /// disks reconciled (`stored_resources`: the agent's report wins).
+    pub(super) fn persist_agent(&mut self, agent_id: &str) {
+        self.persist_agent_resources(agent_id, true);
     }
 
-    /// Records an agent's removal: unreachable since `unreachable_at`, or forgotten.
-    pub(super) fn persist_agent_removal(&self, agent_id: &str, unreachable_at: Option<SystemTime>) {
-        let result = match unreachable_at {
-            Some(time) => self.config.registry.mark_agent_unreachable(agent_id, time),
-            None => self.config.registry.remove_agent(agent_id),
-        };
-        let _ = self.persist("record an agent's removal", result);
+    /// Records that an agent became unreachable at `time`.
+    pub(super) fn persist_agent_removal(&self, agent_id: &str, time: SystemTime) {
+        let result = self.config.registry.mark_agent_unreachable(agent_id, time);
+        let _ = self.persist("record an unreachable agent", result);
     }
 
     /// Stores role weights (UPDATE_WEIGHTS).

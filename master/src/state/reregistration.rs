@@ -3,7 +3,8 @@
 //! PARTITION_AWARE frameworks); an agent the master removed, or never knew (after a master
 //! restart), is admitted again with its id and the tasks it reports, except those of frameworks
 //! that were told the tasks were lost and are not PARTITION_AWARE, which are shut down on the
-//! agent as Mesos does. Unacknowledged updates it reports are processed as new ones.
+//! agent as Mesos does. Unacknowledged updates it reports are processed as new ones. An agent
+//! marked gone is refused (410); a recovered one (`recovered_agents`) stops being recovered.
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -51,12 +52,16 @@ impl Master {
         };
         super::validation::validate_id(&id)
             .map_err(|e| ApiError::bad_request(format!("Invalid agent id: {e}")))?;
+        self.refuse_gone_agent(&id)?;
         let (address, total) = validate_registration(&reregister.agent)?;
         self.recover_frameworks(&reregister.frameworks);
         if self.agents.contains_key(&id) {
             self.reregister_known(&id, reregister, address, total)?;
         } else {
             self.readmit(&id, reregister, address, total)?;
+        }
+        if self.recovered_agents.remove(&id).is_some() {
+            info!(agent = %id, "recovered agent re-registered");
         }
         self.persist_agent(&id);
         self.count("master/slave_reregistrations");
@@ -77,7 +82,7 @@ impl Master {
             }
             info!(framework = %id, "recovered framework from a re-registering agent");
             self.frameworks.insert(
-                id,
+                id.clone(),
                 super::Framework {
                     info: info.clone(),
                     connection: None,
@@ -91,6 +96,7 @@ impl Master {
                     completed_tasks: Default::default(),
                 },
             );
+            self.publish_framework(&id, true);
         }
     }
 
@@ -209,6 +215,7 @@ impl Master {
             self.shutdown_framework_later(id, &framework_id);
         }
         info!(agent = %id, "agent re-admitted");
+        self.publish_agent_added(id);
         self.replay_updates(reregister.unacknowledged_updates);
         Ok(())
     }

@@ -100,6 +100,18 @@ impl Master {
                     task_status::Reason::Reconciliation,
                     "Reconciliation: Task is unknown to the agent",
                 )
+            } else if let Some(agent) = agent.filter(|a| self.recovered_agents.contains_key(*a)) {
+                // As Mesos: no answer until the agent re-registers or is marked unreachable.
+                debug!(framework = %framework_id, task = %key.1, %agent, "not reconciling a task of a recovered agent yet");
+                continue;
+            } else if let Some(agent) = agent.filter(|a| self.gone_agents.contains_key(*a)) {
+                master_status(
+                    &key.1,
+                    Some(agent),
+                    lost_unless(TaskState::TaskGoneByOperator),
+                    task_status::Reason::Reconciliation,
+                    "Reconciliation: Task is gone",
+                )
             } else if let Some(when) = agent.and_then(|a| self.removed_agent_time(a)) {
                 let mut status = master_status(
                     &key.1,

@@ -15,11 +15,11 @@ use std::time::{Duration, SystemTime};
 use mesoblk_proto::mesoblk::agent::v1 as agent;
 use mesoblk_proto::mesos::v1::scheduler::{call, event, Event};
 use mesoblk_proto::mesos::v1::{
-    task_status, AgentId, ExecutorId, FrameworkId, Task, TaskId, TaskState, TaskStatus, TimeInfo,
+    task_status, AgentId, ExecutorId, FrameworkId, Task, TaskId, TaskState, TaskStatus,
 };
 use tracing::{debug, warn};
 
-use super::{epoch_secs, typed_event, Master};
+use super::{epoch_secs, typed_event, AgentRemoval, Master};
 use crate::allocator::{AgentId as AllocAgentId, FrameworkId as AllocFrameworkId, ResourceSet};
 use crate::config::STATUS_UPDATE_RETRY_INTERVAL_MAX;
 use crate::error::ApiError;
@@ -130,7 +130,8 @@ impl Master {
             agent.tasks.insert(key.clone());
         }
         self.tasks
-            .insert(key, TaskRecord::new(task, role, allocation));
+            .insert(key.clone(), TaskRecord::new(task, role, allocation));
+        self.publish_task_added(&key);
     }
 
     /// Sends a status the master made up to the framework (when connected), without a uuid.
@@ -161,6 +162,8 @@ impl Master {
         let old = state_of(record.task.state);
         let ends = |s: TaskState| is_terminal(s) || s == TaskState::TaskUnreachable;
         let transitioned = !ends(old) && ends(update_state);
+        // Mesos tells operator subscribers when an update changes the task's state.
+        let changed = !is_terminal(old) && status.state != old as i32;
         if !is_terminal(old) {
             record.task.state = update_state as i32;
         }
@@ -175,6 +178,9 @@ impl Master {
                 self.count(counter);
             }
             self.recover_task_resources(key);
+        }
+        if changed {
+            self.publish_task_updated(key, status, update_state as i32);
         }
     }
 
@@ -490,10 +496,21 @@ impl Master {
         &self,
         key: &TaskKey,
         message: &str,
-        unreachable_time: Option<TimeInfo>,
+        removal: AgentRemoval,
+        when: SystemTime,
     ) -> TaskStatus {
+        let (state, reason) = match removal {
+            AgentRemoval::Unreachable => (
+                TaskState::TaskUnreachable,
+                task_status::Reason::AgentRemoved,
+            ),
+            AgentRemoval::Gone => (
+                TaskState::TaskGoneByOperator,
+                task_status::Reason::AgentRemovedByOperator,
+            ),
+        };
         let state = if self.partition_aware(&key.0) {
-            TaskState::TaskUnreachable
+            state
         } else {
             TaskState::TaskLost
         };
@@ -502,11 +519,13 @@ impl Master {
             &key.1,
             record.map(|r| r.task.agent_id.value.as_str()),
             state,
-            task_status::Reason::AgentRemoved,
+            reason,
             message,
         );
         status.executor_id = record.and_then(|r| r.task.executor_id.clone());
-        status.unreachable_time = unreachable_time;
+        if removal == AgentRemoval::Unreachable {
+            status.unreachable_time = Some(super::time_info(when));
+        }
         status
     }
 

@@ -21,6 +21,7 @@ use mesoblk_proto::recordio;
 use tokio::sync::mpsc;
 
 use super::WAIT;
+pub use mesoblk_proto::resource::scalar;
 
 /// The resource provider id of the test agent's RAW pool.
 pub const PROVIDER: &str = "rp-test";
@@ -97,15 +98,6 @@ impl Drop for TestAgent {
         if let Some(reader) = self.reader.take() {
             reader.abort();
         }
-    }
-}
-
-pub fn scalar(name: &str, x: f64) -> Resource {
-    Resource {
-        name: name.into(),
-        r#type: value::Type::Scalar as i32,
-        scalar: Some(value::Scalar { value: x }),
-        ..Default::default()
     }
 }
 
@@ -205,7 +197,12 @@ impl TestAgent {
     /// Registers with `master` (`http://host:port`) and opens the stream.
     pub async fn start(master: &str, hostname: &str, resources: Vec<Resource>) -> TestAgent {
         let shared = Arc::new(Shared {
-            client: reqwest::Client::new(),
+            // No idle connections kept: a master killed and restarted on the same port would
+            // leave dead ones in the pool.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client"),
             master: master.trim_end_matches('/').to_owned(),
             agent_id: Mutex::new(String::new()),
             behavior: Mutex::new(Behavior::default()),
@@ -277,6 +274,12 @@ impl TestAgent {
         if let Some(reader) = self.reader.take() {
             reader.abort();
         }
+    }
+
+    /// What the agent reports as its resources when it re-registers (a real agent reports its
+    /// current total, volumes and created disks included).
+    pub fn report_resources(&mut self, resources: Vec<Resource>) {
+        self.register.agent_info.resources = resources;
     }
 
     /// Re-registers with the same id, its tasks and unacknowledged updates, and reconnects.

@@ -9,7 +9,7 @@ use mesoblk_proto::json::to_json;
 use mesoblk_proto::mesos::v1::scheduler::event;
 use serde_json::{json, Value};
 
-use super::{subscribe_body, EventStream, TestMaster};
+use super::{subscribe_body, Endpoint, EventStream};
 
 /// A subscribed scheduler.
 pub struct Framework {
@@ -20,7 +20,7 @@ pub struct Framework {
 
 impl Framework {
     /// Subscribes `{"user":"tester","name":"tester"<extra>}`.
-    pub async fn subscribe(master: &TestMaster, extra: &str) -> Framework {
+    pub async fn subscribe(master: &Endpoint, extra: &str) -> Framework {
         let mut stream = master.subscribe(&subscribe_body("tester", extra)).await;
         let id = stream.subscribed().await;
         Framework {
@@ -30,8 +30,23 @@ impl Framework {
         }
     }
 
+    /// Subscribes again as framework `id` (after a master restart or failover), with `extra`
+    /// fields in its `FrameworkInfo` as for [`Framework::subscribe`].
+    pub async fn resubscribe(master: &Endpoint, id: &str, extra: &str) -> Framework {
+        let body = format!(
+            r#"{{"type":"SUBSCRIBE","framework_id":{{"value":"{id}"}},"subscribe":{{"framework_info":{{"user":"tester","name":"tester","id":{{"value":"{id}"}}{extra}}}}}}}"#
+        );
+        let mut stream = master.subscribe(&body).await;
+        assert_eq!(stream.subscribed().await, id);
+        Framework {
+            stream,
+            id: id.to_owned(),
+            kept: VecDeque::new(),
+        }
+    }
+
     /// Sends a call (its `framework_id` filled in) and returns the status code.
-    pub async fn call(&self, master: &TestMaster, mut body: Value) -> u16 {
+    pub async fn call(&self, master: &Endpoint, mut body: Value) -> u16 {
         body["framework_id"] = json!({"value": self.id});
         let response = master.call(&self.stream.stream_id, &body.to_string()).await;
         response.status().as_u16()
@@ -84,7 +99,7 @@ impl Framework {
     }
 
     /// DECLINE without a filter.
-    pub async fn decline(&self, master: &TestMaster, offer: &Value) {
+    pub async fn decline(&self, master: &Endpoint, offer: &Value) {
         let body = json!({"type":"DECLINE","decline":{"offer_ids":[offer["id"]],
             "filters":{"refuse_seconds":0.0}}});
         assert_eq!(self.call(master, body).await, 202);
@@ -92,11 +107,7 @@ impl Framework {
 
     /// The next offer for which `pred` holds; others are declined without a filter (a disk
     /// alone is not allocatable, so held offers must come back to be combined).
-    pub async fn offer_where(
-        &mut self,
-        master: &TestMaster,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn offer_where(&mut self, master: &Endpoint, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             let offer = self.offer().await;
             if pred(&offer) {
@@ -107,7 +118,7 @@ impl Framework {
     }
 
     /// ACKNOWLEDGE of an update's status, when it has a uuid (as pymesos does).
-    pub async fn ack(&self, master: &TestMaster, status: &Value) {
+    pub async fn ack(&self, master: &Endpoint, status: &Value) {
         if status.get("uuid").is_none() {
             return;
         }

@@ -21,9 +21,23 @@ pub const JSON: &str = "application/json";
 pub const PROTOBUF: &str = "application/x-protobuf";
 
 pub struct TestMaster {
-    pub addr: SocketAddr,
+    endpoint: Endpoint,
     pub handle: MasterHandle,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// Where a master listens, in process or not: the calls every test makes over HTTP. A
+/// [`TestMaster`] derefs to its endpoint, so helpers that take `&Endpoint` serve both.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+}
+
+impl std::ops::Deref for TestMaster {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
 }
 
 impl Drop for TestMaster {
@@ -62,13 +76,13 @@ pub async fn start_with(config: Config) -> TestMaster {
         let _ = axum::serve(listener, app).await;
     });
     TestMaster {
-        addr,
+        endpoint: Endpoint { addr },
         handle,
         server,
     }
 }
 
-impl TestMaster {
+impl Endpoint {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -166,6 +180,18 @@ impl EventStream {
         EventStream {
             response,
             stream_id,
+            content_type,
+            decoder: recordio::Decoder::new(1 << 20),
+            records: Default::default(),
+            raw: Vec::new(),
+        }
+    }
+
+    /// An operator API SUBSCRIBE stream (it has no `Mesos-Stream-Id`).
+    pub fn operator(response: reqwest::Response, content_type: ContentType) -> Self {
+        EventStream {
+            response,
+            stream_id: String::new(),
             content_type,
             decoder: recordio::Decoder::new(1 << 20),
             records: Default::default(),

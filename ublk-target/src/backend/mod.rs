@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::device_cache::{AttachedCache, CachedQueue};
 use crate::request::Op;
 
 pub mod file;
@@ -84,22 +85,29 @@ pub enum SharedStore {
     Null(NullBackend),
     /// A file or block device.
     File(Arc<FileStore>),
+    /// A file or block device behind a cache store.
+    Cached(Arc<AttachedCache>),
 }
 
 impl SharedStore {
     /// The backend one queue thread serves requests with.
-    pub fn for_queue<S: Submitter>(&self, ring: S) -> AnyBackend<S> {
+    pub fn for_queue<S: Submitter + Clone>(&self, ring: S) -> AnyBackend<S> {
         match self {
             SharedStore::Ram(ram) => AnyBackend::Ram(ram.clone()),
             SharedStore::Null(null) => AnyBackend::Null(null.clone()),
             SharedStore::File(store) => AnyBackend::File(FileBackend::new(Arc::clone(store), ring)),
+            SharedStore::Cached(cache) => {
+                AnyBackend::Cached(Box::new(CachedQueue::new(Arc::clone(cache), ring)))
+            }
         }
     }
 
-    /// The backing store's descriptor, for stores that have one.
+    /// The backing store's descriptor, for stores that have one. (A cached device's backing
+    /// store is registered with each queue ring; its cache store never is.)
     pub fn backing_fd(&self) -> Option<std::os::fd::RawFd> {
         match self {
             SharedStore::File(store) => Some(store.raw_fd()),
+            SharedStore::Cached(cache) => Some(cache.backing().raw_fd()),
             SharedStore::Ram(_) | SharedStore::Null(_) => None,
         }
     }
@@ -110,6 +118,7 @@ impl SharedStore {
             SharedStore::Ram(ram) => ram.size(),
             SharedStore::Null(null) => null.size(),
             SharedStore::File(store) => store.size(),
+            SharedStore::Cached(cache) => cache.size(),
         }
     }
 
@@ -119,6 +128,7 @@ impl SharedStore {
             SharedStore::Ram(ram) => ram.capabilities(),
             SharedStore::Null(null) => null.capabilities(),
             SharedStore::File(store) => file::capabilities(store),
+            SharedStore::Cached(_) => cached_capabilities(),
         }
     }
 }
@@ -132,6 +142,18 @@ pub enum AnyBackend<S> {
     Null(NullBackend),
     /// A file or block device through `S`'s ring.
     File(FileBackend<S>),
+    /// A file or block device behind a cache store, both through `S`'s ring.
+    Cached(Box<CachedQueue<S>>),
+}
+
+/// A cached device: 4 KiB blocks (the cache's unit) and a volatile write cache (the cache
+/// commits its index on FLUSH, so the kernel must send one), as `CachedBackend` declares.
+fn cached_capabilities() -> Capabilities {
+    Capabilities {
+        volatile_cache: true,
+        logical_block_size: crate::cache::CACHE_BLOCK as u32,
+        stores_data: true,
+    }
 }
 
 macro_rules! dispatch {
@@ -140,6 +162,7 @@ macro_rules! dispatch {
             AnyBackend::Ram($b) => $call,
             AnyBackend::Null($b) => $call,
             AnyBackend::File($b) => $call,
+            AnyBackend::Cached($b) => $call,
         }
     };
 }

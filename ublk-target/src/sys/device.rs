@@ -302,16 +302,40 @@ fn serve_queue(
             })
         })
         .collect();
+    let worker = cache_worker(&queue, &context).map(|work| executor.spawn(work));
     let exe = Rc::clone(&executor);
     smol::block_on(executor.run(async move {
         let run_ready = || while exe.try_tick() {};
-        let all_done = || tasks.iter().all(|task| task.is_finished());
+        let all_done = || {
+            tasks.iter().all(|task| task.is_finished())
+                && worker.as_ref().is_none_or(|task| task.is_finished())
+        };
         let events =
             libublk::wait_and_handle_io_events(&queue, Some(IDLE_WAIT_SECS), run_ready, all_done);
         if let Err(e) = events.await {
             tracing::error!(qid, error = %e, "queue event loop failed");
         }
     }));
+}
+
+/// A cached device's worker task (background writeback, admin jobs), run beside the tag tasks
+/// so everything that takes the cache's lock runs on this thread. It ends once the queue is
+/// stopping; the event loop keeps reaping completions until then.
+fn cache_worker<'a>(
+    queue: &Rc<UblkQueue<'a>>,
+    context: &Rc<TagContext>,
+) -> Option<impl std::future::Future<Output = ()> + 'a> {
+    if !matches!(context.backend, AnyBackend::Cached(_)) {
+        return None;
+    }
+    let (queue, context) = (Rc::clone(queue), Rc::clone(context));
+    Some(async move {
+        if let AnyBackend::Cached(cached) = &context.backend {
+            cached
+                .run_worker(|| queue.is_stopping(), sleep_on_ring)
+                .await;
+        }
+    })
 }
 
 /// The device-wide state a queue thread borrows while it starts.

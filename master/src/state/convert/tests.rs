@@ -6,15 +6,7 @@ use mesoblk_proto::mesos::v1::{value, Label, Labels, Resource, ResourceProviderI
 use proptest::prelude::*;
 
 use super::*;
-
-fn scalar(name: &str, x: f64) -> Resource {
-    Resource {
-        name: name.into(),
-        r#type: value::Type::Scalar as i32,
-        scalar: Some(value::Scalar { value: x }),
-        ..Default::default()
-    }
-}
+use mesoblk_proto::resource::scalar;
 
 fn reservation(role: &str, dynamic: bool, principal: Option<&str>) -> ReservationInfo {
     ReservationInfo {

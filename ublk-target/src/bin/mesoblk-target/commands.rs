@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ublk_target::admin::{self, AdminRequest, AdminResponse, DeviceReport};
 use ublk_target::daemon::{self, DeviceRecord, RunDir};
+use ublk_target::device_cache::{CacheSpec, CacheStoreSpec, InvalidCacheChoice};
 use ublk_target::qos::{BytesLimit, Clock, GroupJoin, Joined, MonotonicClock, OpsLimit, QosLimits};
 use ublk_target::spec::{BackendSpec, DeviceSpec};
 use ublk_target::sys::control::{self, ControlError, DeviceState, DeviceStatus};
 use ublk_target::sys::device::StartMode;
 use ublk_target::sys::shm;
 
-use crate::{AddArgs, BackendKind, Cli, Command, DelArgs, QosArgs, ServeArgs, SetQosArgs};
+use crate::{cache, AddArgs, BackendKind, Cli, Command, DelArgs, QosArgs, ServeArgs, SetQosArgs};
 
 /// How long `del` waits for a stopped device's server to exit.
 const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,7 +26,10 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Add(args) => add(args, &run_dir),
         Command::Del(args) => del(&args, &run_dir),
         Command::List { json } => list(json, &run_dir),
-        Command::Recover { id } => recover(id, &run_dir),
+        Command::Recover { id, cache_invalid } => {
+            recover(id, cache_invalid.map(Into::into), &run_dir)
+        }
+        Command::Cache { command } => cache::run(command, &run_dir),
         Command::SetQos(args) => set_qos(&args, &run_dir),
         Command::Features { json } => features(json),
         Command::Serve(args) => serve(args, &run_dir),
@@ -64,6 +68,12 @@ fn spec_from(args: &AddArgs) -> Result<DeviceSpec> {
         max_io_bytes,
         qos: qos_limits(&args.qos)?,
         qos_group: args.qos_group.clone(),
+        cache: args.cache.as_deref().map(|path| CacheSpec {
+            store: CacheStoreSpec::from_arg(path),
+            size: args.cache_size,
+            mode: args.cache_mode.unwrap_or_default(),
+            on_invalid: args.cache_invalid.map(Into::into),
+        }),
     })
 }
 
@@ -149,7 +159,7 @@ fn start_server(spec: &DeviceSpec, mode: StartMode, run_dir: &RunDir) -> Result<
     Ok(())
 }
 
-fn recover(id: u32, run_dir: &RunDir) -> Result<()> {
+fn recover(id: u32, cache_invalid: Option<InvalidCacheChoice>, run_dir: &RunDir) -> Result<()> {
     require_driver()?;
     let status = control::status(id)?;
     if status.state != DeviceState::Quiesced {
@@ -165,10 +175,16 @@ fn recover(id: u32, run_dir: &RunDir) -> Result<()> {
             run_dir.path().display()
         )
     })?;
-    let spec = DeviceSpec {
+    let mut spec = DeviceSpec {
         id: Some(id),
         ..record.spec
     };
+    if let Some(choice) = cache_invalid {
+        let Some(cache) = spec.cache.as_mut() else {
+            bail!("device {id} has no cache; --cache-invalid does not apply");
+        };
+        cache.on_invalid = Some(choice);
+    }
     start_server(&spec, StartMode::Recover, run_dir)
 }
 
@@ -280,7 +296,7 @@ fn list(json: bool, run_dir: &RunDir) -> Result<()> {
         let (size, backend) = match &device.record {
             Some(record) => (
                 record.spec.size.map_or("-".to_owned(), |s| s.to_string()),
-                describe(&record.spec.backend),
+                describe(&record.spec),
             ),
             None => ("-".to_owned(), "(no record)".to_owned()),
         };
@@ -300,12 +316,22 @@ fn list(json: bool, run_dir: &RunDir) -> Result<()> {
     Ok(())
 }
 
-fn describe(backend: &BackendSpec) -> String {
-    match backend {
+fn describe(spec: &DeviceSpec) -> String {
+    let backend = match &spec.backend {
         BackendSpec::File { path, .. } => format!("file {}", path.display()),
         BackendSpec::Blockdev { path, .. } => format!("blockdev {}", path.display()),
         BackendSpec::Ram => "ram".to_owned(),
         BackendSpec::Null => "null".to_owned(),
+    };
+    match &spec.cache {
+        Some(cache) => {
+            let store = match &cache.store {
+                CacheStoreSpec::Path { path } => path.display().to_string(),
+                CacheStoreSpec::Ram => "ram".to_owned(),
+            };
+            format!("{backend} (cache {store}, {})", cache.mode.name())
+        }
+        None => backend,
     }
 }
 

@@ -4,15 +4,17 @@
 //! as soon as the device is live and one server crash affects one device only. Errors print one
 //! line on stderr and exit non-zero; nothing is left behind by a failed `add`.
 
+mod cache;
 mod commands;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ublk_target::backend::file::DirectIo;
+use ublk_target::cache::CacheMode;
 use ublk_target::daemon::DEFAULT_RUN_DIR;
+use ublk_target::device_cache::InvalidCacheChoice;
 use ublk_target::spec::parse_size;
 
 /// Userspace block devices for mesoblk, served through Linux ublk.
@@ -38,6 +40,14 @@ enum Command {
         /// The device id (N in /dev/ublkbN).
         #[arg(long, short = 'n', value_name = "ID")]
         id: u32,
+        /// What to do if the device's cache store fails validation (default: refuse).
+        #[arg(long, value_enum, value_name = "CHOICE")]
+        cache_invalid: Option<InvalidCacheArg>,
+    },
+    /// Inspect and control a live device's cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
     /// Change a live device's rate limits (takes effect at once; kept across recovery).
     SetQos(SetQosArgs),
@@ -68,6 +78,60 @@ enum BackendKind {
     Ram,
     /// Discards writes; for benchmarks (--size).
     Null,
+}
+
+/// The cache subcommands; each names the device by id (N in /dev/ublkbN).
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Print the cache's counters: hits and misses, dirty bytes, writeback rate, evictions,
+    /// flush latency.
+    Status {
+        /// The device id.
+        id: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write back all dirty data; returns when the backing store holds it, flushed.
+    Flush {
+        /// The device id.
+        id: u32,
+    },
+    /// Switch the cache mode live; leaving writeback, returns once the dirty data is drained.
+    Mode {
+        /// The device id.
+        id: u32,
+        /// writeback, writethrough, writearound or none.
+        #[arg(value_parser = parse_cache_mode)]
+        mode: CacheMode,
+    },
+    /// Drain the cache and remove it from the live device (its store is reformatted empty).
+    Detach {
+        /// The device id.
+        id: u32,
+    },
+}
+
+/// The operator's choice for a cache store that fails validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum InvalidCacheArg {
+    /// Write back the dirty data the valid part of its journal names, then reformat it.
+    FlushValid,
+    /// Reformat it; the dirty data it held is lost.
+    Discard,
+}
+
+impl From<InvalidCacheArg> for InvalidCacheChoice {
+    fn from(arg: InvalidCacheArg) -> Self {
+        match arg {
+            InvalidCacheArg::FlushValid => InvalidCacheChoice::FlushValid,
+            InvalidCacheArg::Discard => InvalidCacheChoice::Discard,
+        }
+    }
+}
+
+fn parse_cache_mode(text: &str) -> Result<CacheMode, String> {
+    text.parse()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -121,6 +185,19 @@ struct AddArgs {
     /// Also draw from this QoS group's shared budget (see `set-qos --group`).
     #[arg(long, value_name = "NAME")]
     qos_group: Option<String>,
+    /// A cache store in front of the backing store: an existing file or block device, or
+    /// `ram` (memory of the server; never writeback).
+    #[arg(long, value_name = "PATH")]
+    cache: Option<PathBuf>,
+    /// Bytes of the cache store to use (default: all of it; required for `ram`).
+    #[arg(long, value_parser = parse_size, value_name = "BYTES", requires = "cache")]
+    cache_size: Option<u64>,
+    /// writeback, writethrough (default), writearound or none.
+    #[arg(long, value_parser = parse_cache_mode, value_name = "MODE", requires = "cache")]
+    cache_mode: Option<CacheMode>,
+    /// What to do if the cache store fails validation (default: refuse).
+    #[arg(long, value_enum, value_name = "CHOICE", requires = "cache")]
+    cache_invalid: Option<InvalidCacheArg>,
     /// Serve in the foreground instead of in a background process.
     #[arg(long)]
     foreground: bool,
@@ -201,20 +278,9 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match mesoblk_cli::parse("mesoblk-target") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version: not errors.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // clap's message plus its usage hint would span several lines; one is the contract.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("mesoblk-target: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     // Servers log their life story to their log file; one-shot commands stay quiet but for
     // warnings, so their output is the answer and, on failure, one line of error.
@@ -223,34 +289,6 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    match commands::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mesoblk-target: {}", one_line(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The error and its causes on one line, each cause once.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
+    mesoblk_cli::init_logging(default_level);
+    mesoblk_cli::exit("mesoblk-target", commands::run(cli))
 }
