@@ -8,6 +8,7 @@
 //! - [`executor`]: the command executor (sandbox, environment, user, process groups, kill with
 //!   grace, cgroup v2 limits) and its `mesoblk-launcher` helper;
 //! - [`executor_api`]: custom executors and Mesos's v1 executor HTTP API (`/api/v1/executor`);
+//! - [`gc`]: sandbox garbage collection (`--gc_delay`, `--gc_disk_headroom`);
 //! - [`status`]: the task state machine and the crash-safe status-update store;
 //! - [`checkpoint`]: what lets a restarted agent find its running tasks.
 
@@ -16,6 +17,7 @@
 pub mod checkpoint;
 pub mod executor;
 pub mod executor_api;
+pub mod gc;
 pub mod http;
 pub mod node;
 pub mod status;

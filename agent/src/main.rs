@@ -88,6 +88,36 @@ struct Flags {
     /// The first wait between registration attempts (doubling, at most a minute).
     #[arg(long, default_value = "1secs", value_parser = parse_duration)]
     registration_backoff_factor: Duration,
+    /// How long the sandbox of an ended executor run is kept before it is deleted (less as
+    /// the disk fills; see --gc_disk_headroom).
+    #[arg(long, default_value = "1weeks", value_parser = parse_duration)]
+    gc_delay: Duration,
+    /// How often the work dir's disk usage is checked and ended sandboxes are collected.
+    #[arg(long, default_value = "1mins", value_parser = positive_duration)]
+    disk_watch_interval: Duration,
+    /// Disk fraction kept free: sandboxes go after gc_delay × max(0, 1 − headroom − usage).
+    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
+    gc_disk_headroom: f64,
+}
+
+/// A stout duration above zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(duration)
+}
+
+/// A number in [0, 1].
+fn fraction(text: &str) -> Result<f64, String> {
+    let x: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&x) {
+        return Err(format!("{x} is not between 0 and 1"));
+    }
+    Ok(x)
 }
 
 fn system_hostname() -> String {
@@ -201,6 +231,11 @@ impl Flags {
                 .max(Duration::from_millis(10)),
             status_backoff: Backoff::MESOS,
             device_stats_interval: self.device_stats_interval,
+            gc: mesoblk_agent::gc::GcPolicy {
+                delay: self.gc_delay,
+                disk_headroom: self.gc_disk_headroom,
+            },
+            disk_watch_interval: self.disk_watch_interval,
         })
     }
 

@@ -52,6 +52,22 @@ fn bad_flags_get_one_line_and_a_non_zero_exit() {
         "soon",
     ]);
     assert!(bad.contains("executor_shutdown_grace_period"), "{bad}");
+    for (flag, value, why) in [
+        ("--gc_disk_headroom", "1.5", "between 0 and 1"),
+        ("--gc_disk_headroom", "lots", "not a number"),
+        ("--disk_watch_interval", "0secs", "above zero"),
+        ("--gc_delay", "1fortnight", "gc_delay"),
+    ] {
+        let bad = refused(&[
+            "--master",
+            "127.0.0.1:5050",
+            "--work_dir",
+            work,
+            flag,
+            value,
+        ]);
+        assert!(bad.contains(flag) && bad.contains(why), "{bad}");
+    }
     let bad = refused(&[
         "--master",
         "127.0.0.1:5050",

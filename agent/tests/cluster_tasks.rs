@@ -20,6 +20,15 @@ fn tasks_of(state: &Value) -> Vec<Value> {
         .collect()
 }
 
+fn executor_of(state: &Value, id: &str) -> Option<Value> {
+    state["frameworks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["executors"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["id"] == id)
+}
+
 fn task_state(state: &Value, id: &str) -> Option<String> {
     tasks_of(state)
         .iter()
@@ -126,6 +135,24 @@ async fn command_tasks_finish_fail_get_killed_and_show_in_the_agent_api() {
         })])
         .await;
     scheduler.update("custom", "TASK_RUNNING").await;
+    // /state lists the custom executor with its container, sandbox and task.
+    let state = agent.get_json("/state").await;
+    let custom = executor_of(&state, "custom-custom").expect("the custom executor in /state");
+    let container = custom["container"].as_str().unwrap();
+    assert!(!container.is_empty(), "{custom:#}");
+    assert!(
+        custom["directory"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("executors/custom-custom/runs/{container}")),
+        "{custom:#}"
+    );
+    assert_eq!(custom["tasks"][0]["id"], "custom", "{custom:#}");
+    assert_eq!(custom["queued_tasks"], serde_json::json!([]));
+    assert!(
+        custom["resources"]["cpus"].as_f64().unwrap() > 0.0,
+        "{custom:#}"
+    );
     scheduler
         .send(
             serde_json::json!({"cmd": "message", "executor_id": "custom-custom",
@@ -341,6 +368,109 @@ async fn an_agent_whose_master_stops_answering_gives_up_the_stream_and_re_regist
         "{}",
         agent.log_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_master_learns_the_custom_executors_from_the_re_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = cluster_common::MasterProcess::start(
+        cluster_common::free_port(),
+        dir.path().join("master.log"),
+    );
+    let agent = Agent::start(&master.address(), dir.path(), &[]);
+    let mut scheduler = Scheduler::start(&master.address());
+    let executor = format!(
+        "{} {}",
+        python().display(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/executor_api_pymesos.py")
+    );
+    scheduler
+        .launch_specs(vec![serde_json::json!({
+            "id": "kept", "command": executor, "executor": true
+        })])
+        .await;
+    scheduler.update("kept", "TASK_RUNNING").await;
+
+    // A new master knows nothing; the agent re-registers with its executor and task.
+    master.restart();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/v1", master.address());
+    let deadline = std::time::Instant::now() + cluster_common::WAIT;
+    let listed = loop {
+        let answer = client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(r#"{"type": "GET_EXECUTORS"}"#)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status);
+        if let Ok(answer) = answer {
+            let body: Value =
+                serde_json::from_str(&answer.text().await.expect("a body")).expect("JSON");
+            let executors = body["get_executors"]["executors"].clone();
+            if executors.as_array().is_some_and(|e| !e.is_empty()) {
+                break executors;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new master lists the executor; agent log:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let info = &listed[0]["executor_info"];
+    assert_eq!(info["executor_id"]["value"], "custom-kept", "{listed:#}");
+    assert!(info["framework_id"]["value"].is_string(), "{listed:#}");
+    let state = master.get_json("/master/state").await;
+    let executors = &state["frameworks"][0]["executors"];
+    assert_eq!(executors[0]["executor_id"], "custom-kept", "{state:#}");
+    assert_eq!(
+        executors[0]["slave_id"], state["slaves"][0]["id"],
+        "{state:#}"
+    );
+    assert_eq!(executors[0]["framework_id"], info["framework_id"]["value"]);
+    // pymesos re-subscribes to the new master on its own time; a kill sent before is lost.
+    let deadline = std::time::Instant::now() + cluster_common::WAIT;
+    while master.get_json("/master/state").await["frameworks"][0]["connected"] != true {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler re-subscribed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    scheduler
+        .send(serde_json::json!({"cmd": "kill", "id": "kept"}))
+        .await;
+    scheduler.update("kept", "TASK_KILLED").await;
+    scheduler.stop().await;
+    // This framework was recovered by the new master, whose teardown does not reach the
+    // executor: end its process group here so that nothing is left running.
+    let directory = executor_of(&agent.get_json("/state").await, "custom-kept")
+        .map(|e| e["directory"].as_str().unwrap_or_default().to_owned())
+        .expect("the executor is listed");
+    kill_group_of_launcher(&directory);
+    agent
+        .wait_state("the executor shut down", |s| {
+            executor_of(s, "custom-kept").is_none()
+        })
+        .await;
+}
+
+/// SIGKILLs the process group of the `mesoblk-launcher` whose `--workdir` is `sandbox`.
+fn kill_group_of_launcher(sandbox: &str) {
+    let needle = format!("--workdir\0{sandbox}\0");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let group = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,6 +241,12 @@ impl Cgroups {
         Ok(path)
     }
 
+    /// Sets the limits of the cgroup at `path` again (an executor that got more tasks).
+    pub fn update(&self, path: &Path, limits: &Limits) -> Result<(), CgroupError> {
+        assert!(path.starts_with(&self.base) && path != self.base);
+        self.write_limits(path, limits)
+    }
+
     fn write_limits(&self, path: &Path, limits: &Limits) -> Result<(), CgroupError> {
         let wanted = [
             (

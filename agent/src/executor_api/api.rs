@@ -20,6 +20,7 @@ use super::{
 };
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::executor::process::Leader;
+use crate::executor::Cgroups;
 use crate::status::UpdateUuid;
 
 /// Custom executors and their HTTP API. Dropping it stops watching; executors keep running
@@ -47,12 +48,14 @@ impl ExecutorApi {
     /// The API with no executors. Must be called inside a tokio runtime (it spawns the
     /// monitor task).
     pub fn new(config: ExecutorApiConfig, sinks: Sinks) -> ExecutorApi {
+        let config_cgroups = config.cgroups.clone();
         let inner = Arc::new(Inner {
             checkpointer: Checkpointer::new(config.layout.clone()),
             config,
             sinks,
             registry: Mutex::new(Registry::default()),
             recovered: AtomicBool::new(false),
+            cgroups: probe_cgroups(&config_cgroups),
         });
         let monitor = tokio::spawn(monitor(Arc::downgrade(&inner)));
         ExecutorApi { inner, monitor }
@@ -108,12 +111,15 @@ impl ExecutorApi {
         }
         if !registry.executors.contains_key(key) {
             // Started under the lock: a second launch for the same executor must find it.
+            let tasks = launch.work.tasks().iter().flat_map(|t| &t.resources);
+            let limits = super::cgroup::limits(launch.executor.resources.iter().chain(tasks));
             let started = spawn::start(
                 &self.inner.config,
                 &self.inner.checkpointer,
                 &launch.framework,
                 &launch.executor,
                 &launch.extra_env,
+                self.inner.cgroups.as_ref().map(|c| (c, &limits)),
             )
             .map_err(LaunchError::Start)?;
             let entry = ExecutorEntry {
@@ -122,6 +128,7 @@ impl ExecutorApi {
                 run: started.run,
                 sandbox: started.sandbox,
                 leader: started.leader,
+                cgroup: started.cgroup,
                 phase: ExecutorPhase::Registering,
                 connection: None,
                 queued: Vec::new(),
@@ -150,6 +157,10 @@ impl ExecutorApi {
                 acknowledged: BTreeSet::new(),
             };
             entry.tasks.insert(task.task_id.value.clone(), task_entry);
+        }
+        if let (Some(cgroups), Some(path)) = (&self.inner.cgroups, &entry.cgroup) {
+            // A new executor's group was made with these tasks; this is for one that runs.
+            super::cgroup::update(cgroups, path, &entry.limits());
         }
         if subscribed {
             entry.deliver(&launch.work);
@@ -357,6 +368,7 @@ impl ExecutorApi {
                     pid: run.record.pid,
                     start_ticks: run.record.start_ticks,
                 },
+                cgroup: run.record.cgroup,
                 phase: ExecutorPhase::Recovering,
                 connection: None,
                 queued: Vec::new(),
@@ -370,6 +382,21 @@ impl ExecutorApi {
         }
         self.inner.recovered.store(true, Ordering::SeqCst);
         Ok(count)
+    }
+}
+
+/// The executor cgroups, when configured and usable (an unusable hierarchy is logged once and
+/// executors run without limits, as command tasks do).
+fn probe_cgroups(config: &Option<super::CgroupConfig>) -> Option<Cgroups> {
+    match Cgroups::probe(config.clone()?) {
+        Ok(cgroups) => {
+            tracing::info!(base = %cgroups.base().display(), "executor cgroups enabled");
+            Some(cgroups)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cgroup v2 unavailable: executors run without resource limits");
+            None
+        }
     }
 }
 

@@ -58,6 +58,14 @@
 //! executor does not list it in `unacknowledged_tasks` and never reported on, was lost in the
 //! restart: TASK_LOST (TASK_DROPPED for PARTITION_AWARE frameworks), REASON_AGENT_RESTARTED.
 //!
+//! # Cgroups
+//!
+//! With [`ExecutorApiConfig::cgroups`] each executor runs in its own cgroup v2 group
+//! (`<root>/<parent>/<container id>`, beside the command executor's): `cpu.max` and `memory.max`
+//! from the executor's resources plus those of its tasks that have not ended, written before
+//! the executor's first instruction and again whenever a launch adds tasks (as Mesos resizes
+//! an executor's container). The group goes when the executor ends.
+//!
 //! # Checkpoints
 //!
 //! Next to the command executor's: `framework.info`, `executor.info`, and per run
@@ -66,6 +74,7 @@
 //! ignores these runs (they have no `run.json`) and this module's ignores its runs.
 
 mod api;
+mod cgroup;
 mod events;
 mod http;
 mod recovery;
@@ -81,7 +90,7 @@ use mesoblk_proto::mesos::v1::{TaskInfo, TaskState};
 use thiserror::Error;
 
 use crate::checkpoint::{CheckpointError, Layout};
-pub use crate::executor::{StatusSink, TaskUpdate};
+pub use crate::executor::{CgroupConfig, StatusSink, TaskUpdate};
 pub use api::ExecutorApi;
 
 /// The route this module serves.
@@ -120,6 +129,8 @@ pub struct ExecutorApiConfig {
     pub acknowledge: AcknowledgeWhen,
     /// Run executors as their user (`CommandInfo.user`, else `FrameworkInfo.user`).
     pub switch_user: bool,
+    /// Executor cgroups (`None`: none; an unusable hierarchy is logged and runs without).
+    pub cgroups: Option<CgroupConfig>,
     /// The environment every executor starts from; `None`: the agent's own without `MESOS_*`
     /// and `LIBPROCESS_*`.
     pub base_env: Option<Vec<(String, String)>>,
@@ -154,6 +165,7 @@ impl ExecutorApiConfig {
             poll_interval: Duration::from_millis(100),
             launch_timeout: Duration::from_secs(30),
             switch_user: true,
+            cgroups: None,
             base_env: None,
             acknowledge: AcknowledgeWhen::Stored,
         }
@@ -268,6 +280,8 @@ pub struct ExecutorSummary {
     pub connected: bool,
     /// Its tasks that are not acknowledged terminal yet, with their latest state.
     pub tasks: Vec<(TaskInfo, TaskState)>,
+    /// The ids of those not sent to the executor yet (it has not subscribed).
+    pub queued: Vec<String>,
 }
 
 /// Why a launch failed. Unless said otherwise, each task already got its terminal update.

@@ -36,6 +36,9 @@ pub(super) struct ExecutorRecord {
     pub sandbox: PathBuf,
     /// When it was launched (ms since the epoch).
     pub launched_unix_ms: u64,
+    /// Its cgroup, if it has one (absent in records written before executors had cgroups).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 impl ExecutorRecord {
@@ -48,6 +51,7 @@ impl ExecutorRecord {
             start_ticks,
             sandbox: sandbox.to_path_buf(),
             launched_unix_ms: unix_ms_now(),
+            cgroup: None,
         }
     }
 }

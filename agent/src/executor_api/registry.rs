@@ -24,6 +24,7 @@ use super::{
 };
 use crate::checkpoint::{Checkpointer, RunId};
 use crate::executor::process::Leader;
+use crate::executor::Cgroups;
 use crate::executor::TaskUpdate;
 use crate::status::{is_terminal, status_state, status_uuid, NewStatus, UpdateUuid};
 
@@ -86,6 +87,8 @@ pub(super) struct ExecutorEntry {
     pub(super) run: RunId,
     pub(super) sandbox: PathBuf,
     pub(super) leader: Leader,
+    /// Its cgroup, if it has one.
+    pub(super) cgroup: Option<PathBuf>,
     pub(super) phase: ExecutorPhase,
     pub(super) connection: Option<Connection>,
     /// Work waiting for the executor to subscribe.
@@ -146,7 +149,23 @@ impl ExecutorEntry {
                 .values()
                 .map(|t| (t.info.clone(), t.state))
                 .collect(),
+            queued: self
+                .tasks
+                .iter()
+                .filter(|(_, t)| !t.launched)
+                .map(|(id, _)| id.clone())
+                .collect(),
         }
+    }
+
+    /// The limits its cgroup should have: its own resources plus its live tasks'.
+    pub(super) fn limits(&self) -> crate::executor::Limits {
+        let tasks = self
+            .tasks
+            .values()
+            .filter(|t| !is_terminal(t.state))
+            .flat_map(|t| &t.info.resources);
+        super::cgroup::limits(self.info.resources.iter().chain(tasks))
     }
 
     /// TASK_LOST, or TASK_DROPPED for a PARTITION_AWARE framework.
@@ -191,6 +210,8 @@ pub(super) struct Inner {
     pub(super) sinks: Sinks,
     pub(super) checkpointer: Checkpointer,
     pub(super) registry: Mutex<Registry>,
+    /// Executor cgroups, when configured and usable.
+    pub(super) cgroups: Option<Cgroups>,
     /// Set by `ExecutorApi::recover`; until then the endpoint answers 503, as Mesos's agent
     /// does while it recovers.
     pub(super) recovered: AtomicBool,
@@ -347,6 +368,11 @@ impl Inner {
         for (task_id, task) in &entry.tasks {
             if !is_terminal(task.state) {
                 self.agent_update(&key.framework_id, &key.executor_id, task_id, &end);
+            }
+        }
+        if let (Some(cgroups), Some(path)) = (&self.cgroups, &entry.cgroup) {
+            if let Err(e) = cgroups.remove(path) {
+                tracing::warn!(executor = %key, error = %e, "cannot remove the executor's cgroup");
             }
         }
         if let Err(e) = self.checkpointer.remove_run(&entry.run) {

@@ -4,6 +4,9 @@
 //! The environment (lowest priority first): the agent's base environment; the `MESOS_*`
 //! variables Mesos gives executors ([`mesos_vars`]); the caller's extra variables (the tasks'
 //! block devices); the executor's own `CommandInfo.environment`.
+//!
+//! With cgroups, the launcher is moved into the executor's new group (after its checkpoint
+//! names the group) before it may start the executor, so nothing of it runs unlimited.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +21,7 @@ use crate::executor::env::{inherited_base, merge, stout_duration};
 use crate::executor::launcher::LauncherArgs;
 use crate::executor::process::{self, Leader, ReleaseError};
 use crate::executor::runner::{make_sandbox, resolve_user};
+use crate::executor::{Cgroups, Limits};
 
 /// The variables of one executor (besides the ones every executor gets).
 #[derive(Clone, Debug)]
@@ -83,6 +87,7 @@ pub(super) struct Started {
     pub(super) run: RunId,
     pub(super) sandbox: PathBuf,
     pub(super) leader: Leader,
+    pub(super) cgroup: Option<PathBuf>,
 }
 
 /// Checks that `executor` can be started (a command, a valid environment); pure.
@@ -105,6 +110,7 @@ pub(super) fn start(
     framework: &FrameworkInfo,
     executor: &ExecutorInfo,
     extra_env: &[(String, String)],
+    cgroup: Option<(&Cgroups, &Limits)>,
 ) -> Result<Started, String> {
     let command = executor.command.clone().unwrap_or_default();
     let argv = command::argv(&command)?;
@@ -156,11 +162,35 @@ pub(super) fn start(
     };
     let pending = process::spawn_launcher(&config.launcher, &args, &env, stderr)
         .map_err(|e| format!("cannot start {}: {e}", config.launcher.display()))?;
-    let record = ExecutorRecord::new(&run, pending.pid(), pending.start_ticks, &sandbox);
-    if let Err(e) = recovery::write_record(checkpointer, &record) {
+    let mut record = ExecutorRecord::new(&run, pending.pid(), pending.start_ticks, &sandbox);
+    let cgroup_path = match cgroup {
+        Some((cgroups, limits)) => match cgroups.create(&run.container_id, limits) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                pending.abort();
+                let _ = checkpointer.remove_run(&run);
+                return Err(format!("cannot make the executor's cgroup: {e}"));
+            }
+        },
+        None => None,
+    };
+    record.cgroup.clone_from(&cgroup_path);
+    // Checkpointed, then moved into its cgroup, before the launcher may go on.
+    let prepared = recovery::write_record(checkpointer, &record)
+        .map_err(|e| e.to_string())
+        .and_then(|()| match (cgroup, &cgroup_path) {
+            (Some((cgroups, _)), Some(path)) => cgroups
+                .add_process(path, pending.pid())
+                .map_err(|e| format!("cannot move the executor into its cgroup: {e}")),
+            _ => Ok(()),
+        });
+    if let Err(e) = prepared {
         pending.abort();
+        if let (Some((cgroups, _)), Some(path)) = (cgroup, &cgroup_path) {
+            let _ = cgroups.remove(path);
+        }
         let _ = checkpointer.remove_run(&run);
-        return Err(e.to_string());
+        return Err(e);
     }
     let released = process::release(pending, config.launch_timeout);
     let leader = match released {
@@ -170,6 +200,9 @@ pub(super) fn start(
             leader
         }
         Err(e) => {
+            if let (Some((cgroups, _)), Some(path)) = (cgroup, &cgroup_path) {
+                let _ = cgroups.remove(path);
+            }
             let _ = checkpointer.remove_run(&run);
             return Err(match e {
                 ReleaseError::Refused(m) | ReleaseError::Broken(m) => m,
@@ -181,5 +214,6 @@ pub(super) fn start(
         run,
         sandbox,
         leader,
+        cgroup: cgroup_path,
     })
 }

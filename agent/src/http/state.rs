@@ -1,7 +1,10 @@
 //! `GET /state`: the agent as Mesos's agent `/state` shows it (`id`, `hostname`, `resources`,
-//! `frameworks[].executors[].tasks[]`, ...), plus mesoblk's `volumes` and `pools`.
+//! `frameworks[].executors[].tasks[]`, ...), plus mesoblk's `volumes` and `pools`. Command
+//! tasks each have their command executor; custom executors list their tasks, queued ones in
+//! `queued_tasks`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -9,6 +12,7 @@ use axum::Json;
 use mesoblk_proto::mesos::v1::{value, Resource, Task, TaskState};
 use serde_json::{json, Map, Value};
 
+use crate::executor_api::ExecutorSummary;
 use crate::node::Node;
 
 /// Resources as Mesos's `/state` shows them: `{"cpus": 2, "ports": "[31000-32000]"}`.
@@ -69,6 +73,64 @@ fn task_json(task: &Task) -> Value {
     })
 }
 
+/// A command task's executor (Mesos's command executor, one per task).
+fn command_executor_json(task: &Task, sandbox: Option<&Path>) -> Value {
+    let container = sandbox
+        .and_then(Path::file_name)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    json!({
+        "id": task.executor_id.as_ref().map_or(task.task_id.value.as_str(), |e| e.value.as_str()),
+        "name": format!("Command Executor (Task: {})", task.task_id.value),
+        "source": task.task_id.value,
+        "container": container,
+        "directory": sandbox.map(|s| s.display().to_string()).unwrap_or_default(),
+        "resources": resource_summary(&task.resources),
+        "tasks": [task_json(task)],
+        "queued_tasks": [],
+        "completed_tasks": [],
+    })
+}
+
+/// A running custom executor: its resources are its own plus its tasks' (as in Mesos), its
+/// tasks not sent to it yet are `queued_tasks`. `source` is deprecated in the protobuf but
+/// Mesos's `/state` still shows it.
+#[allow(deprecated)]
+fn custom_executor_json(summary: &ExecutorSummary, tasks: &[Task]) -> Value {
+    let mut resources = summary.info.resources.clone();
+    resources.extend(tasks.iter().flat_map(|t| t.resources.iter().cloned()));
+    let (queued, launched): (Vec<&Task>, Vec<&Task>) = tasks
+        .iter()
+        .partition(|t| summary.queued.contains(&t.task_id.value));
+    json!({
+        "id": summary.info.executor_id.value,
+        "name": summary.info.name.clone().unwrap_or_default(),
+        "source": summary.info.source.clone().unwrap_or_default(),
+        "container": summary.container_id,
+        "directory": summary.sandbox.display().to_string(),
+        "resources": resource_summary(&resources),
+        "tasks": launched.into_iter().map(task_json).collect::<Vec<_>>(),
+        "queued_tasks": queued.into_iter().map(task_json).collect::<Vec<_>>(),
+        "completed_tasks": [],
+    })
+}
+
+/// A custom executor that does not run (not yet, or no more), listed for its booked tasks.
+fn ended_executor_json(executor_id: &str, tasks: &[Task]) -> Value {
+    let resources: Vec<Resource> = tasks.iter().flat_map(|t| t.resources.clone()).collect();
+    json!({
+        "id": executor_id,
+        "name": "",
+        "source": "",
+        "container": "",
+        "directory": "",
+        "resources": resource_summary(&resources),
+        "tasks": tasks.iter().map(task_json).collect::<Vec<_>>(),
+        "queued_tasks": [],
+        "completed_tasks": [],
+    })
+}
+
 /// GET /state
 pub(super) async fn state(State(node): State<Arc<Node>>) -> Json<Value> {
     let resources = node.total_resources();
@@ -81,21 +143,38 @@ pub(super) async fn state(State(node): State<Arc<Node>>) -> Json<Value> {
             infos.insert(id.clone(), info.clone());
         }
     }
+    let custom = node
+        .runtime()
+        .map(|rt| rt.executors.executors())
+        .unwrap_or_default();
+    let mut custom_tasks: BTreeMap<(String, String), Vec<Task>> = BTreeMap::new();
     for (task, sandbox) in node.tasks() {
-        let executor = json!({
-            "id": task.executor_id.as_ref().map_or(task.task_id.value.as_str(), |e| e.value.as_str()),
-            "name": format!("Command Executor (Task: {})", task.task_id.value),
-            "source": task.task_id.value,
-            "directory": sandbox.map(|s| s.display().to_string()).unwrap_or_default(),
-            "resources": resource_summary(&task.resources),
-            "tasks": [task_json(&task)],
-            "queued_tasks": [],
-            "completed_tasks": [],
-        });
+        if let Some(executor_id) = &task.executor_id {
+            let key = (task.framework_id.value.clone(), executor_id.value.clone());
+            custom_tasks.entry(key).or_default().push(task);
+            continue;
+        }
         frameworks
             .entry(task.framework_id.value.clone())
             .or_default()
-            .push(executor);
+            .push(command_executor_json(&task, sandbox.as_deref()));
+    }
+    for summary in &custom {
+        let framework_id = summary.framework.id.clone().unwrap_or_default().value;
+        let key = (framework_id.clone(), summary.info.executor_id.value.clone());
+        let tasks = custom_tasks.remove(&key).unwrap_or_default();
+        frameworks
+            .entry(framework_id)
+            .or_default()
+            .push(custom_executor_json(summary, &tasks));
+    }
+    // Tasks of a custom executor that does not run: still being started (disks attaching), or
+    // ended with tasks whose end the scheduler has not acknowledged.
+    for ((framework_id, executor_id), tasks) in custom_tasks {
+        frameworks
+            .entry(framework_id)
+            .or_default()
+            .push(ended_executor_json(&executor_id, &tasks));
     }
     for task in node.completed_tasks() {
         completed

@@ -18,6 +18,38 @@ use crate::checkpoint::path_component;
 use crate::executor_api::{ExecutorLaunch, ExecutorMessage, MessageSink, Work};
 use crate::status::{NewStatus, TaskKey};
 
+/// A launch refused as a whole, before anything is booked.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Refusal {
+    /// Why, for every task's TASK_ERROR.
+    pub(super) message: String,
+    /// The tasks that get TASK_ERROR: the launch's tasks the agent does not have (one it has
+    /// keeps its own status stream, which a TASK_ERROR would end), each once.
+    pub(super) report: Vec<String>,
+}
+
+/// Whether a launch (a task group, or tasks for one executor) must be refused: one of its
+/// task ids is already known to the agent, or given twice. Checked for every task before any
+/// is booked, so a refused launch leaves nothing behind.
+pub(super) fn refuse_launch(ids: &[&str], is_known: impl Fn(&str) -> bool) -> Option<Refusal> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut message = None;
+    for id in ids {
+        if is_known(id) {
+            message.get_or_insert_with(|| format!("task {id} is already known to this agent"));
+        } else if !seen.insert(*id) {
+            message.get_or_insert_with(|| format!("task {id} is given twice"));
+        }
+    }
+    let message = message?;
+    let report = seen
+        .into_iter()
+        .filter(|id| !is_known(id))
+        .map(str::to_owned)
+        .collect();
+    Some(Refusal { message, report })
+}
+
 /// Executor messages on their way to the master (the executor API calls the sink with its
 /// table locked, so it only queues).
 pub(super) struct MessageQueue(pub(super) mpsc::UnboundedSender<ExecutorMessage>);
@@ -64,14 +96,57 @@ impl Node {
         work: Work,
     ) {
         let framework_id = framework.id.clone().unwrap_or_default().value;
-        for task in work.tasks() {
-            let key = TaskKey::new(framework_id.clone(), task.task_id.value.clone());
-            if self.is_known(&key) || !self.book(&framework, task, &key) {
+        let keys: Vec<TaskKey> = work
+            .tasks()
+            .iter()
+            .map(|t| TaskKey::new(framework_id.clone(), t.task_id.value.clone()))
+            .collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.task_id.as_str()).collect();
+        if let Some(refusal) = refuse_launch(&ids, |id| {
+            self.is_known(&TaskKey::new(framework_id.clone(), id))
+        }) {
+            self.refuse(&framework_id, &work, &refusal);
+            return;
+        }
+        for (i, (task, key)) in work.tasks().iter().zip(&keys).enumerate() {
+            if !self.book(&framework, task, key) {
+                // `book` failed this task; the others of the launch fail with it (a booked
+                // one leaves the books when its terminal update is acknowledged).
+                for other in keys.iter().take(i).chain(keys.iter().skip(i + 1)) {
+                    self.report(
+                        other,
+                        NewStatus::new(&other.task_id, TaskState::TaskFailed, Source::Agent)
+                            .reason(Reason::ContainerLaunchFailed)
+                            .message(format!(
+                                "the agent cannot checkpoint task {} of the same launch",
+                                key.task_id
+                            )),
+                    );
+                }
                 return;
             }
         }
         let node = Arc::clone(self);
         tokio::task::spawn_blocking(move || node.launch_custom(framework, executor, work));
+    }
+
+    /// Sends the refusal's TASK_ERROR to each task it names; tasks the agent already has keep
+    /// their own updates.
+    fn refuse(&self, framework_id: &str, work: &Work, refusal: &Refusal) {
+        tracing::warn!(framework = %framework_id, reason = %refusal.message, "launch refused");
+        let reason = match work {
+            Work::Group(_) => Reason::TaskGroupInvalid,
+            Work::Tasks(_) => Reason::TaskInvalid,
+        };
+        for task_id in &refusal.report {
+            let key = TaskKey::new(framework_id, task_id.as_str());
+            self.report(
+                &key,
+                NewStatus::new(task_id, TaskState::TaskError, Source::Agent)
+                    .reason(reason)
+                    .message(refusal.message.clone()),
+            );
+        }
     }
 
     /// The blocking part: every task's disks, then the executor API's launch.
@@ -197,5 +272,36 @@ impl Node {
         if let Err(e) = sent {
             tracing::info!(error = %e, "framework message dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_launch_with_a_known_task_is_refused_whole_and_spares_the_known_task() {
+        let known = |id: &str| id == "running";
+        let refusal = refuse_launch(&["a", "b", "running", "c"], known).expect("refused");
+        assert_eq!(
+            refusal.message,
+            "task running is already known to this agent"
+        );
+        // Every task of the group but the known one gets TASK_ERROR; the known one keeps its
+        // own stream.
+        assert_eq!(refusal.report, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_task_given_twice_refuses_the_launch_and_is_reported_once() {
+        let refusal = refuse_launch(&["a", "b", "a"], |_| false).expect("refused");
+        assert_eq!(refusal.message, "task a is given twice");
+        assert_eq!(refusal.report, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_launch_of_new_distinct_tasks_goes_ahead() {
+        assert_eq!(refuse_launch(&["a", "b"], |id| id == "c"), None);
+        assert_eq!(refuse_launch(&[], |_| true), None);
     }
 }

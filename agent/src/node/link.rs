@@ -134,6 +134,21 @@ fn registration(node: &Node, agent_id: Option<&str>) -> agent::RegisterAgent {
     }
 }
 
+/// The running custom executors as a re-registration reports them, each with its framework id
+/// (Mesos's `ReregisterSlaveMessage.executor_infos`).
+fn custom_executors(
+    summaries: &[crate::executor_api::ExecutorSummary],
+) -> Vec<mesoblk_proto::mesos::v1::ExecutorInfo> {
+    summaries
+        .iter()
+        .map(|summary| {
+            let mut info = summary.info.clone();
+            info.framework_id = summary.framework.id.clone();
+            info
+        })
+        .collect()
+}
+
 /// What a re-registering agent reports: its frameworks, tasks (with their latest states) and
 /// unacknowledged updates.
 fn reregistration(node: &Node, agent_id: &str) -> agent::ReregisterAgent {
@@ -144,6 +159,9 @@ fn reregistration(node: &Node, agent_id: &str) -> agent::ReregisterAgent {
     let Some(rt) = node.runtime() else {
         return message;
     };
+    // Before the books and the store: the executor API calls its sink (which takes the
+    // store) with its table locked.
+    message.executors = custom_executors(&rt.executors.executors());
     // Lock order everywhere: books, then store (the executor's sink takes the store).
     let books = lock(&rt.books);
     let mut store = lock(&rt.store);

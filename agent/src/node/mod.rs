@@ -10,6 +10,7 @@
 //! - `events`, `tasks`, `operations`: what each master event does.
 //! - `sender`: the loop that sends status updates (and operation statuses) until acknowledged.
 //! - `device_stats`: the loop that reports the attached devices' figures to the master.
+//! - `sandbox_gc`: the loop that deletes the sandboxes of ended runs (`crate::gc`).
 //!
 //! # Start and restart
 //!
@@ -39,6 +40,7 @@ mod device_stats;
 mod events;
 mod link;
 mod operations;
+mod sandbox_gc;
 mod sender;
 mod tasks;
 
@@ -101,6 +103,10 @@ pub struct AgentConfig {
     pub status_backoff: Backoff,
     /// How often device figures go to the master (`--device_stats_interval`; zero: never).
     pub device_stats_interval: Duration,
+    /// How long ended sandboxes are kept (`--gc_delay`, `--gc_disk_headroom`).
+    pub gc: crate::gc::GcPolicy,
+    /// How often sandboxes are collected (`--disk_watch_interval`).
+    pub disk_watch_interval: Duration,
 }
 
 /// Why the agent could not run.
@@ -394,6 +400,7 @@ impl Node {
         config.registration_timeout = self.config.executor_registration_timeout;
         config.shutdown_grace = self.config.executor_shutdown_grace_period;
         config.switch_user = self.config.switch_user;
+        config.cgroups = self.config.cgroups.clone();
         let sinks = Sinks {
             status: sink,
             messages: Arc::new(custom::MessageQueue(self.messages_tx.clone())),
@@ -474,6 +481,7 @@ pub async fn run(
     let client = link::client()?;
     tokio::spawn(sender::run(Arc::clone(&node), client.clone()));
     tokio::spawn(device_stats::run(Arc::clone(&node), client.clone()));
+    tokio::spawn(sandbox_gc::run(Arc::clone(&node)));
     tokio::spawn(custom::forward_messages(
         Arc::clone(&node),
         client.clone(),

@@ -300,8 +300,34 @@ fn framework_model(m: &Master, id: &str, framework: &Framework) -> Value {
         "unreachable_tasks": [],
         "completed_tasks": framework.completed_tasks.iter().map(|t| task_model(t, None)).collect::<Vec<_>>(),
         "offers": offers,
-        "executors": [],
+        "executors": executors_model(m, id),
     })
+}
+
+/// The framework's custom executors on its agents, as Mesos's `/master/state` lists them
+/// (launched here, or reported by a re-registering agent).
+fn executors_model(m: &Master, framework_id: &str) -> Vec<Value> {
+    m.agents()
+        .iter()
+        .flat_map(|(agent_id, agent)| {
+            agent
+                .executors
+                .get(framework_id)
+                .into_iter()
+                .flat_map(|by_id| by_id.values())
+                .map(move |e| {
+                    json!({
+                        "executor_id": e.info.executor_id.value,
+                        "name": e.info.name.clone().unwrap_or_default(),
+                        "framework_id": framework_id,
+                        "command": e.info.command.as_ref().map_or(Value::Null, proto_json),
+                        "resources": summary(&e.info.resources),
+                        "role": e.role,
+                        "slave_id": agent_id,
+                    })
+                })
+        })
+        .collect()
 }
 
 fn is_done(task: &Task) -> bool {
