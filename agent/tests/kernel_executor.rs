@@ -1,7 +1,12 @@
-//! Kernel tier for the command executor: tasks in real cgroup v2 groups with `cpu.max`,
-//! `memory.max` and `io.max`. Needs root and cgroup v2 mounted writable at /sys/fs/cgroup (the
-//! qemu guest of scripts/vm-run); fails, never skips, without them.
+//! Kernel tier for executors: the command executor's tasks in real cgroup v2 groups with
+//! `cpu.max`, `memory.max` and `io.max`; and a pymesos custom executor, launched through the real
+//! master and agent binary, running a task on a real BLOCK disk (a ublk device it writes and
+//! reads back) that the agent releases afterwards. Needs root and cgroup v2 mounted writable at
+//! /sys/fs/cgroup (the qemu guest of scripts/vm-run), `/dev/ublk-control`, `mesoblk-target` next
+//! to the agent binary and the scratch disk `$MESOBLK_TEST_DISK`; fails, never skips, without
+//! them.
 
+mod cluster_common;
 mod executor_common;
 
 use std::path::{Path, PathBuf};
@@ -128,4 +133,63 @@ fn a_busy_task_is_throttled_to_its_cpus() {
     eventually("the task's cgroup to be removed", || !cgroup.exists());
     drop(exec);
     std::fs::remove_dir(Path::new(ROOT).join(&parent)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pymesos_custom_executor_runs_a_task_on_a_block_disk() {
+    use cluster_common::pool::{agent_with_pool, scratch, task_end};
+    use serde_json::json;
+
+    let scratch = scratch();
+    let master = cluster_common::Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_pool(&master, dir.path(), &scratch);
+    let mut scheduler = cluster_common::Scheduler::start(&master.address());
+    // pymesos's MesosExecutorDriver, started by the agent from the task's ExecutorInfo; the task
+    // data `device` makes it verify the device its disk resource's labels name.
+    let executor = format!(
+        "{} {}",
+        cluster_common::python().display(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/executor_api_pymesos.py")
+    );
+    scheduler
+        .launch_specs(vec![
+            json!({"id": "on-device", "command": executor, "executor": true,
+                                  "data": "device", "mem": 128,
+                                  "disk": {"mb": 64, "profile": "fast"}}),
+        ])
+        .await;
+    let end = task_end(&mut scheduler, "on-device").await;
+    assert_eq!(
+        end["state"],
+        "TASK_FINISHED",
+        "{end}\n{}\nagent log:\n{}",
+        scheduler.summary(),
+        agent.log_text()
+    );
+    assert_eq!(end["source"], "SOURCE_EXECUTOR", "{end}");
+    let message = end["message"].as_str().unwrap();
+    let words: Vec<&str> = message.split(' ').collect();
+    assert_eq!(words[0], "verified", "{message}");
+    assert!(words[1].starts_with("/dev/ublkb"), "{message}");
+    assert_eq!(
+        words[2],
+        (64u64 << 20).to_string(),
+        "the whole 64 MiB: {message}"
+    );
+    // (An update the agent sent again before its acknowledgement shows twice.)
+    let mut states = scheduler.states("on-device");
+    states.dedup();
+    assert_eq!(states, ["TASK_RUNNING", "TASK_FINISHED"]);
+
+    // The terminal update released the device: no volume is left and the node is gone.
+    agent
+        .wait_state("the device released", |s| {
+            s["pools"][0]["volumes"] == 0 && s["volumes"].as_array().is_some_and(Vec::is_empty)
+        })
+        .await;
+    eventually("the device node to go away", || {
+        !Path::new(words[1]).exists()
+    });
+    scheduler.stop().await;
 }

@@ -10,6 +10,7 @@
 mod agents;
 mod frameworks;
 mod report;
+mod stats;
 mod timeline;
 
 use std::path::PathBuf;

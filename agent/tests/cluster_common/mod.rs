@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)] // Each test binary uses a different part.
 
+pub mod pool;
+
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
