@@ -24,7 +24,6 @@ use clap::Parser;
 use mesoblk_framework::proto::mesos::v1::{FrameworkInfo, TaskId};
 use mesoblk_framework::scheduler::{SchedulerConfig, SchedulerDriver};
 use serde::Serialize;
-use tracing_subscriber::EnvFilter;
 
 use provision::{lock, Book, Plan, Provisioner, SharedBook};
 use stats::quantile_ms;
@@ -222,10 +221,7 @@ async fn run(args: &Args, driver: &SchedulerDriver, book: &SharedBook) -> anyhow
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    mesoblk_cli::init_logging("warn");
     let args = Args::parse();
     if args.tasks == 0 || args.in_flight == 0 {
         bail!("--tasks and --in-flight must be at least 1");
