@@ -27,6 +27,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 
 DEVICE_ID = "0"
 DEVICE = "/dev/ublkb" + DEVICE_ID
@@ -106,6 +107,29 @@ def unsynced_writer(path):
             f.write(os.urandom(256 * 1024))
 
 
+def stall_report(target, results, cycle, progress):
+    """If no file is fsync'd for 60 s, saves what the server and the kernel were doing."""
+    seen, quiet = progress[0], 0
+    while True:
+        time.sleep(5)
+        quiet = quiet + 5 if progress[0] == seen else 0
+        seen = progress[0]
+        if quiet != 60:
+            continue
+        with open(os.path.join(results, f"stall-{cycle}.txt"), "w", encoding="utf-8") as out:
+            out.write(f"no fsync returned for 60 s after {seen} files\n")
+            for cmd in ([target, "cache", "status", DEVICE_ID],
+                        ["tail", "-n", "200", f"/run/mesoblk-target/{DEVICE_ID}.log"],
+                        ["sh", "-c", "for t in /proc/[0-9]*/task/*; do "
+                         "s=$(cat $t/stat 2>/dev/null | cut -d' ' -f2,3); "
+                         "echo \"== $t $s\"; cat $t/stack 2>/dev/null; done"]):
+                out.write(f"$ {' '.join(cmd)}\n")
+                out.flush()
+                subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=30,
+                               check=False, stdin=subprocess.DEVNULL)
+        print(f"powercut-guest: STALL: see stall-{cycle}.txt", flush=True)
+
+
 def write_until_killed(target, results, cycle):
     folder = f"c{cycle}"
     os.makedirs(os.path.join(MOUNT, folder), exist_ok=True)
@@ -114,6 +138,9 @@ def write_until_killed(target, results, cycle):
         os.unlink(old)
     threading.Thread(target=unsynced_writer, daemon=True,
                      args=(os.path.join(MOUNT, folder, "unsynced"),)).start()
+    progress = [0]
+    threading.Thread(target=stall_report, daemon=True,
+                     args=(target, results, cycle, progress)).start()
     manifest = open(os.path.join(results, f"manifest-{cycle}"), "a", encoding="ascii")
     rng = random.Random()
     i = 0
@@ -130,6 +157,7 @@ def write_until_killed(target, results, cycle):
         manifest.flush()
         os.fsync(manifest.fileno())
         i += 1
+        progress[0] = i
         if i % 4 == 0:
             # What the cache held shortly before the cut (written whole, then renamed).
             status = os.path.join(results, f"cache-{cycle}.json")
