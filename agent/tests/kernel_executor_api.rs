@@ -10,19 +10,10 @@ use std::time::{Duration, Instant};
 
 use executor_api_common::*;
 use mesoblk_agent::executor::CgroupConfig;
-use mesoblk_proto::mesos::v1::value::{Scalar, Type};
-use mesoblk_proto::mesos::v1::{Resource, TaskInfo};
+use mesoblk_proto::mesos::v1::TaskInfo;
+use mesoblk_proto::resource::scalar;
 
 const ROOT: &str = "/sys/fs/cgroup";
-
-fn scalar(name: &str, value: f64) -> Resource {
-    Resource {
-        name: name.into(),
-        r#type: Type::Scalar as i32,
-        scalar: Some(Scalar { value }),
-        ..Default::default()
-    }
-}
 
 fn task_with(id: &str, cpus: f64, mem: f64) -> TaskInfo {
     let mut task = task(id, "x");

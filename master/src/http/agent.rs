@@ -130,14 +130,7 @@ async fn subscribe(
         let message: agent::Subscribe = decode(&method, &headers, &body)?;
         let accept = response_content_type(&headers)?;
         let stream = master.subscribe_agent(&message, accept)?;
-        let mut response = Response::new(Body::from_stream(stream));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(accept.as_str()),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        Ok(response)
+        Ok(super::stream_response(stream, accept))
     })())
 }
 

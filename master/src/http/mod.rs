@@ -194,6 +194,22 @@ fn decode_call<M: prost_reflect::ReflectMessage + Default>(
 }
 
 /// The response encoding from `Accept`, or 406.
+/// A chunked response carrying a subscriber's event stream in `accept`'s content type.
+fn stream_response<E>(stream: crate::stream::EventStream<E>, accept: ContentType) -> Response
+where
+    crate::stream::EventStream<E>:
+        futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send + 'static,
+{
+    let mut response = Response::new(axum::body::Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(accept.as_str()),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
 fn response_content_type(headers: &HeaderMap) -> Result<ContentType, ApiError> {
     ContentType::negotiate(accept_header(headers).as_deref()).ok_or_else(|| {
         ApiError::not_acceptable(

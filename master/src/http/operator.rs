@@ -76,14 +76,7 @@ fn subscribe(master: &MasterHandle, accept: ContentType) -> Response {
     });
     let heartbeat = (interval, operator_event(event::Type::Heartbeat));
     let stream = EventStream::new(events, accept, Some(heartbeat), None).delay_first_heartbeat();
-    let mut response = Response::new(Body::from_stream(stream));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(accept.as_str()),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    super::stream_response(stream, accept)
 }
 
 fn reply(accept: ContentType, response: &MasterResponse) -> Response {

@@ -11,9 +11,9 @@
 //! 7. other calls: unknown framework → 400, not subscribed → 403, stream id missing or
 //!    different → 400; then 202 with an empty body (UPDATE_FRAMEWORK: 200), UNKNOWN → 501.
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mesoblk_proto::mesos::v1::scheduler::{call, Call};
 use tracing::debug;
@@ -66,15 +66,9 @@ fn handle_call(
         let accept = response_content_type(headers)?;
         let subscribe = call.subscribe.unwrap_or_default();
         let (stream_id, stream) = master.subscribe(subscribe, accept);
-        let mut response = Response::new(Body::from_stream(stream));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(accept.as_str()),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let mut response = super::stream_response(stream, accept);
         if let Ok(value) = HeaderValue::from_str(&stream_id) {
-            headers.insert(MESOS_STREAM_ID, value);
+            response.headers_mut().insert(MESOS_STREAM_ID, value);
         }
         return Ok(response);
     }
