@@ -217,6 +217,7 @@ fn blank_and_foreign_stores_are_named() {
         &blank,
         &rig.config,
         clock.clone(),
+        cache::Replay::Committed,
     ))
     .expect("open_or_format formats a blank store");
 
