@@ -230,7 +230,7 @@ impl Model {
                 let at = n * 512;
                 prop_assert!(
                     allowed.iter().any(|v| &v[at..at + 512] == sector),
-                    "block {block} sector {n} after the crash is older than its last flushed \
+                    "block {block} sector {n} after the crash is older than its last flushed (after a kill: acknowledged) \
                      write: block holds {}; acceptable: {:?}",
                     describe(data, block as u64),
                     allowed
