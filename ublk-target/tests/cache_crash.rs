@@ -711,3 +711,15 @@ fn a_server_killed_at_every_point_keeps_every_acknowledged_write() {
         );
     }
 }
+
+#[test]
+fn a_power_cut_after_unflushed_overwrites_keeps_the_flushed_versions() {
+    // Overwrites of flushed blocks go to new slots, with uncommitted records. A power cut may
+    // keep such a record and lose the data it names: a fresh start must not replay it.
+    cut_everywhere(
+        CacheMode::Writeback,
+        false,
+        &[write(1, 3, false), Step::Flush],
+        &[write(1, 3, false), write(2, 1, false), write(3, 1, false)],
+    );
+}
