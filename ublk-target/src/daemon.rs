@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::admin::{self, AdminState};
 use crate::backend::SharedStore;
+use crate::cache::Replay;
 use crate::device_cache::{AttachError, AttachedCache, CacheSpec};
 use crate::qos::{Clock, GroupJoin, Limiter, MonotonicClock};
 use crate::spec::{DeviceSpec, SpecError};
@@ -209,7 +210,14 @@ fn prepare(spec: &DeviceSpec, mode: StartMode) -> Result<SharedStore, DaemonErro
     if let (Some(cache_store), Some(cache), SharedStore::File(backing)) =
         (spec.open_cache_store(&store)?, &spec.cache, &store)
     {
-        let attached = AttachedCache::open(Arc::clone(backing), cache_store, cache)?;
+        // Recovering a quiesced device, the machine stayed up: the records the dead server
+        // wrote without a flush are in the store, and replaying them keeps every write it
+        // acknowledged (the kernel may re-send a FLUSH that was in flight).
+        let replay = match mode {
+            StartMode::Recover => Replay::All,
+            StartMode::Add => Replay::Committed,
+        };
+        let attached = AttachedCache::open(Arc::clone(backing), cache_store, cache, replay)?;
         store = SharedStore::Cached(attached);
     }
     if mode == StartMode::Recover {

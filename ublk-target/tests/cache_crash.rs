@@ -13,7 +13,11 @@
 //! - between crashes, a read returns exactly the newest acknowledged value;
 //! - after a crash and reopen, every block reads back a value at least as new as the newest one
 //!   acknowledged before the last completed FLUSH (or FUA write of that block): nothing older
-//!   ever replaces it; and the cache always reopens (a crash never makes it invalid).
+//!   ever replaces it; and the cache always reopens (a crash never makes it invalid);
+//! - after a process crash (`kill -9` of the server: every completed store write stays, memory
+//!   is lost) and a reopen that replays the uncommitted records too (ublk user recovery), every
+//!   block reads back a value at least as new as the newest *acknowledged* write, flushed or
+//!   not (the kernel re-sends a FLUSH that was in flight, so nothing less would do).
 
 mod cache_support;
 
@@ -24,7 +28,7 @@ use cache_support::{CrashChoice, CrashStore, Power};
 use proptest::prelude::*;
 use smol::block_on;
 use ublk_target::backend::Backend;
-use ublk_target::cache::{self, CacheConfig, CacheMode, CachedBackend, WritebackPolicy};
+use ublk_target::cache::{self, CacheConfig, CacheMode, CachedBackend, Replay, WritebackPolicy};
 use ublk_target::qos::ManualClock;
 
 const BLOCK: usize = 4096;
@@ -86,6 +90,18 @@ enum Step {
         tear: bool,
         recovery_cut: Option<u64>,
     },
+    /// The server process is killed between requests and the device recovered;
+    /// `recovery_cut` cuts the power while the cache reopens.
+    Kill {
+        seed: u64,
+        tear: bool,
+        recovery_cut: Option<u64>,
+    },
+    /// The server process is killed at the `after_ops`-th next store operation.
+    ArmKill {
+        after_ops: u64,
+        seed: u64,
+    },
     /// The power fails at the `after_ops`-th next store operation; the crash keeps unflushed
     /// writes as `seed` decides.
     ArmPowerCut {
@@ -118,6 +134,9 @@ fn step(shape: Shape) -> impl Strategy<Value = Step> {
         2 => (any::<u64>(), any::<bool>(), prop::option::of(0..12u64))
             .prop_map(|(seed, tear, recovery_cut)| Step::Crash { seed, tear, recovery_cut }),
         2 => (0..40u64, any::<u64>()).prop_map(|(after_ops, seed)| Step::ArmPowerCut { after_ops, seed }),
+        2 => (any::<u64>(), any::<bool>(), prop::option::of(0..12u64))
+            .prop_map(|(seed, tear, recovery_cut)| Step::Kill { seed, tear, recovery_cut }),
+        2 => (0..40u64, any::<u64>()).prop_map(|(after_ops, seed)| Step::ArmKill { after_ops, seed }),
     ]
 }
 
@@ -150,6 +169,8 @@ fn describe(data: &[u8], block: u64) -> String {
 struct Model {
     versions: Vec<Vec<Vec<u8>>>,
     floor: Vec<usize>,
+    /// Per block, the index of the newest acknowledged version.
+    acked: Vec<usize>,
     next_tag: u64,
 }
 
@@ -158,12 +179,14 @@ impl Model {
         Model {
             versions: vec![vec![vec![0; BLOCK]]; blocks as usize],
             floor: vec![0; blocks as usize],
+            acked: vec![0; blocks as usize],
             next_tag: 1,
         }
     }
 
-    /// Records a write of `tag` (0: zeroes) to `blocks` blocks from `block`.
-    fn record(&mut self, block: u64, blocks: u64, tag: u64, durable: bool) {
+    /// Records a write of `tag` (0: zeroes) to `blocks` blocks from `block`; `acked`: it
+    /// completed successfully.
+    fn record(&mut self, block: u64, blocks: u64, tag: u64, acked: bool, durable: bool) {
         for b in block..block + blocks {
             let history = &mut self.versions[b as usize];
             history.push(if tag == 0 {
@@ -171,9 +194,19 @@ impl Model {
             } else {
                 contents(tag, b)
             });
+            if acked {
+                self.acked[b as usize] = history.len() - 1;
+            }
             if durable {
                 self.floor[b as usize] = history.len() - 1;
             }
+        }
+    }
+
+    /// After a process crash and recovery: every acknowledged write must be back.
+    fn killed(&mut self) {
+        for (floor, acked) in self.floor.iter_mut().zip(&self.acked) {
+            *floor = (*floor).max(*acked);
         }
     }
 
@@ -197,7 +230,7 @@ impl Model {
                 let at = n * 512;
                 prop_assert!(
                     allowed.iter().any(|v| &v[at..at + 512] == sector),
-                    "block {block} sector {n} after the crash is older than its last flushed \
+                    "block {block} sector {n} after the crash is older than its last flushed (after a kill: acknowledged) \
                      write: block holds {}; acceptable: {:?}",
                     describe(data, block as u64),
                     allowed
@@ -208,6 +241,7 @@ impl Model {
             }
             self.versions[block] = vec![data.to_vec()];
             self.floor[block] = 0;
+            self.acked[block] = 0;
         }
         Ok(())
     }
@@ -308,6 +342,43 @@ impl Rig {
         self.cache = Self::open(&self.backing, &self.store, &self.config, &self.clock);
     }
 
+    /// The server is killed and the device recovered: the stores keep every completed write,
+    /// and the cache reopens replaying its uncommitted records too. With `recovery_cut`, the
+    /// power fails during that reopen (then the next start is a fresh one). Returns whether the
+    /// recovery completed, i.e. whether every acknowledged write must be back.
+    fn kill(&mut self, seed: u64, tear: bool, recovery_cut: Option<u64>) -> bool {
+        let choice = |seed| CrashChoice { seed, tear };
+        self.backing.process_crash(&choice(seed));
+        self.store
+            .process_crash(&choice(seed.rotate_left(17) ^ 0x5555));
+        if let Some(after_ops) = recovery_cut {
+            self.power.arm(after_ops);
+        }
+        let reopened = block_on(cache::open_replaying(
+            &self.backing,
+            &self.store,
+            &self.config,
+            self.clock.clone(),
+            Replay::All,
+        ));
+        match reopened {
+            Ok(shared) => {
+                self.power.disarm();
+                self.cache = CachedBackend::new(shared, self.backing.clone(), self.store.clone());
+                true
+            }
+            Err(e) => {
+                assert!(
+                    self.power.is_out(),
+                    "recovery failed with the power on: {e}"
+                );
+                self.lose_power(seed ^ 0xabcd, tear);
+                self.reopen();
+                false
+            }
+        }
+    }
+
     fn read(&self, block: u64, blocks: u64) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; blocks as usize * BLOCK];
         block_on(self.cache.read(block * BLOCK as u64, &mut buf)).ok()?;
@@ -345,6 +416,8 @@ fn run(mode: CacheMode, shape: Shape, steps: &[Step]) -> Result<(), TestCaseErro
     let mut rig = Rig::new(mode, shape);
     let mut model = Model::new(shape.device_blocks);
     let mut cut_seed = 0;
+    // Whether the armed cut is a killed process rather than a power failure.
+    let mut cut_kills = false;
     for step in steps {
         let ok = match *step {
             Step::Write { block, blocks, fua } => {
@@ -354,7 +427,7 @@ fn run(mode: CacheMode, shape: Shape, steps: &[Step]) -> Result<(), TestCaseErro
                     .flat_map(|b| contents(tag, b))
                     .collect();
                 let ok = block_on(rig.cache.write(block * BLOCK as u64, &data, fua)).is_ok();
-                model.record(block, blocks, tag, ok && fua);
+                model.record(block, blocks, tag, ok, ok && fua);
                 ok
             }
             Step::Read { block, blocks } => match rig.read(block, blocks) {
@@ -377,13 +450,13 @@ fn run(mode: CacheMode, shape: Shape, steps: &[Step]) -> Result<(), TestCaseErro
                         .discard(block * BLOCK as u64, blocks * BLOCK as u64),
                 )
                 .is_ok();
-                model.record(block, blocks, 0, false);
+                model.record(block, blocks, 0, ok, false);
                 ok
             }
             Step::WriteZeroes { block, blocks } => {
                 let len = blocks * BLOCK as u64;
                 let ok = block_on(rig.cache.write_zeroes(block * BLOCK as u64, len, true)).is_ok();
-                model.record(block, blocks, 0, false);
+                model.record(block, blocks, 0, ok, false);
                 ok
             }
             Step::Writeback { advance_ms } => {
@@ -415,15 +488,32 @@ fn run(mode: CacheMode, shape: Shape, steps: &[Step]) -> Result<(), TestCaseErro
                 rig.check_recovered(&mut model)?;
                 true
             }
-            Step::ArmPowerCut { after_ops, seed } => {
+            Step::Kill {
+                seed,
+                tear,
+                recovery_cut,
+            } => {
+                if rig.kill(seed, tear, recovery_cut) {
+                    model.killed();
+                }
+                rig.check_recovered(&mut model)?;
+                true
+            }
+            Step::ArmPowerCut { after_ops, seed } | Step::ArmKill { after_ops, seed } => {
                 rig.power.arm(after_ops);
                 cut_seed = seed;
+                cut_kills = matches!(step, Step::ArmKill { .. });
                 true
             }
         };
         if !ok {
             prop_assert!(rig.power.is_out(), "{step:?} failed with the power on");
-            rig.crash(cut_seed, true, None);
+            if cut_kills {
+                rig.kill(cut_seed, cut_seed % 3 == 0, None);
+                model.killed();
+            } else {
+                rig.crash(cut_seed, true, None);
+            }
             rig.check_recovered(&mut model)?;
         }
     }
@@ -456,35 +546,44 @@ proptest! {
     }
 }
 
-/// Runs `prefix`, then `suffix` with the power failing at its first, second, ... operation (with
-/// and without tearing the write in flight, and several choices of surviving unflushed writes),
-/// until a run completes without a cut.
-fn cut_everywhere(mode: CacheMode, prefix: &[Step], suffix: &[Step]) {
+/// Runs `prefix`, then `suffix` with the power failing (`kill`: the server process killed) at
+/// its first, second, ... operation (with and without tearing the write in flight, and several
+/// choices of surviving unflushed writes), until a run completes without a cut.
+fn cut_everywhere(mode: CacheMode, kill: bool, prefix: &[Step], suffix: &[Step]) {
+    let arm = |after_ops, seed| match kill {
+        true => Step::ArmKill { after_ops, seed },
+        false => Step::ArmPowerCut { after_ops, seed },
+    };
     for (tear, seed) in [false, true]
         .into_iter()
         .flat_map(|t| (0..4u64).map(move |s| (t, s)))
     {
         for after_ops in 0.. {
             let mut steps = prefix.to_vec();
-            steps.push(Step::ArmPowerCut {
-                after_ops,
-                seed: seed * 1000 + after_ops,
-            });
+            steps.push(arm(after_ops, seed * 1000 + after_ops));
             steps.extend_from_slice(suffix);
-            steps.push(Step::Crash {
-                seed: seed * 1000 + after_ops + 1,
-                tear,
-                recovery_cut: None,
+            let (seed, recovery_cut) = (seed * 1000 + after_ops + 1, None);
+            steps.push(match kill {
+                true => Step::Kill {
+                    seed,
+                    tear,
+                    recovery_cut,
+                },
+                false => Step::Crash {
+                    seed,
+                    tear,
+                    recovery_cut,
+                },
             });
             run(mode, SMALL, &steps).unwrap_or_else(|e| {
-                panic!("{mode:?}, power cut at operation {after_ops} of {suffix:?}: {e}")
+                panic!("{mode:?}, kill {kill}, cut at operation {after_ops} of {suffix:?}: {e}")
             });
             // A cut beyond the last operation never fires: every point was covered.
             if after_ops > 200 {
                 panic!("scenario never completed");
             }
             let mut probe = prefix.to_vec();
-            probe.push(Step::ArmPowerCut { after_ops, seed });
+            probe.push(arm(after_ops, seed));
             probe.extend_from_slice(suffix);
             if !cuts_in(mode, &probe) {
                 break;
@@ -498,7 +597,7 @@ fn cuts_in(mode: CacheMode, steps: &[Step]) -> bool {
     let mut rig = Rig::new(mode, SMALL);
     let mut model = Model::new(SMALL.device_blocks);
     for step in steps {
-        if let Step::ArmPowerCut { after_ops, .. } = step {
+        if let Step::ArmPowerCut { after_ops, .. } | Step::ArmKill { after_ops, .. } = step {
             rig.power.arm(*after_ops);
             continue;
         }
@@ -543,6 +642,7 @@ fn a_power_cut_at_every_point_of_a_fua_write_and_a_flush() {
     for mode in CacheMode::ALL {
         cut_everywhere(
             mode,
+            false,
             &[write(1, 4, false), Step::Flush],
             &[write(3, 3, true), write(20, 6, false), Step::Flush],
         );
@@ -555,6 +655,7 @@ fn a_power_cut_at_every_point_of_a_discard_over_dirty_data() {
     // the discard's invalidation must never become durable without the discard itself.
     cut_everywhere(
         CacheMode::Writeback,
+        false,
         &[
             write(2, 2, false),
             Step::Flush,
@@ -579,7 +680,46 @@ fn a_power_cut_at_every_point_of_a_bypass_over_dirty_data() {
     // backing write in a crash, or the block would fall back to the older backing contents.
     cut_everywhere(
         CacheMode::Writeback,
+        false,
         &[write(0, 6, false), write(6, 6, false), Step::Flush],
         &[write(0, 1, false), Step::Flush],
+    );
+}
+
+#[test]
+fn a_server_killed_at_every_point_keeps_every_acknowledged_write() {
+    // Unflushed writes, overwrites of uncommitted blocks, a discard and a FUA write, with the
+    // server killed at each store operation: after recovery every acknowledged write is back,
+    // although nothing after the prefix's FLUSH was flushed when the server died.
+    for mode in CacheMode::ALL {
+        cut_everywhere(
+            mode,
+            true,
+            &[write(1, 4, false), Step::Flush, write(2, 1, false)],
+            &[
+                write(2, 2, false),
+                write(20, 6, false),
+                Step::Discard {
+                    block: 21,
+                    blocks: 2,
+                },
+                write(30, 1, true),
+                write(3, 2, false),
+                Step::Flush,
+                write(4, 1, false),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_power_cut_after_unflushed_overwrites_keeps_the_flushed_versions() {
+    // Overwrites of flushed blocks go to new slots, with uncommitted records. A power cut may
+    // keep such a record and lose the data it names: a fresh start must not replay it.
+    cut_everywhere(
+        CacheMode::Writeback,
+        false,
+        &[write(1, 3, false), Step::Flush],
+        &[write(1, 3, false), write(2, 1, false), write(3, 1, false)],
     );
 }

@@ -221,13 +221,14 @@ fn stats_count_hits_misses_promotions_evictions_and_flushes() {
 
 #[test]
 fn a_device_that_is_never_flushed_still_commits_its_journal() {
-    // Rewriting one uncommitted block never needs a slot, so only the autocommit threshold
-    // (1024 pending records) can trigger a commit here.
+    // Rewriting one uncommitted block never needs a slot. Each write's record goes to the
+    // journal uncommitted; when the region is full, a commit (here a checkpoint) makes room,
+    // so the journal never overflows without a FLUSH.
     let rig = rig(config(CacheMode::Writeback));
     for _ in 0..1100 {
         write(&rig.cache, 5);
     }
     let stats = rig.cache.shared().stats();
     assert_eq!(stats.flushes, 0);
-    assert_eq!(stats.commits + stats.checkpoints, 1, "{stats:?}");
+    assert!(stats.commits >= 1, "{stats:?}");
 }

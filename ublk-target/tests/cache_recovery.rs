@@ -90,13 +90,14 @@ fn read_block<B: Backend>(b: &B, block: u64) -> Vec<u8> {
     buf
 }
 
-/// Three commits of dirty blocks: 0-1, then 10-11, then 20-21, each in its own journal block
-/// (the checkpoint at open is empty).
+/// Three commits of dirty blocks: 0-1, then 10-11, then 20-21, each one write (its records in
+/// an uncommitted journal block: 0, 2, 4) and a flush (an empty commit block: 1, 3, 5). The
+/// checkpoint at open is empty.
 fn three_commits(rig: &Rig) {
     let cache = rig.open().expect("open");
     for first in [0, 10, 20] {
-        write_block(&cache, first, 1);
-        write_block(&cache, first + 1, 1);
+        let data = [pattern(first, 1), pattern(first + 1, 1)].concat();
+        block_on(cache.write(first * BLOCK as u64, &data, false)).expect("write");
         block_on(cache.flush()).expect("flush");
     }
 }
@@ -105,12 +106,12 @@ fn three_commits(rig: &Rig) {
 fn a_damaged_journal_block_is_refused_with_both_choices() {
     let rig = Rig::new(CacheMode::Writeback);
     three_commits(&rig);
-    rig.store.corrupt(rig.journal_block(1) + 100, &[0xff; 8]);
+    rig.store.corrupt(rig.journal_block(2) + 100, &[0xff; 8]);
     let err = rig.open().expect_err("refused");
     let message = err.to_string();
     assert!(matches!(err, CacheError::Invalid(_)), "{err:?}");
     for needle in [
-        "journal block 1 fails its checksum but block 2 after it is valid",
+        "journal block 2 fails its checksum but block 3 after it is valid",
         "It was not used",
         "cache::flush_valid",
         "cache::discard",
@@ -125,10 +126,10 @@ fn a_damaged_journal_block_is_refused_with_both_choices() {
     // The backing store never saw the dirty data.
     assert_eq!(read_block(&rig.backing, 0), vec![0; BLOCK]);
 
-    // Choice 1: flush what is valid. Block 0 of the journal (blocks 0-1) is before the damage.
+    // Choice 1: flush what is valid. The first commit (blocks 0-1) is before the damage.
     let report = block_on(cache::flush_valid(&rig.backing, &rig.store)).expect("flush_valid");
     assert_eq!(report.blocks_written_back, 2);
-    assert!(report.journal_problem.unwrap().contains("journal block 1"));
+    assert!(report.journal_problem.unwrap().contains("journal block 2"));
     assert_eq!(read_block(&rig.backing, 0), pattern(0, 1));
     assert_eq!(read_block(&rig.backing, 1), pattern(1, 1));
     assert_eq!(
@@ -159,8 +160,9 @@ fn discard_drops_an_invalid_cache_and_its_dirty_data() {
 fn a_torn_last_commit_is_ignored_and_the_rest_kept() {
     let rig = Rig::new(CacheMode::Writeback);
     three_commits(&rig);
-    // A torn write of the last journal block: the header sector made it, a later one did not.
-    rig.store.corrupt(rig.journal_block(2) + 2048, &[0xee; 512]);
+    // A torn write of the last commit's block: the header sector made it, a later one did not.
+    // The records it seals (block 4, uncommitted) are not replayed on a fresh start.
+    rig.store.corrupt(rig.journal_block(5) + 2048, &[0xee; 512]);
     let cache = rig
         .open()
         .expect("a torn tail is what a crash leaves: accepted");
@@ -217,6 +219,7 @@ fn blank_and_foreign_stores_are_named() {
         &blank,
         &rig.config,
         clock.clone(),
+        cache::Replay::Committed,
     ))
     .expect("open_or_format formats a blank store");
 
@@ -308,18 +311,18 @@ fn blocks_of_a_checkpoint_that_never_took_effect_are_never_replayed() {
     rig.store = CrashStore::new(400 * BLOCK as u64, Arc::clone(&power));
     block_on(cache::format(&rig.store, DEVICE_BYTES, Some(8))).expect("format");
     let cache = rig.open().expect("open");
-    // Eight one-block commits fill the 8-block journal region.
+    // Eight writes and flushes (an uncommitted block and a commit block each) fill the 8-block
+    // journal region once (the fifth write checkpoints) and leave block 7 next.
     for block in 240..248 {
         write_block(&cache, block, 1);
         block_on(cache.flush()).expect("flush");
     }
-    // 200 more dirty blocks: their commit needs a checkpoint of 208 records (two blocks),
-    // which the power cuts at its superblock write (flush, 2 blocks, flush, superblock).
-    for block in 0..200 {
-        write_block(&cache, block, 2);
-    }
-    power.arm(4);
-    block_on(cache.flush()).expect_err("power cut");
+    // One write of 200 more dirty blocks: its records do not fit the region, so it commits
+    // with a checkpoint of 208 records (two blocks), which the power cuts at its superblock
+    // write (200 data writes, flush, 2 blocks, flush, superblock).
+    let data: Vec<u8> = (0..200).flat_map(|block| pattern(block, 2)).collect();
+    power.arm(204);
+    block_on(cache.write(0, &data, false)).expect_err("power cut");
     drop(cache);
     rig.store.crash(&CrashChoice {
         seed: 1,

@@ -2,6 +2,9 @@
 //! DISCARD and WRITE_ZEROES over a backing backend and a cache-store backend.
 //!
 //! The rules each method keeps (docs/cache.md, "Durability contract"):
+//! - a write, discard or write-zeroes writes its journal records to the store (uncommitted, no
+//!   flush) after its data and before it completes, so a server crash loses no acknowledged
+//!   write;
 //! - a journal commit first flushes the backing store if anything reached it since its last
 //!   flush (so an invalidation is never durable before the backing write that superseded it),
 //!   then flushes the cache store (so no record is durable before its data), then appends the
@@ -137,7 +140,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// Makes every completed write durable and commits the index: the FLUSH path.
     pub(crate) async fn commit(&self, core: &mut CacheCore) -> Result<(), IoError> {
         self.flush_backing(core).await?;
-        if !core.journal.has_pending() {
+        if !core.journal.has_uncommitted() {
             return Ok(());
         }
         self.store.flush().await?;
@@ -179,6 +182,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         if result.is_ok() {
             result = self.autocommit(&mut core).await;
         }
+        if result.is_ok() {
+            result = self.write_records(&mut core).await;
+        }
         self.publish(&core);
         result
     }
@@ -188,6 +194,20 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             self.commit(core).await?;
         }
         Ok(())
+    }
+
+    /// Before a write, discard or write-zeroes completes: writes its records to the store,
+    /// uncommitted (no flush), after its data. The kernel then holds both, so a crash of the
+    /// server process loses no acknowledged write (`Replay::All` on recovery); a power cut may,
+    /// as the FLUSH contract allows. A commit instead when the region has no room left.
+    async fn write_records(&self, core: &mut CacheCore) -> Result<(), IoError> {
+        if !core.journal.has_pending() {
+            return Ok(());
+        }
+        if core.journal.uncommitted_needs_checkpoint() {
+            return self.commit(core).await;
+        }
+        core.journal.write_uncommitted(&self.store).await
     }
 
     /// Evicts a batch of clean blocks; their slots are free after the next commit.
@@ -450,6 +470,9 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
             .await;
         if result.is_ok() {
             result = self.autocommit(&mut core).await;
+        }
+        if result.is_ok() {
+            result = self.write_records(&mut core).await;
         }
         self.publish(&core);
         result

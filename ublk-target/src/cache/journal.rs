@@ -1,9 +1,13 @@
 //! The cache store's metadata I/O: superblocks, reading and validating the journal on open,
-//! appending committed records, and checkpoints that compact the journal into the other region.
+//! appending records (uncommitted before a write completes, committed on a commit), and
+//! checkpoints that compact the journal into the other region.
 //!
 //! Ordering rules (docs/cache.md, "Recovery"):
-//! - a commit writes its journal blocks one at a time with FUA, so only the last block written
-//!   can ever be torn, and a damaged block followed by a valid one is damage, not a crash;
+//! - journal blocks are written one at a time, in order; a commit flushes the store first and
+//!   writes its blocks with FUA, so a damaged block followed by a committed one is damage, not a
+//!   crash;
+//! - uncommitted blocks (no flush, no FUA) survive a process crash, not a power cut: they are
+//!   replayed only when recovering a device whose store was not power-cycled;
 //! - a checkpoint writes the other region, flushes, then writes both superblock copies one after
 //!   the other (FUA each): a crash leaves at least one copy describing a complete journal.
 
@@ -137,77 +141,118 @@ pub(crate) async fn format_store<C: Backend>(
 pub(crate) enum JournalEnd {
     /// At a block never written in this epoch (or the region's end).
     Complete,
-    /// At a damaged last block: a commit a crash interrupted, never acknowledged.
+    /// At a damaged block no commit follows: a write a crash interrupted, never acknowledged
+    /// (or, after a power cut, an uncommitted block the cut lost part of).
     TornTail,
     /// At damage that a crash cannot explain.
     Corrupt(String),
+}
+
+/// Which journal records to replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Only those a commit made durable: after a power cut, an uncommitted record may have
+    /// survived without the data it names.
+    Committed,
+    /// Also the uncommitted records after the last commit: for a store that was not
+    /// power-cycled since they were written (the server process died, the machine did not), so
+    /// every completed write, data before record, is still there.
+    All,
 }
 
 /// The live journal's records, in order, up to where it ends.
 #[derive(Debug)]
 pub(crate) struct JournalRead {
     pub(crate) records: Vec<Record>,
-    /// Blocks holding those records (where the next commit goes).
+    /// Blocks read before the journal ended.
     pub(crate) blocks: u64,
     pub(crate) end: JournalEnd,
 }
 
-/// Reads and checks the live journal region described by `sb`.
+/// Reads and checks the live journal region described by `sb`, keeping the records `replay`
+/// asks for.
 pub(crate) async fn read_journal<C: Backend>(
     store: &C,
     sb: &Superblock,
+    replay: Replay,
 ) -> Result<JournalRead, IoError> {
     let geo = sb.geometry;
     let mut buf = block_buffer();
-    let position = |index| JournalPosition {
+    let mut records = Vec::new();
+    // Records up to the end of the last committed block.
+    let mut committed = 0;
+    let mut index = 0;
+    let end = loop {
+        if index == geo.journal_blocks {
+            break JournalEnd::Complete;
+        }
+        match read_block(store, sb, index, &mut buf).await? {
+            JournalBlock::Valid(found) => {
+                records.extend(found);
+                committed = records.len();
+            }
+            JournalBlock::Uncommitted(found) => records.extend(found),
+            JournalBlock::Stale => break JournalEnd::Complete,
+            JournalBlock::BadRecord(n) => {
+                break JournalEnd::Corrupt(format!(
+                    "journal block {index} has a valid checksum but an undecodable record {n}"
+                ))
+            }
+            JournalBlock::Damaged => break damaged_end(store, sb, index, replay, &mut buf).await?,
+        }
+        index += 1;
+    };
+    if replay == Replay::Committed {
+        records.truncate(committed);
+    }
+    Ok(JournalRead {
+        records,
+        blocks: index,
+        end,
+    })
+}
+
+async fn read_block<C: Backend>(
+    store: &C,
+    sb: &Superblock,
+    index: u64,
+    buf: &mut IoBuf<u8>,
+) -> Result<JournalBlock, IoError> {
+    let position = JournalPosition {
         format_id: sb.format_id,
         epoch: sb.epoch,
         index,
     };
-    let mut records = Vec::new();
-    for index in 0..geo.journal_blocks {
-        let offset = geo.journal_offset(sb.active_region, index);
-        store.read(offset, buf.as_mut_slice()).await?;
-        let end = match decode_journal_block(position(index), buf.as_slice()) {
-            JournalBlock::Valid(found) => {
-                records.extend(found);
-                continue;
-            }
-            JournalBlock::Stale => JournalEnd::Complete,
-            JournalBlock::BadRecord(n) => JournalEnd::Corrupt(format!(
-                "journal block {index} has a valid checksum but an undecodable record {n}"
-            )),
-            JournalBlock::Damaged => {
-                let next = index + 1;
-                let next_is_valid = next < geo.journal_blocks && {
-                    let offset = geo.journal_offset(sb.active_region, next);
-                    store.read(offset, buf.as_mut_slice()).await?;
-                    matches!(
-                        decode_journal_block(position(next), buf.as_slice()),
-                        JournalBlock::Valid(_)
-                    )
-                };
-                if next_is_valid {
-                    JournalEnd::Corrupt(format!(
-                        "journal block {index} fails its checksum but block {next} after it is \
-                         valid: damage, not a torn write"
-                    ))
-                } else {
-                    JournalEnd::TornTail
-                }
-            }
+    let offset = sb.geometry.journal_offset(sb.active_region, index);
+    store.read(offset, buf.as_mut_slice()).await?;
+    Ok(decode_journal_block(position, buf.as_slice()))
+}
+
+/// Whether the damaged block `index` is the torn end of the journal or damage. Journal writes
+/// are serialised, so after a process crash only the last one can be torn: any valid block
+/// after it means damage. After a power cut, uncommitted blocks may survive in any order, but a
+/// commit flushes the store first, so a damaged block followed by a committed one is damage.
+async fn damaged_end<C: Backend>(
+    store: &C,
+    sb: &Superblock,
+    index: u64,
+    replay: Replay,
+    buf: &mut IoBuf<u8>,
+) -> Result<JournalEnd, IoError> {
+    for later in index + 1..sb.geometry.journal_blocks {
+        let contradicts = match read_block(store, sb, later, buf).await? {
+            JournalBlock::Valid(_) => true,
+            JournalBlock::Uncommitted(_) => replay == Replay::All,
+            JournalBlock::Stale | JournalBlock::Damaged | JournalBlock::BadRecord(_) => false,
         };
-        return Ok(JournalRead {
-            records,
-            blocks: index,
-            end,
-        });
+        if contradicts {
+            return Ok(JournalEnd::Corrupt(format!(
+                "journal block {index} fails its checksum but block {later} after it is \
+                 valid: damage, not a torn write"
+            )));
+        }
     }
-    Ok(JournalRead {
-        records,
-        blocks: geo.journal_blocks,
-        end: JournalEnd::Complete,
-    })
+    Ok(JournalEnd::TornTail)
 }
 
 /// Appends records to the live journal.
@@ -216,6 +261,9 @@ pub(crate) struct JournalWriter {
     sb: Superblock,
     next_index: u64,
     pending: Vec<Record>,
+    /// Uncommitted blocks were written since the last commit: the next commit must mark them
+    /// committed even if no record is pending.
+    uncommitted: bool,
 }
 
 impl JournalWriter {
@@ -225,6 +273,7 @@ impl JournalWriter {
             sb,
             next_index,
             pending: Vec::new(),
+            uncommitted: false,
         }
     }
 
@@ -236,35 +285,86 @@ impl JournalWriter {
         !self.pending.is_empty()
     }
 
+    /// Whether a commit has anything to do: pending records, or uncommitted blocks to seal.
+    pub(crate) fn has_uncommitted(&self) -> bool {
+        self.has_pending() || self.uncommitted
+    }
+
     pub(crate) fn pending_len(&self) -> usize {
         self.pending.len()
     }
 
-    /// Whether appending the pending records would overflow the region (a checkpoint is due).
+    /// Whether a commit would overflow the region (a checkpoint is due). A commit writes the
+    /// pending records, or one empty block that seals the uncommitted ones.
     pub(crate) fn needs_checkpoint(&self) -> bool {
-        let needed = self.pending.len().div_ceil(RECORDS_PER_BLOCK) as u64;
+        let needed = self
+            .pending
+            .len()
+            .div_ceil(RECORDS_PER_BLOCK)
+            .max(usize::from(self.uncommitted)) as u64;
         self.next_index + needed > self.sb.geometry.journal_blocks
     }
 
-    /// Writes the pending records. The caller has made the data they describe durable.
+    /// Whether writing the pending records uncommitted would leave no block for the commit that
+    /// seals them.
+    pub(crate) fn uncommitted_needs_checkpoint(&self) -> bool {
+        let needed = self.pending.len().div_ceil(RECORDS_PER_BLOCK) as u64 + 1;
+        self.next_index + needed > self.sb.geometry.journal_blocks
+    }
+
+    /// Writes the pending records, each block with FUA, or one empty block if none is pending
+    /// (so that the uncommitted blocks before it count as committed). The caller has flushed
+    /// the store, so the data and the uncommitted blocks are durable.
     pub(crate) async fn commit<C: Backend>(&mut self, store: &C) -> Result<(), IoError> {
-        let mut buf = block_buffer();
+        if self.pending.is_empty() && self.uncommitted {
+            self.write_block(store, 0, true).await?;
+        }
         while !self.pending.is_empty() {
             let take = self.pending.len().min(RECORDS_PER_BLOCK);
-            let position = JournalPosition {
-                format_id: self.sb.format_id,
-                epoch: self.sb.epoch,
-                index: self.next_index,
-            };
-            encode_journal_block(position, &self.pending[..take], buf.as_mut_slice());
-            let offset = self
-                .sb
-                .geometry
-                .journal_offset(self.sb.active_region, self.next_index);
-            store.write(offset, buf.as_slice(), true).await?;
-            self.next_index += 1;
-            self.pending.drain(..take);
+            self.write_block(store, take, true).await?;
         }
+        self.uncommitted = false;
+        Ok(())
+    }
+
+    /// Writes the pending records without FUA, marked uncommitted: the kernel then holds them,
+    /// so they survive the server process (not a power cut). The caller wrote the data they
+    /// name first.
+    pub(crate) async fn write_uncommitted<C: Backend>(&mut self, store: &C) -> Result<(), IoError> {
+        while !self.pending.is_empty() {
+            let take = self.pending.len().min(RECORDS_PER_BLOCK);
+            self.write_block(store, take, false).await?;
+            self.uncommitted = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the first `take` pending records as the next block and drops them from pending.
+    async fn write_block<C: Backend>(
+        &mut self,
+        store: &C,
+        take: usize,
+        committed: bool,
+    ) -> Result<(), IoError> {
+        let mut buf = block_buffer();
+        let position = JournalPosition {
+            format_id: self.sb.format_id,
+            epoch: self.sb.epoch,
+            index: self.next_index,
+        };
+        encode_journal_block(
+            position,
+            &self.pending[..take],
+            committed,
+            buf.as_mut_slice(),
+        );
+        let offset = self
+            .sb
+            .geometry
+            .journal_offset(self.sb.active_region, self.next_index);
+        store.write(offset, buf.as_slice(), committed).await?;
+        self.next_index += 1;
+        self.pending.drain(..take);
         Ok(())
     }
 
@@ -298,7 +398,7 @@ impl JournalWriter {
                 epoch: next.epoch,
                 index,
             };
-            encode_journal_block(position, chunk, buf.as_mut_slice());
+            encode_journal_block(position, chunk, true, buf.as_mut_slice());
             let offset = next.geometry.journal_offset(next.active_region, index);
             store.write(offset, buf.as_slice(), false).await?;
             index += 1;
@@ -308,6 +408,7 @@ impl JournalWriter {
         self.sb = next;
         self.next_index = index;
         self.pending.clear();
+        self.uncommitted = false;
         Ok(())
     }
 }

@@ -23,6 +23,8 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Bytes of superblock covered by its checksum (the rest of the block is zero).
 const SUPERBLOCK_BYTES: usize = 128;
 const JOURNAL_HEADER_BYTES: usize = 64;
+/// Journal block flag (header offset 40): written without a flush, not part of a commit.
+const JOURNAL_UNCOMMITTED: u32 = 1;
 const RECORD_BYTES: usize = 32;
 /// Index records one journal block holds.
 pub const RECORDS_PER_BLOCK: usize = (BLOCK_BYTES - JOURNAL_HEADER_BYTES) / RECORD_BYTES;
@@ -340,8 +342,12 @@ pub struct JournalPosition {
 /// What a journal block turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JournalBlock {
-    /// A complete block of this journal with these records.
+    /// A complete block of this journal with these records, written by a commit (after a
+    /// flush of the store: everything before it is durable).
     Valid(Vec<Record>),
+    /// A complete block written without a flush before the write it records completed: the
+    /// kernel holds it, but a power cut may lose it (or blocks before it).
+    Uncommitted(Vec<Record>),
     /// Not written in this epoch: the journal ends before it.
     Stale,
     /// Written in this epoch at this position, but its checksum fails: torn or damaged.
@@ -350,8 +356,14 @@ pub enum JournalBlock {
     BadRecord(usize),
 }
 
-/// Encodes a journal block at `pos` holding `records` (at most [`RECORDS_PER_BLOCK`]).
-pub fn encode_journal_block(pos: JournalPosition, records: &[Record], out: &mut [u8]) {
+/// Encodes a journal block at `pos` holding `records` (at most [`RECORDS_PER_BLOCK`]);
+/// `committed: false` marks it as written without a flush (see [`JournalBlock::Uncommitted`]).
+pub fn encode_journal_block(
+    pos: JournalPosition,
+    records: &[Record],
+    committed: bool,
+    out: &mut [u8],
+) {
     assert!(records.len() <= RECORDS_PER_BLOCK, "journal block overflow");
     let out = &mut out[..BLOCK_BYTES];
     out.fill(0);
@@ -360,6 +372,7 @@ pub fn encode_journal_block(pos: JournalPosition, records: &[Record], out: &mut 
     put_u64(out, 16, pos.epoch);
     put_u64(out, 24, pos.index);
     put_u32(out, 32, records.len() as u32);
+    put_u32(out, 40, if committed { 0 } else { JOURNAL_UNCOMMITTED });
     for (i, record) in records.iter().enumerate() {
         let at = JOURNAL_HEADER_BYTES + i * RECORD_BYTES;
         record.encode(&mut out[at..at + RECORD_BYTES]);
@@ -393,7 +406,11 @@ pub fn decode_journal_block(pos: JournalPosition, block: &[u8]) -> JournalBlock 
             None => return JournalBlock::BadRecord(i),
         }
     }
-    JournalBlock::Valid(records)
+    if get_u32(&copy, 40) & JOURNAL_UNCOMMITTED != 0 {
+        JournalBlock::Uncommitted(records)
+    } else {
+        JournalBlock::Valid(records)
+    }
 }
 
 #[cfg(test)]
@@ -476,10 +493,15 @@ mod tests {
             Record::Unmap { block: 1, seq: 4 },
         ];
         let mut block = vec![0u8; BLOCK_BYTES];
-        encode_journal_block(pos, &records, &mut block);
+        encode_journal_block(pos, &records, false, &mut block);
         assert_eq!(
             decode_journal_block(pos, &block),
-            JournalBlock::Valid(records)
+            JournalBlock::Uncommitted(records.to_vec())
+        );
+        encode_journal_block(pos, &records, true, &mut block);
+        assert_eq!(
+            decode_journal_block(pos, &block),
+            JournalBlock::Valid(records.to_vec())
         );
         let elsewhere = JournalPosition { index: 10, ..pos };
         assert_eq!(decode_journal_block(elsewhere, &block), JournalBlock::Stale);
@@ -498,7 +520,7 @@ mod tests {
             index: 0,
         };
         let mut block = vec![0u8; BLOCK_BYTES];
-        encode_journal_block(pos, &[Record::Unmap { block: 0, seq: 1 }], &mut block);
+        encode_journal_block(pos, &[Record::Unmap { block: 0, seq: 1 }], true, &mut block);
         block[JOURNAL_HEADER_BYTES] = 9;
         put_u32(&mut block, 36, 0);
         let crc = crc32c(&block);

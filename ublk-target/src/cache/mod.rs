@@ -17,7 +17,7 @@
 //!
 //! # How a device server uses it
 //! ```text
-//! let shared = cache::open_or_format(&backing, &store, &config, clock).await?;  // once
+//! let shared = cache::open_or_format(&backing, &store, &config, clock, Replay::Committed).await?;  // once
 //! // per queue thread, with that queue's backends:
 //! let backend = CachedBackend::new(Arc::clone(&shared), backing_q, store_q);
 //! engine::execute(&backend, &request, buf).await;
@@ -58,9 +58,12 @@ pub mod twoq;
 mod writeback;
 
 pub use engine::CachedBackend;
+pub use journal::Replay;
 pub use layout::CACHE_BLOCK;
 pub use policy::{WritebackPolicy, WritebackReason};
-pub use recovery::{discard, flush_valid, format, open, open_or_format, RecoveryReport};
+pub use recovery::{
+    discard, flush_valid, format, open, open_or_format, open_replaying, RecoveryReport,
+};
 pub use stats::{CacheStats, CacheStatsSnapshot};
 pub use writeback::{DrainReport, ModeChange, WritebackReport};
 

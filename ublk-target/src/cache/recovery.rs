@@ -9,7 +9,7 @@ use super::engine::CacheCore;
 use super::index::{replay, Replayed};
 use super::journal::{
     block_buffer, choose_superblock, format_store, read_journal, read_superblocks, JournalEnd,
-    JournalWriter, NoSuperblock,
+    JournalWriter, NoSuperblock, Replay,
 };
 use super::layout::{Geometry, Superblock, CACHE_BLOCK};
 use super::policy::{SequentialDetector, WritebackThrottle};
@@ -85,14 +85,28 @@ async fn superblock_for<B: Backend, C: Backend>(
 }
 
 /// Opens the cache in `store` in front of `backing`: reads both superblocks, replays and checks
-/// the journal, and compacts it into a fresh checkpoint. A cache that fails any check is refused
-/// with [`CacheError::Invalid`]. A store that does not survive the process
-/// ([`CacheConfig::volatile_store`]) is formatted afresh instead.
+/// the committed journal, and compacts it into a fresh checkpoint. A cache that fails any check
+/// is refused with [`CacheError::Invalid`]. A store that does not survive the process
+/// ([`CacheConfig::volatile_store`]) is formatted afresh instead. For a store that may have
+/// been power-cycled since it was last written (a fresh start); see [`open_replaying`].
 pub async fn open<B: Backend, C: Backend>(
     backing: &B,
     store: &C,
     config: &CacheConfig,
     clock: Arc<dyn Clock>,
+) -> Result<Arc<CacheShared>, CacheError> {
+    open_replaying(backing, store, config, clock, Replay::Committed).await
+}
+
+/// [`open`], replaying the records `which` names. [`Replay::All`] also replays the records
+/// written after the last commit, so every write the previous server acknowledged is back: only
+/// for a store that was not power-cycled since (ublk user recovery of a quiesced device).
+pub async fn open_replaying<B: Backend, C: Backend>(
+    backing: &B,
+    store: &C,
+    config: &CacheConfig,
+    clock: Arc<dyn Clock>,
+    which: Replay,
 ) -> Result<Arc<CacheShared>, CacheError> {
     check_backing(backing.size())?;
     config.writeback.validate().map_err(CacheError::Config)?;
@@ -103,7 +117,7 @@ pub async fn open<B: Backend, C: Backend>(
         format(store, backing.size(), None).await?;
     }
     let sb = superblock_for(backing, store).await?.map_err(invalid)?;
-    let journal = read_journal(store, &sb).await?;
+    let journal = read_journal(store, &sb, which).await?;
     match &journal.end {
         JournalEnd::Corrupt(problem) => return Err(invalid(problem.clone())),
         JournalEnd::TornTail => {
@@ -139,7 +153,10 @@ pub async fn open<B: Backend, C: Backend>(
     }
     let mut writer = JournalWriter::new(sb, journal.blocks);
     // A fresh checkpoint: compacts the journal, forgets any torn tail, and records that the
-    // cache is in use (not cleanly shut down) from now on.
+    // cache is in use (not cleanly shut down) from now on. The backing store is flushed first:
+    // the checkpoint commits replayed invalidations, and the backing writes that superseded
+    // those copies (and any other the last server acknowledged) must not be lost after it.
+    backing.flush().await?;
     store.flush().await?;
     writer
         .checkpoint(store, &index.snapshot(), next_seq, false)
@@ -178,15 +195,16 @@ pub async fn open<B: Backend, C: Backend>(
     }))
 }
 
-/// [`open`], formatting the store first if it holds no cache at all. A store holding an
-/// invalid cache is still refused: only the operator may decide to lose it.
+/// [`open_replaying`], formatting the store first if it holds no cache at all. A store holding
+/// an invalid cache is still refused: only the operator may decide to lose it.
 pub async fn open_or_format<B: Backend, C: Backend>(
     backing: &B,
     store: &C,
     config: &CacheConfig,
     clock: Arc<dyn Clock>,
+    which: Replay,
 ) -> Result<Arc<CacheShared>, CacheError> {
-    match open(backing, store, config, Arc::clone(&clock)).await {
+    match open_replaying(backing, store, config, Arc::clone(&clock), which).await {
         Err(CacheError::NotFormatted) => {
             format(store, backing.size(), None).await?;
             open(backing, store, config, clock).await
@@ -216,7 +234,8 @@ pub async fn flush_valid<B: Backend, C: Backend>(
     let sb = superblock_for(backing, store)
         .await?
         .map_err(CacheError::NothingToRecover)?;
-    let journal = read_journal(store, &sb).await?;
+    // Committed records only: the operator may run this after a power cut.
+    let journal = read_journal(store, &sb, Replay::Committed).await?;
     let mut journal_problem = match journal.end {
         JournalEnd::Corrupt(problem) => Some(problem),
         JournalEnd::Complete | JournalEnd::TornTail => None,

@@ -23,7 +23,7 @@ use super::{CacheSpec, CacheStoreShared, InvalidCacheChoice};
 use crate::backend::{FileBackend, FileStore, Submitter};
 use crate::cache::{
     self, CacheConfig, CacheError, CacheMode, CacheShared, CacheStatsSnapshot, CachedBackend,
-    DrainReport, ModeChange,
+    DrainReport, ModeChange, Replay,
 };
 use crate::qos::MonotonicClock;
 use crate::sys::ring::BlockingRing;
@@ -121,10 +121,13 @@ pub struct AttachedCache {
 impl AttachedCache {
     /// Opens (replays and validates) or formats the cache in `store` in front of `backing`.
     /// A store that fails validation is refused unless `spec.on_invalid` says what to do.
+    /// `replay` is [`Replay::All`] only when recovering a quiesced device (the machine stayed
+    /// up, so the records the last server wrote without a flush are all there).
     pub fn open(
         backing: Arc<FileStore>,
         store: CacheStoreShared,
         spec: &CacheSpec,
+        replay: Replay,
     ) -> Result<Arc<AttachedCache>, AttachError> {
         let config = CacheConfig {
             mode: spec.mode,
@@ -137,6 +140,7 @@ impl AttachedCache {
             &store_io,
             &config,
             spec.on_invalid,
+            replay,
         ))?;
         Ok(Arc::new(AttachedCache {
             shared,
@@ -370,9 +374,10 @@ async fn open_with_choice(
     store: &OfflineStore,
     config: &CacheConfig,
     choice: Option<InvalidCacheChoice>,
+    replay: Replay,
 ) -> Result<Arc<CacheShared>, AttachError> {
     let clock = Arc::new(MonotonicClock);
-    let refused = match cache::open_or_format(backing, store, config, clock.clone()).await {
+    let refused = match cache::open_or_format(backing, store, config, clock.clone(), replay).await {
         Ok(shared) => return Ok(shared),
         Err(e @ (CacheError::Invalid(_) | CacheError::WrongBacking { .. })) => e,
         Err(e) => return Err(e.into()),
@@ -440,7 +445,8 @@ mod tests {
             mode: CacheMode::Writeback,
             on_invalid: None,
         };
-        let cache = AttachedCache::open(Arc::clone(&backing), store, &spec).unwrap();
+        let cache =
+            AttachedCache::open(Arc::clone(&backing), store, &spec, Replay::Committed).unwrap();
         let data = vec![0x5a_u8; 3 * 4096];
         let engine = cache.offline().unwrap();
         smol::block_on(engine.write(8192, &data, false)).unwrap();
@@ -479,6 +485,7 @@ mod tests {
                 FileStore::open(&dir.path().join("cache.img"), None, DirectIo::Disabled).unwrap(),
             )),
             &spec,
+            Replay::Committed,
         )
         .unwrap();
         assert_eq!(reopened.report().stats.cached_bytes, 0);
@@ -513,9 +520,12 @@ mod tests {
             on_invalid: None,
         };
         {
-            // Three commits of one dirty block each (journal blocks 0, 1, 2: the opening
-            // checkpoint of an empty cache takes no block), then a crash: no shutdown.
-            let cache = AttachedCache::open(Arc::clone(&backing), store(), &spec).unwrap();
+            // Three commits of one dirty block each, then a crash: no shutdown. Journal blocks
+            // 0 to 5: each write's uncommitted record, then the flush's commit (the opening
+            // checkpoint of an empty cache takes no block).
+            let cache =
+                AttachedCache::open(Arc::clone(&backing), store(), &spec, Replay::Committed)
+                    .unwrap();
             let engine = cache.offline().unwrap();
             for block in 0..3u8 {
                 let data = vec![block + 1; 4096];
@@ -523,8 +533,9 @@ mod tests {
                 smol::block_on(engine.flush()).unwrap();
             }
         }
-        damage_journal_block(&cache_path, 1);
-        let refused = AttachedCache::open(Arc::clone(&backing), store(), &spec).unwrap_err();
+        damage_journal_block(&cache_path, 2);
+        let refused = AttachedCache::open(Arc::clone(&backing), store(), &spec, Replay::Committed)
+            .unwrap_err();
         let message = refused.to_string();
         assert!(message.contains("failed validation"), "{message}");
         assert!(message.contains("--cache-invalid flush-valid"), "{message}");
@@ -536,7 +547,8 @@ mod tests {
         );
 
         spec.on_invalid = Some(InvalidCacheChoice::FlushValid);
-        let cache = AttachedCache::open(Arc::clone(&backing), store(), &spec).unwrap();
+        let cache =
+            AttachedCache::open(Arc::clone(&backing), store(), &spec, Replay::Committed).unwrap();
         assert_eq!(cache.report().stats.cached_bytes, 0, "not reformatted");
         let on_backing = std::fs::read(backing.path()).unwrap();
         // Block 0's record precedes the damage: written back. Blocks 1 and 2 are lost.
@@ -555,7 +567,7 @@ mod tests {
             mode: CacheMode::Writethrough,
             on_invalid: None,
         };
-        let cache = AttachedCache::open(backing, store, &spec).unwrap();
+        let cache = AttachedCache::open(backing, store, &spec, Replay::Committed).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let worker = start_worker(&cache, &stop);
         let refused = cache

@@ -6,7 +6,8 @@
 //! caches), and the write in flight when the power failed may survive torn (a prefix of its
 //! sectors). Several stores share one [`Power`] supply, so a power cut hits them together at a
 //! chosen point: after a given number of operations every operation fails with `EIO`, as if the
-//! machine had stopped there.
+//! machine had stopped there. The same cut stands for a killed server process
+//! ([`CrashStore::process_crash`]): then every completed write stays.
 
 #![allow(dead_code)] // each test binary uses part of it
 
@@ -157,6 +158,31 @@ impl CrashStore {
         }
         disk.view = image.clone();
         disk.durable = image;
+        self.power.restore();
+    }
+
+    /// The server process dies (`kill -9`), the machine stays up: every completed write stays
+    /// (still unflushed: a later power cut may lose it), and the write in flight either
+    /// happened or not as `choice.seed` decides, or with `choice.tear` left a prefix of its
+    /// sectors.
+    pub(crate) fn process_crash(&self, choice: &CrashChoice) {
+        let mut disk = self.disk.lock().unwrap();
+        let mut random = choice.seed | 1;
+        if let Some(mut write) = disk.interrupted.take() {
+            let sectors = write.data.len() / SECTOR;
+            let kept = if choice.tear {
+                (next_random(&mut random) as usize % sectors.max(1)) * SECTOR
+            } else if next_random(&mut random) % 2 == 0 {
+                write.data.len()
+            } else {
+                0
+            };
+            write.data.truncate(kept);
+            write.fua = false;
+            let at = write.offset;
+            disk.view[at..at + kept].copy_from_slice(&write.data);
+            disk.log.push(write);
+        }
         self.power.restore();
     }
 
