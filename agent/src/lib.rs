@@ -22,3 +22,9 @@ pub mod http;
 pub mod node;
 pub mod status;
 pub mod storage;
+
+/// The tracing target of the provisioning milestones (RUN_TASK received, volume created, device
+/// live, handed over, launcher spawned, TASK_STARTING/RUNNING stored and posted): debug events,
+/// off unless asked for (`RUST_LOG=info,mesoblk::provisioning=debug`), that
+/// `scripts/lib/provisioning-breakdown.py` turns into a per-phase breakdown of a launch.
+pub const PROVISIONING: &str = "mesoblk::provisioning";

@@ -7,26 +7,16 @@
 
 mod cluster_common;
 
-use cluster_common::{python, Agent, Master, Scheduler};
+use cluster_common::{
+    executor_of, executors_of, pymesos_executor_command, Agent, Master, Scheduler,
+};
 use serde_json::Value;
 
 fn tasks_of(state: &Value) -> Vec<Value> {
-    state["frameworks"]
-        .as_array()
+    executors_of(state)
         .into_iter()
-        .flatten()
-        .flat_map(|f| f["executors"].as_array().cloned().unwrap_or_default())
         .flat_map(|e| e["tasks"].as_array().cloned().unwrap_or_default())
         .collect()
-}
-
-fn executor_of(state: &Value, id: &str) -> Option<Value> {
-    state["frameworks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|f| f["executors"].as_array().cloned().unwrap_or_default())
-        .find(|e| e["id"] == id)
 }
 
 fn task_state(state: &Value, id: &str) -> Option<String> {
@@ -124,11 +114,7 @@ async fn command_tasks_finish_fail_get_killed_and_show_in_the_agent_api() {
 
     // A task for a custom executor: pymesos's MesosExecutorDriver, started by the agent,
     // runs it and talks to the scheduler through framework messages both ways.
-    let executor = format!(
-        "{} {}",
-        python().display(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/executor_api_pymesos.py")
-    );
+    let executor = pymesos_executor_command();
     scheduler
         .launch_specs(vec![serde_json::json!({
             "id": "custom", "command": executor, "executor": true
@@ -254,25 +240,17 @@ async fn after_a_master_restart_the_agent_re_registers_with_its_running_task() {
 
     // A new master knows nothing: the agent's calls get 403 and it re-registers with its task.
     master.restart();
-    let deadline = std::time::Instant::now() + cluster_common::WAIT;
-    loop {
-        let state = master.get_json("/master/state").await;
+    let registered = |state: &Value| {
         let agents: Vec<&str> = state["slaves"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|s| s["id"].as_str())
             .collect();
-        if agents == [agent_id.as_str()] {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent re-registered with the new master; master state: {state:#}\nagent log:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        agents == [agent_id.as_str()]
+    };
+    let what = "the agent re-registered with the new master";
+    master.wait_state(what, &agent, registered).await;
     assert_eq!(
         task_state(&agent.get_json("/state").await, "steady").as_deref(),
         Some("TASK_RUNNING")
@@ -379,11 +357,7 @@ async fn a_new_master_learns_the_custom_executors_from_the_re_registration() {
     );
     let agent = Agent::start(&master.address(), dir.path(), &[]);
     let mut scheduler = Scheduler::start(&master.address());
-    let executor = format!(
-        "{} {}",
-        python().display(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/executor_api_pymesos.py")
-    );
+    let executor = pymesos_executor_command();
     scheduler
         .launch_specs(vec![serde_json::json!({
             "id": "kept", "command": executor, "executor": true
@@ -432,45 +406,22 @@ async fn a_new_master_learns_the_custom_executors_from_the_re_registration() {
     );
     assert_eq!(executors[0]["framework_id"], info["framework_id"]["value"]);
     // pymesos re-subscribes to the new master on its own time; a kill sent before is lost.
-    let deadline = std::time::Instant::now() + cluster_common::WAIT;
-    while master.get_json("/master/state").await["frameworks"][0]["connected"] != true {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the scheduler re-subscribed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let subscribed = |state: &Value| state["frameworks"][0]["connected"] == true;
+    master
+        .wait_state("the scheduler re-subscribed", &agent, subscribed)
+        .await;
     scheduler
         .send(serde_json::json!({"cmd": "kill", "id": "kept"}))
         .await;
     scheduler.update("kept", "TASK_KILLED").await;
     scheduler.stop().await;
-    // This framework was recovered by the new master, whose teardown does not reach the
-    // executor: end its process group here so that nothing is left running.
-    let directory = executor_of(&agent.get_json("/state").await, "custom-kept")
-        .map(|e| e["directory"].as_str().unwrap_or_default().to_owned())
-        .expect("the executor is listed");
-    kill_group_of_launcher(&directory);
+    // The teardown of this recovered framework reaches the agent, which shuts the idle
+    // executor down.
     agent
         .wait_state("the executor shut down", |s| {
             executor_of(s, "custom-kept").is_none()
         })
         .await;
-}
-
-/// SIGKILLs the process group of the `mesoblk-launcher` whose `--workdir` is `sandbox`.
-fn kill_group_of_launcher(sandbox: &str) {
-    let needle = format!("--workdir\0{sandbox}\0");
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            let group = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,14 +34,14 @@ fn limits_are_written_and_the_launcher_is_moved_in() {
         .launch(TaskLaunch {
             framework: framework(false),
             task,
-            io_limits: Some(IoLimits {
+            io_limits: vec![IoLimits {
                 major: 259,
                 minor: 4,
                 rbps: Some(1 << 20),
                 wbps: Some(2 << 20),
                 riops: Some(300),
                 wiops: None,
-            }),
+            }],
             ..Default::default()
         })
         .unwrap();
@@ -52,7 +52,7 @@ fn limits_are_written_and_the_launcher_is_moved_in() {
     assert_eq!(read(cgroup.join("memory.max")), "134217728");
     assert_eq!(
         read(cgroup.join("io.max")),
-        "259:4 rbps=1048576 wbps=2097152 riops=300 wiops=max"
+        "259:4 rbps=1048576 wbps=2097152 riops=300 wiops=max\n"
     );
     assert_eq!(read(cgroup.join("cgroup.procs")), info.pid.to_string());
     assert_eq!(

@@ -127,7 +127,7 @@ fn environment_has_mesos_variables_extras_and_the_tasks_own() {
             framework: fw,
             task,
             extra_env: vec![("MESOBLK_BLOCK_DEVICE".into(), "/dev/ublkb7".into())],
-            io_limits: None,
+            io_limits: Vec::new(),
             container_id: Some("chosen-by-the-agent".into()),
         })
         .unwrap();

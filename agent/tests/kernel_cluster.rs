@@ -3,7 +3,8 @@
 //! scheduler. Tasks get real ublk devices: one formats and mounts its BLOCK disk (a slice of the
 //! RAW pool) and runs fio with verification; a CREATE_DISK MOUNT volume passes fio with
 //! verification and keeps what one task wrote for the next, DESTROY_DISK gives the capacity back, and a disk the offer does not hold
-//! is refused with TASK_ERROR.
+//! is refused with TASK_ERROR. A BLOCK disk of a writeback-cached profile serves a task that
+//! verifies what it wrote, and its cache figures reach the master.
 //!
 //! Needs `mesoblk-target` next to the agent binary (scripts/test builds it) and the scratch disk
 //! `$MESOBLK_TEST_DISK` (formatted here). Fails, never skips, without them.
@@ -11,7 +12,8 @@
 mod cluster_common;
 
 use cluster_common::pool::{
-    agent_with_pool, disk_resources, offer_where, scratch, source_type, task_end, POOL_MB,
+    agent_with_cached_profile, agent_with_pool, cache_pool_dir, disk_resources, offer_where,
+    scratch, source_type, task_end, POOL_MB,
 };
 use cluster_common::{Master, Scheduler};
 use serde_json::{json, Value};
@@ -246,22 +248,10 @@ async fn a_busy_device_reports_its_figures_to_the_master() {
         .await;
     scheduler.update("busy", "TASK_RUNNING").await;
 
-    let url = format!("http://{}/master/state", master.address());
-    let deadline = std::time::Instant::now() + cluster_common::WAIT;
-    let device = loop {
-        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
-        let state: Value = serde_json::from_str(&body).unwrap();
-        let device = state["slaves"][0]["mesoblk_devices"][0].clone();
-        if device["write_bytes_per_second"].as_f64().unwrap_or(0.0) > 0.0 {
-            break device;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no write rate reached the master: {device:#}\nagent log:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    };
+    let device = device_at_master(&master, &agent, |d| {
+        d["write_bytes_per_second"].as_f64().unwrap_or(0.0) > 0.0
+    })
+    .await;
     assert_eq!(device["task_id"]["value"], "busy", "{device:#}");
     assert!(device["device"].as_str().unwrap().starts_with("/dev/ublkb"));
     assert!(
@@ -275,4 +265,98 @@ async fn a_busy_device_reports_its_figures_to_the_master() {
     let end = task_end(&mut scheduler, "busy").await;
     assert_eq!(end["state"], "TASK_FINISHED", "{end}");
     scheduler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_profile_serves_a_block_disk_and_its_cache_figures_reach_the_master() {
+    let scratch = scratch();
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_cached_profile(&master, dir.path(), &scratch);
+    let mut scheduler = Scheduler::start(&master.address());
+    let gate = dir.path().join("stop");
+    // 256 KiB of random data, written with O_DIRECT and fsync'd, read back and compared, over
+    // and over until the gate opens (each round makes the data dirty again, younger than the
+    // 30 s after which writeback writes it back); 256 KiB never written are read once (cache
+    // misses). Small, so that a round takes seconds even where a loaded TCG guest needs a
+    // second per request. Once the gate is open, a last read back compares again.
+    let command = format!(
+        "set -e; dev=\"$MESOBLK_BLOCK_DEVICE\"; case \"$dev\" in /dev/ublkb*) ;; *) exit 9 ;; esac; \
+         head -c 262144 /dev/urandom > pattern; \
+         dd if=\"$dev\" of=/dev/null bs=64k count=4 skip=512 iflag=direct status=none; \
+         while [ ! -e {gate} ]; do \
+         dd if=pattern of=\"$dev\" bs=64k oflag=direct conv=fsync status=none; \
+         dd if=\"$dev\" of=back bs=64k count=4 iflag=direct status=none; cmp pattern back; \
+         sleep 0.5; done; \
+         dd if=\"$dev\" of=back bs=64k count=4 iflag=direct status=none; cmp pattern back",
+        gate = gate.display()
+    );
+    scheduler
+        .launch_specs(vec![json!({"id": "cached", "command": command, "mem": 128,
+                                  "disk": {"mb": 64, "profile": "cached"}})])
+        .await;
+    scheduler.update("cached", "TASK_RUNNING").await;
+
+    let device = device_at_master(&master, &agent, |d| {
+        d["cache_dirty_bytes"].as_u64().unwrap_or(0) > 0
+            && d["cache_read_hits"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert_eq!(device["task_id"]["value"], "cached", "{device:#}");
+    assert_eq!(device["profile"], "cached", "{device:#}");
+    assert_eq!(device["errors"], 0, "{device:#}");
+    let dirty = device["cache_dirty_bytes"].as_u64().unwrap();
+    assert!(
+        dirty <= 256 << 10 && dirty % 4096 == 0,
+        "dirty bytes beyond the 256 KiB written, or not whole blocks: {device:#}"
+    );
+    assert!(
+        device["cache_read_misses"].as_u64().unwrap() > 0,
+        "the never-written MiB was read from the cache: {device:#}"
+    );
+
+    std::fs::write(&gate, b"").unwrap();
+    let end = task_end(&mut scheduler, "cached").await;
+    assert_eq!(
+        end["state"],
+        "TASK_FINISHED",
+        "{end}\nagent log:\n{}",
+        agent.log_text()
+    );
+    // The ephemeral volume is destroyed with the task, its cache store with it.
+    agent
+        .wait_state("the ephemeral volume gone", |s| {
+            s["pools"][0]["volumes"] == 0
+        })
+        .await;
+    let stores: Vec<_> = std::fs::read_dir(cache_pool_dir(&scratch))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(stores.is_empty(), "cache stores left behind: {stores:?}");
+    scheduler.stop().await;
+}
+
+/// The first device entry in the master's `/master/state` that satisfies `check`, polled until
+/// the agent's periodic DeviceStats bring one.
+async fn device_at_master(
+    master: &Master,
+    agent: &cluster_common::Agent,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let url = format!("http://{}/master/state", master.address());
+    let deadline = std::time::Instant::now() + cluster_common::WAIT;
+    loop {
+        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let state: Value = serde_json::from_str(&body).unwrap();
+        let device = state["slaves"][0]["mesoblk_devices"][0].clone();
+        if check(&device) {
+            return device;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such device figures reached the master: {device:#}\nagent log:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

@@ -66,13 +66,13 @@ fn tasks_run_inside_their_cgroup_with_its_limits() {
         .launch(TaskLaunch {
             framework: framework(false),
             task,
-            io_limits: Some(IoLimits {
+            io_limits: vec![IoLimits {
                 major,
                 minor,
                 rbps: Some(10 << 20),
                 wiops: Some(100),
                 ..Default::default()
-            }),
+            }],
             ..Default::default()
         })
         .unwrap();
@@ -147,11 +147,7 @@ async fn a_pymesos_custom_executor_runs_a_task_on_a_block_disk() {
     let mut scheduler = cluster_common::Scheduler::start(&master.address());
     // pymesos's MesosExecutorDriver, started by the agent from the task's ExecutorInfo; the task
     // data `device` makes it verify the device its disk resource's labels name.
-    let executor = format!(
-        "{} {}",
-        cluster_common::python().display(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/executor_api_pymesos.py")
-    );
+    let executor = cluster_common::pymesos_executor_command();
     scheduler
         .launch_specs(vec![
             json!({"id": "on-device", "command": executor, "executor": true,

@@ -150,6 +150,37 @@ fn volumes_whose_device_vanished_are_detached_and_ephemeral_ones_destroyed() {
     assert_eq!(storage.pool_usage()[0].available_mb(), CAPACITY_MB - 10);
 }
 
+/// An ephemeral volume's files are not fsynced when made (manager.rs): a crash may lose them, and
+/// recovery must then destroy the volume all the same.
+#[test]
+fn an_ephemeral_volume_whose_backing_file_a_crash_lost_is_destroyed() {
+    let fx = Fixture::new();
+    {
+        let mut storage = fx.open();
+        let slice = raw(&storage, "fast", 50);
+        let disks = storage
+            .attach_task(&mesoblk_agent::storage::TaskDiskRequest {
+                task_id: "t1",
+                resources: &[slice],
+                uid: 0,
+                gid: 0,
+                sandbox: &fx.sandbox,
+            })
+            .unwrap();
+        let volume = storage.volume(&disks.devices[0].volume_id).unwrap();
+        std::fs::remove_file(&volume.backing).unwrap();
+        fx.fakes.devices.forget(disks.devices[0].device_id);
+    }
+    let storage = fx.open();
+    assert_eq!(
+        storage.volumes().count(),
+        0,
+        "the ephemeral volume is destroyed"
+    );
+    assert!(fx.pool_files().is_empty());
+    assert_eq!(storage.pool_usage()[0].available_mb(), CAPACITY_MB);
+}
+
 #[test]
 fn orphan_devices_are_stopped_and_foreign_ones_left_alone() {
     let fx = Fixture::new();

@@ -19,11 +19,11 @@ use clap::Parser;
 use mesoblk_framework::block::{self, DiskKind};
 use mesoblk_framework::operations::{refuse_seconds, scalar};
 use mesoblk_framework::proto::mesos::v1::{
-    AgentId, CommandInfo, FrameworkId, FrameworkInfo, MasterInfo, Offer, OperationState,
-    OperationStatus, TaskId, TaskInfo, TaskState, TaskStatus,
+    AgentId, CommandInfo, FrameworkId, MasterInfo, Offer, OperationState, OperationStatus, TaskId,
+    TaskInfo, TaskState, TaskStatus,
 };
 use mesoblk_framework::proto::task_state::is_terminal;
-use mesoblk_framework::scheduler::{Scheduler, SchedulerConfig, SchedulerDriver};
+use mesoblk_framework::scheduler::{framework_info, Scheduler, SchedulerConfig, SchedulerDriver};
 
 /// Creates a persistent volume, writes it in one task, verifies it in the next, destroys it.
 #[derive(Parser, Debug)]
@@ -312,15 +312,7 @@ impl Scheduler for VolumeDemo {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let framework = FrameworkInfo {
-        user: args
-            .user
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "root".into()),
-        name: "volume-demo".into(),
-        ..FrameworkInfo::default()
-    };
+    let framework = framework_info("volume-demo", args.user.clone());
     let timeout = Duration::from_secs(args.timeout);
     let outcome = Arc::new(Mutex::new(None));
     let demo = VolumeDemo {

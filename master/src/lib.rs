@@ -31,6 +31,12 @@ pub mod registry;
 pub mod state;
 pub mod stream;
 
+/// The tracing target of a launch's milestones in the master (ACCEPT of a task, RUN_TASK queued
+/// to the agent, a status update received, forwarded, acknowledged): debug events, off unless
+/// asked for (`RUST_LOG=info,mesoblk::provisioning=debug`); the agent logs its own under the
+/// same target (`scripts/lib/provisioning-breakdown.py` joins them).
+pub const PROVISIONING: &str = "mesoblk::provisioning";
+
 pub use config::Config;
 pub use http::router;
 pub use state::MasterHandle;

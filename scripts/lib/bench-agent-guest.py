@@ -10,7 +10,9 @@ overcommit, so 50 x 1 GiB devices fit on a disk that holds far less. Two phases:
            each, all at once: the agent's VmHWM/VmRSS and the device servers' (mesoblk-target
            serve) total VmRSS, read from /proc.
 After each phase the tasks are killed and the agent's /state must show the pool empty again.
-Writes bench-agent.json and bench-agent.md into the results folder; agent.log and master.log too.
+Writes bench-agent.json and bench-agent.md into the results folder; agent.log and master.log too,
+and the latency phase's per-milestone breakdown (breakdown.md, breakdown.json; see
+provisioning-breakdown.py).
 """
 
 import json
@@ -95,7 +97,8 @@ def start_cluster():
                "profiles": [{"name": "bench", "pool": "bench", "filesystem": "ext4"}]},
               open(config, "w"))
     master_port, agent_port = free_port(), free_port()
-    env = dict(os.environ, RUST_LOG="info")
+    # The provisioning milestones too: provisioning-breakdown.py reads them from the logs.
+    env = dict(os.environ, RUST_LOG="info,mesoblk::provisioning=debug")
     master = subprocess.Popen(
         [f"{BIN}/mesoblk-master", "--ip", "127.0.0.1", "--port", str(master_port),
          "--hostname", "127.0.0.1", "--allocation_interval", "100ms"],
@@ -137,6 +140,10 @@ def latency_phase(master_port, agent_url):
                             "--size-mb", str(SIZE_MB), "--in-flight", str(IN_FLIGHT))
     finish(process, "latency")
     wait_for("the pool empty after the latency phase", lambda: pool_empty(agent_url))
+    sh("python3", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "provisioning-breakdown.py"),
+       report, f"{RESULTS}/master.log", f"{RESULTS}/agent.log",
+       "--json", f"{RESULTS}/breakdown.json", "--md", f"{RESULTS}/breakdown.md")
     return json.load(open(report))
 
 

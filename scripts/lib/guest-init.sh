@@ -106,6 +106,18 @@ for l in fd:/proc/self/fd stdin:/proc/self/fd/0 stdout:/proc/self/fd/1 stderr:/p
     [ -e "$HOST/dev/${l%%:*}" ] || ln -s "${l#*:}" "$HOST/dev/${l%%:*}"
 done
 mount -t cgroup2 cgroup2 "$HOST/sys/fs/cgroup" 2>/dev/null
+# Under TCG a CPU can run a stale translation of kernel text the kernel has just patched. The
+# first and last finite cpu.max of a boot flip the CFS-bandwidth static key, and the first and
+# last memory cgroup flip memcg's socket and bpf keys (text patching both): a CI guest oopsed
+# "int3" in update_curr right after an agent wrote cpu.max. One empty cgroup holding a finite
+# quota and the memory controller from boot keeps those keys on: the agent's cgroups never
+# patch text.
+for c in cpu memory io; do
+    echo "+$c" > "$HOST/sys/fs/cgroup/cgroup.subtree_control" 2>/dev/null
+done
+if mkdir -p "$HOST/sys/fs/cgroup/vm-static-key-holder"; then
+    echo "100000 100000" > "$HOST/sys/fs/cgroup/vm-static-key-holder/cpu.max" 2>/dev/null
+fi
 # The repository (its target/ holds the binaries to run) and the working directory would
 # vanish under the fresh tmpfs when they lie under /tmp or /run (a CI clone, say): hold them
 # aside and bind them back at the same paths afterwards.

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use ublk_target::qos::{BytesLimit, Limiter, OpsLimit, QosLimits, QueueLimiter, SharedGroup};
 use ublk_target::request::Op;
 
+mod cost_args;
+
 const MODES: [&str; 5] = [
     "unlimited",
     "exact",
@@ -67,23 +69,7 @@ fn run(mode: &str, n: u32) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let modes: Vec<&str> = match args.first().map(String::as_str) {
-        None | Some("all") => MODES.to_vec(),
-        Some(m) if MODES.contains(&m) => vec![m],
-        Some(m) => {
-            eprintln!("unknown mode {m}; modes: all {}", MODES.join(" "));
-            std::process::exit(2);
-        }
-    };
-    let n = match args.get(1).map(|s| s.parse::<u32>()) {
-        None => 2_000_000,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            eprintln!("N must be a positive integer");
-            std::process::exit(2);
-        }
-    };
+    let (modes, n) = cost_args::parse(&MODES);
     for mode in modes {
         // The best of five: the least disturbed by whatever else runs on the machine.
         let best = (0..5).map(|_| run(mode, n)).fold(f64::INFINITY, f64::min);

@@ -6,6 +6,7 @@
 //! - [`cache`]: a writeback/writethrough cache store in front of a backend, crash-consistent;
 //! - [`device_cache`]: a cache attached to a served device: spec, per-queue backend, admin jobs;
 //! - [`engine`]: running one request against a backend, producing ublk's result code;
+//! - [`datapath`]: one request's admission, execution and accounting on a queue thread;
 //! - [`qos`]: per-device and per-group token-bucket throttling (pure; the clock is injected);
 //! - [`stats`]: per-device I/O counters and latency histograms, snapshots and rates (pure);
 //! - [`spec`]: what a device is made of, validated before anything is created;
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod backend;
 pub mod cache;
 pub mod daemon;
+pub mod datapath;
 pub mod device_cache;
 pub mod engine;
 pub mod qos;

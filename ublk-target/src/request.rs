@@ -136,6 +136,17 @@ impl DecodeError {
     }
 }
 
+/// Whether `offset` and `len` are multiples of `block`. Block sizes are powers of two, where a
+/// mask replaces two 64-bit divisions per request (a helper call each in an emulated guest).
+fn is_aligned(offset: u64, len: u64, block: u32) -> bool {
+    let block = u64::from(block);
+    if block.is_power_of_two() {
+        (offset | len) & (block - 1) == 0
+    } else {
+        offset % block == 0 && len % block == 0
+    }
+}
+
 impl Request {
     /// Decodes a ublk I/O descriptor's fields against a device geometry.
     pub fn decode(
@@ -181,8 +192,7 @@ impl Request {
                 size: geometry.size,
             });
         }
-        let block = u64::from(geometry.logical_block_size);
-        if offset % block != 0 || len % block != 0 {
+        if !is_aligned(offset, len, geometry.logical_block_size) {
             return Err(DecodeError::Misaligned {
                 offset,
                 len,
@@ -276,6 +286,20 @@ mod tests {
             Request::decode(1, 0, 4096, &GEO).unwrap_err().errno(),
             libc::EINVAL
         );
+    }
+
+    #[test]
+    fn alignment_by_mask_agrees_with_division() {
+        for block in [512u32, 1024, 4096, 520, 3000] {
+            for (offset, len) in [(0, 0), (4096, 8192), (512, 4096), (1040, 520), (6000, 3000)] {
+                let expected = offset % u64::from(block) == 0 && len % u64::from(block) == 0;
+                assert_eq!(
+                    is_aligned(offset, len, block),
+                    expected,
+                    "{offset} {len} {block}"
+                );
+            }
+        }
     }
 
     #[test]

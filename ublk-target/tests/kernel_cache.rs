@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kernel::{crash_and_recover, refused, run, Device, TARGET_BIN};
+use ublk_target::cache::CACHE_BLOCK;
 
 const MIB: u64 = 1 << 20;
 /// A 1 MiB region written just before a dirty-data check: younger than the 30 s after which
@@ -352,6 +353,210 @@ fn an_invalid_cache_is_refused_until_the_operator_chooses() {
     );
     fio(device.path(), 0, 8, Fio::WriteAndVerify);
     device.delete();
+}
+
+#[test]
+fn recover_refuses_a_damaged_journal_until_the_operator_flushes_the_valid_part_or_discards() {
+    let setup = Setup::new();
+    let device = setup.add_cached("writeback");
+    let (id, dev) = (device.id(), device.path());
+    let run_dir = setup.run_dir();
+    // Regions of 1 MiB, each written with O_DIRECT and fsync'd (a FLUSH: a commit seals its
+    // journal records), all still dirty when the server dies.
+    let saved = kernel::pattern(MIB as usize, 1);
+    let lost = kernel::pattern(MIB as usize, 2);
+    write_synced(dev, 0, &saved);
+    write_synced(dev, 8, &lost);
+    assert_all_dirty(&setup, id, 2);
+
+    // flush-valid: the records before the damage (all of region 0) are written back, the
+    // versions recorded from the damage on (all of region 8) are lost.
+    damage_then_recover(&setup, id, 8, "flush-valid");
+    let log = std::fs::read_to_string(run_dir.join(format!("{id}.log"))).expect("server log");
+    assert!(
+        log.contains("blocks=256"),
+        "flush-valid did not write back exactly region 0's 256 blocks:\n{log}"
+    );
+    assert_eq!(read_direct(dev, 0), saved, "flush-valid lost valid data");
+    assert_eq!(
+        read_direct(dev, 8),
+        zeroes(),
+        "data recorded after the damage came back"
+    );
+    let status = setup.status(id);
+    assert_eq!(status["stats"]["mode"], "writeback");
+    assert_eq!(
+        dirty_bytes(&status),
+        0,
+        "the cache was not reformatted empty"
+    );
+
+    // discard: the whole cache goes, valid records before the damage (region 16) included;
+    // what flush-valid put on the backing store (region 0) stays.
+    write_synced(dev, 16, &kernel::pattern(MIB as usize, 3));
+    write_synced(dev, 24, &kernel::pattern(MIB as usize, 4));
+    assert_all_dirty(&setup, id, 2);
+    damage_then_recover(&setup, id, 24, "discard");
+    assert_eq!(read_direct(dev, 0), saved);
+    for region in [8, 16, 24] {
+        assert_eq!(
+            read_direct(dev, region),
+            zeroes(),
+            "region {region} MiB survived discard"
+        );
+    }
+    assert_eq!(dirty_bytes(&setup.status(id)), 0);
+    fio(dev, 32, 8, Fio::WriteAndVerify);
+    device.delete();
+
+    // What each choice left is on the backing file itself.
+    let backing = std::fs::read(&setup.backing).expect("backing file");
+    assert!(
+        backing[..MIB as usize] == saved[..],
+        "region 0 not on the backing file"
+    );
+    for region in [8, 16, 24] {
+        let at = (region * MIB) as usize;
+        assert!(
+            backing[at..at + MIB as usize].iter().all(|&b| b == 0),
+            "region {region} MiB reached the backing file"
+        );
+    }
+}
+
+/// Writes `data` at `offset_mib` MiB of `device` with O_DIRECT, then fsyncs it (a FLUSH).
+fn write_synced(device: &str, offset_mib: u64, data: &[u8]) {
+    let source = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(source.path(), data).expect("write pattern");
+    run(
+        "dd",
+        &[
+            &format!("if={}", source.path().display()),
+            &format!("of={device}"),
+            "bs=64k",
+            &format!("seek={}", offset_mib * 16),
+            "oflag=direct",
+            "conv=fsync,notrunc",
+            "status=none",
+        ],
+    );
+}
+
+/// 1 MiB at `offset_mib` MiB of `device`, read with O_DIRECT (the page cache could hold data
+/// from before a recovery).
+fn read_direct(device: &str, offset_mib: u64) -> Vec<u8> {
+    run(
+        "dd",
+        &[
+            &format!("if={device}"),
+            "bs=64k",
+            "count=16",
+            &format!("skip={}", offset_mib * 16),
+            "iflag=direct",
+            "status=none",
+        ],
+    )
+    .stdout
+}
+
+fn zeroes() -> Vec<u8> {
+    vec![0; MIB as usize]
+}
+
+/// Everything written (`mib` MiB) is still dirty: background writeback has not written any of
+/// it back, so what a recovery leaves on the device comes from its choice alone.
+fn assert_all_dirty(setup: &Setup, id: u32, mib: u64) {
+    let dirty = dirty_bytes(&setup.status(id));
+    assert!(dirty >= mib * MIB, "only {dirty} bytes dirty of {mib} MiB");
+}
+
+/// Kills device `id`'s server, damages the journal block naming `offset_mib`, checks that a
+/// plain `recover` is refused with nothing changed, then recovers with `--cache-invalid
+/// choice`: the device is live again.
+fn damage_then_recover(setup: &Setup, id: u32, offset_mib: u64, choice: &str) {
+    kernel::kill_until_quiesced(&setup.run_dir(), id);
+    damage_journal_block_naming(&setup.cache, offset_mib);
+    assert_recover_refused_and_nothing_changed(setup, id);
+    let id_arg = id.to_string();
+    setup.cli(&["recover", "--id", &id_arg, "--cache-invalid", choice]);
+    assert_eq!(kernel::device_state(id), "live");
+}
+
+/// Plain `recover` of the quiesced device `id` fails with one line naming both choices and
+/// changes nothing: the device stays quiesced, its record and its cache store untouched.
+fn assert_recover_refused_and_nothing_changed(setup: &Setup, id: u32) {
+    let record_path = setup.run_dir().join(format!("{id}.json"));
+    let record = std::fs::read(&record_path).expect("device record");
+    let store = std::fs::read(&setup.cache).expect("cache store");
+    let line = setup.cli_refused(&["recover", "--id", &id.to_string()], "--cache-invalid");
+    assert!(
+        line.contains("flush-valid") && line.contains("discard") && line.contains("journal"),
+        "{line}"
+    );
+    assert_eq!(kernel::device_state(id), "quiesced");
+    assert_eq!(
+        std::fs::read(&record_path).unwrap(),
+        record,
+        "record changed"
+    );
+    assert!(
+        std::fs::read(&setup.cache).unwrap() == store,
+        "a refused recover wrote to the cache store"
+    );
+}
+
+/// Damages (one byte of its first record, checksum left as it was) the first journal block of
+/// the live region that maps a block of the MiB at `offset_mib`, and checks that a committed
+/// block follows it, so that recovery must call it damage rather than a torn tail
+/// (docs/cache.md, "Recovery procedure").
+fn damage_journal_block_naming(cache: &Path, offset_mib: u64) {
+    use std::os::unix::fs::FileExt;
+    use ublk_target::cache::layout::{
+        decode_journal_block, JournalBlock, JournalPosition, Record, Superblock,
+    };
+    let bytes = std::fs::read(cache).expect("cache store");
+    let block_at = |offset: u64| &bytes[offset as usize..(offset + CACHE_BLOCK) as usize];
+    let sb = [0, 1]
+        .into_iter()
+        .filter_map(|copy| Superblock::decode(block_at(copy * CACHE_BLOCK)).ok())
+        .max_by_key(|sb| sb.generation)
+        .expect("a valid superblock");
+    let wanted = offset_mib * MIB / CACHE_BLOCK..(offset_mib + 1) * MIB / CACHE_BLOCK;
+    let names_wanted = |records: &[Record]| {
+        records
+            .iter()
+            .any(|r| matches!(r, Record::Map { block, .. } if wanted.contains(block)))
+    };
+    let (mut target, mut sealed) = (None, false);
+    for index in 0..sb.geometry.journal_blocks {
+        let offset = sb.geometry.journal_offset(sb.active_region, index);
+        let position = JournalPosition {
+            format_id: sb.format_id,
+            epoch: sb.epoch,
+            index,
+        };
+        let (records, committed) = match decode_journal_block(position, block_at(offset)) {
+            JournalBlock::Valid(records) => (records, true),
+            JournalBlock::Uncommitted(records) => (records, false),
+            _ => break,
+        };
+        if target.is_none() && names_wanted(&records) {
+            target = Some(offset);
+        } else if target.is_some() && committed {
+            sealed = true;
+        }
+    }
+    let offset = target.expect("no journal block maps the region");
+    assert!(sealed, "no committed block after the one to damage");
+    // Byte 8 of the first record (64 bytes in) is its device block number.
+    let at = offset + 64 + 8;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cache)
+        .expect("open cache store");
+    file.write_all_at(&[bytes[at as usize] ^ 0xff], at)
+        .expect("damage");
+    file.sync_all().expect("sync cache store");
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! cgroup v2 limits for tasks: one cgroup per run, `<root>/<parent>/<container id>`, with
-//! `cpu.max` from the task's cpus, `memory.max` from its mem, and `io.max` on its block device.
+//! `cpu.max` from the task's cpus, `memory.max` from its mem, and `io.max` on each of its block
+//! devices ([`IoLimits::from_qos`]: from the device's profile QoS; a device whose profile sets
+//! no rate gets no `io.max` line).
 //!
 //! The root is injectable: by default `/sys/fs/cgroup`, in tests a temporary folder that
 //! mimics it (a `cgroup.controllers` file). Writes use plain files, so against such a folder
@@ -18,7 +20,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use ublk_target::qos::{BytesLimit, OpsLimit, QosLimits};
 
 /// The cgroup v2 file system's magic number (`statfs`).
 const CGROUP2_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::CGROUP2_SUPER_MAGIC;
@@ -93,8 +97,10 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> C
     }
 }
 
-/// Block I/O limits on one device; `None` is unlimited.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Block I/O limits on one device; `None` is unlimited (an all-`None` value, written, removes
+/// the device's line from `io.max`). Serialized in custom executors' task checkpoints, so a
+/// restarted agent knows which lines each task holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoLimits {
     /// The device's major number.
     pub major: u32,
@@ -110,15 +116,63 @@ pub struct IoLimits {
     pub wiops: Option<u64>,
 }
 
+impl IoLimits {
+    /// The limits of the device `major:minor` served with the profile QoS `qos`; `None` when the
+    /// profile sets no rate (no `io.max` line) or the device number is unknown (0:0).
+    ///
+    /// `io.max` has no combined limit and no bursts, so it is a ceiling, never tighter than the
+    /// device's own QoS (which the device's server enforces exactly): each direction gets the
+    /// lower of its own and the total limit, each at its peak rate (`max_*_per_sec` when the
+    /// profile allows bursts, else the sustained rate). `iops_size_bytes` has no equivalent:
+    /// the kernel counts requests.
+    pub fn from_qos(major: u32, minor: u32, qos: &QosLimits) -> Option<IoLimits> {
+        let ops = |l: &Option<OpsLimit>| l.map(|l| l.max_ops_per_sec.unwrap_or(l.ops_per_sec));
+        let bytes =
+            |l: &Option<BytesLimit>| l.map(|l| l.max_bytes_per_sec.unwrap_or(l.bytes_per_sec));
+        let lower = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let limits = IoLimits {
+            major,
+            minor,
+            rbps: lower(bytes(&qos.read_bytes), bytes(&qos.total_bytes)),
+            wbps: lower(bytes(&qos.write_bytes), bytes(&qos.total_bytes)),
+            riops: lower(ops(&qos.read_ops), ops(&qos.total_ops)),
+            wiops: lower(ops(&qos.write_ops), ops(&qos.total_ops)),
+        };
+        (major != 0 && !limits.is_unlimited()).then_some(limits)
+    }
+
+    /// The same device without limits: written, it removes the device's `io.max` line.
+    pub fn unlimited(&self) -> IoLimits {
+        IoLimits {
+            major: self.major,
+            minor: self.minor,
+            ..IoLimits::default()
+        }
+    }
+
+    /// Whether it limits nothing.
+    pub fn is_unlimited(&self) -> bool {
+        self.rbps.is_none() && self.wbps.is_none() && self.riops.is_none() && self.wiops.is_none()
+    }
+
+    /// `(major, minor)`.
+    pub fn device(&self) -> (u32, u32) {
+        (self.major, self.minor)
+    }
+}
+
 /// A task's limits.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Limits {
     /// CPUs (fractions allowed).
     pub cpus: Option<f64>,
     /// Memory in MB.
     pub mem_mb: Option<f64>,
-    /// Block I/O on the task's device.
-    pub io: Option<IoLimits>,
+    /// Block I/O, one entry per device; an unlimited entry removes that device's line.
+    pub io: Vec<IoLimits>,
 }
 
 /// `cpu.max` for `cpus` CPUs: `<quota> <period>`, quota = cpus × period (at least 1 ms).
@@ -262,7 +316,6 @@ impl Cgroups {
                 "memory.max",
                 limits.mem_mb.filter(|m| *m > 0.0).map(memory_max),
             ),
-            ("io", "io.max", limits.io.as_ref().map(io_max)),
         ];
         for (controller, file, value) in wanted {
             let Some(value) = value else { continue };
@@ -274,6 +327,37 @@ impl Cgroups {
                 continue;
             }
             write_file(&path.join(file), &value)?;
+        }
+        self.write_io(path, &limits.io)
+    }
+
+    /// Writes one `io.max` line per device (the kernel takes one per write). Removing the line
+    /// of a device that is gone fails harmlessly: the kernel dropped it with the device.
+    fn write_io(&self, path: &Path, io: &[IoLimits]) -> Result<(), CgroupError> {
+        if io.is_empty() {
+            return Ok(());
+        }
+        if !self.has("io") {
+            tracing::warn!(
+                controller = "io",
+                "cgroup controller unavailable; limit not applied"
+            );
+            return Ok(());
+        }
+        let file = path.join("io.max");
+        for limits in io {
+            let written = if self.real {
+                write_file(&file, &io_max(limits))
+            } else {
+                merge_io_line(&file, limits)
+            };
+            match written {
+                Ok(()) => {}
+                Err(e) if limits.is_unlimited() => {
+                    tracing::debug!(error = %e, "io.max line of a gone device not removed");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -330,6 +414,30 @@ fn populated(path: &Path) -> bool {
         .is_ok_and(|events| events.lines().any(|l| l.trim() == "populated 1"))
 }
 
+/// In a test folder, keeps `io.max` as the kernel shows it: one line per limited device, a
+/// device's new line replacing its old one, an unlimited device left out.
+fn merge_io_line(file: &Path, limits: &IoLimits) -> Result<(), CgroupError> {
+    let old = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err("read", file)(e)),
+    };
+    let device = format!("{}:{} ", limits.major, limits.minor);
+    let mut lines: Vec<String> = old
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(&device))
+        .map(str::to_owned)
+        .collect();
+    if !limits.is_unlimited() {
+        lines.push(io_max(limits));
+    }
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    write_file(file, &text)
+}
+
 /// Writes a cgroup file the way `echo value > file` does.
 fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
     OpenOptions::new()
@@ -363,6 +471,68 @@ mod tests {
         );
     }
 
+    #[test]
+    fn io_limits_come_from_the_profile_qos() {
+        let qos: QosLimits = serde_json::from_value(serde_json::json!({
+            "read_ops": {"ops_per_sec": 500},
+            "write_ops": {"ops_per_sec": 200, "max_ops_per_sec": 400},
+            "total_ops": {"ops_per_sec": 300},
+            "write_bytes": {"bytes_per_sec": 1048576},
+        }))
+        .unwrap();
+        let io = IoLimits::from_qos(259, 2, &qos).unwrap();
+        // Each direction: the lower of its own (peak) rate and the total rate.
+        assert_eq!(
+            io_max(&io),
+            "259:2 rbps=max wbps=1048576 riops=300 wiops=300"
+        );
+        let bytes: QosLimits = serde_json::from_value(serde_json::json!({
+            "total_bytes": {"bytes_per_sec": 4096, "max_bytes_per_sec": 8192},
+        }))
+        .unwrap();
+        assert_eq!(
+            io_max(&IoLimits::from_qos(259, 0, &bytes).unwrap()),
+            "259:0 rbps=8192 wbps=8192 riops=max wiops=max"
+        );
+        // No rate in the profile, or an unknown device: no line.
+        assert_eq!(IoLimits::from_qos(259, 2, &QosLimits::default()), None);
+        assert_eq!(IoLimits::from_qos(0, 0, &qos), None);
+        assert_eq!(
+            io_max(&io.unlimited()),
+            "259:2 rbps=max wbps=max riops=max wiops=max"
+        );
+    }
+
+    #[test]
+    fn io_lines_are_replaced_and_removed_per_device() {
+        let root = fake_root("io");
+        let cg = Cgroups::probe(CgroupConfig {
+            root: root.path().into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let dev = |minor, riops| IoLimits {
+            major: 259,
+            minor,
+            riops: Some(riops),
+            ..Default::default()
+        };
+        let io = |io: Vec<IoLimits>| Limits {
+            io,
+            ..Default::default()
+        };
+        let path = cg.create("c", &io(vec![dev(1, 10), dev(2, 20)])).unwrap();
+        let read = || std::fs::read_to_string(path.join("io.max")).unwrap();
+        assert_eq!(
+            read(),
+            "259:1 rbps=max wbps=max riops=10 wiops=max\n\
+             259:2 rbps=max wbps=max riops=20 wiops=max\n"
+        );
+        cg.update(&path, &io(vec![dev(2, 30), dev(1, 10).unlimited()]))
+            .unwrap();
+        assert_eq!(read(), "259:2 rbps=max wbps=max riops=30 wiops=max\n");
+    }
+
     fn fake_root(controllers: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cgroup.controllers"), controllers).unwrap();
@@ -391,12 +561,12 @@ mod tests {
         let limits = Limits {
             cpus: Some(1.5),
             mem_mb: Some(32.0),
-            io: Some(IoLimits {
+            io: vec![IoLimits {
                 major: 7,
                 minor: 1,
                 wbps: Some(10),
                 ..Default::default()
-            }),
+            }],
         };
         let path = cg.create("c1", &limits).unwrap();
         assert_eq!(path, root.path().join("mesoblk/c1"));
@@ -404,7 +574,7 @@ mod tests {
         assert_eq!(read(&path.join("memory.max")), "33554432");
         assert_eq!(
             read(&path.join("io.max")),
-            "7:1 rbps=max wbps=10 riops=max wiops=max"
+            "7:1 rbps=max wbps=10 riops=max wiops=max\n"
         );
         cg.add_process(&path, 1234).unwrap();
         assert_eq!(read(&path.join("cgroup.procs")), "1234");
@@ -427,7 +597,7 @@ mod tests {
                 &Limits {
                     cpus: Some(1.0),
                     mem_mb: Some(1.0),
-                    io: None,
+                    io: Vec::new(),
                 },
             )
             .unwrap();

@@ -25,6 +25,7 @@ use crate::checkpoint::{
     RunRecord, RUN_RECORD_FORMAT,
 };
 use crate::status::{NewStatus, StatusUpdateStore, StoreError, TaskKey, TaskLifecycle};
+use crate::PROVISIONING;
 
 /// A status update from the executor.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,8 +127,8 @@ pub struct TaskLaunch {
     pub task: TaskInfo,
     /// Variables the agent adds (the task's block device, ...); the task's own win.
     pub extra_env: Vec<(String, String)>,
-    /// Block I/O limits on the task's device.
-    pub io_limits: Option<IoLimits>,
+    /// Block I/O limits on the task's devices (`io.max`), one entry per limited device.
+    pub io_limits: Vec<IoLimits>,
     /// The run's container id (a fresh UUID when `None`): the agent chooses it when it must
     /// know the sandbox before the launch, to mount the task's disks in it.
     pub container_id: Option<String>,
@@ -663,6 +664,7 @@ impl Inner {
         self.checkpointer
             .write_infos(&run, framework, &executor, task)
             .map_err(LaunchError::Checkpoint)?;
+        tracing::debug!(target: PROVISIONING, task = %key.task_id, "sandbox and infos written");
         let shutdown_grace = executor
             .shutdown_grace_period
             .as_ref()
@@ -696,7 +698,7 @@ impl Inner {
         let limits = Limits {
             cpus: command::scalar(task, "cpus"),
             mem_mb: command::scalar(task, "mem"),
-            io: launch.io_limits,
+            io: launch.io_limits.clone(),
         };
         let cgroup = match &self.cgroups {
             Some(cg) => Some(
@@ -745,12 +747,14 @@ impl Inner {
         killing: bool,
     ) -> Result<Entry, LaunchError> {
         let launcher = &self.config.launcher;
+        let spawned = Instant::now();
         let pending = process::spawn_launcher(launcher, args, env, stderr).map_err(|source| {
             LaunchError::Launcher {
                 path: launcher.clone(),
                 source,
             }
         })?;
+        tracing::debug!(target: PROVISIONING, task = %key.task_id, ms = spawned.elapsed().as_millis(), "launcher spawned");
         let mut record = RunRecord {
             format: RUN_RECORD_FORMAT,
             run,
@@ -779,6 +783,7 @@ impl Inner {
         let mut lifecycle = TaskLifecycle::new(killing);
         let starting = self.new_status(&key.task_id, TaskState::TaskStarting, Source::Executor);
         self.emit(&key.framework_id, &key.task_id, &mut lifecycle, starting);
+        tracing::debug!(target: PROVISIONING, task = %key.task_id, "TASK_STARTING stored");
         let (leader, task_pid) = match process::release(pending, self.config.launch_timeout) {
             Ok(started) => started,
             Err(ReleaseError::Refused(message)) => return Err(LaunchError::Command(message)),
@@ -796,6 +801,7 @@ impl Inner {
         tracing::info!(task = %key, launcher = leader.pid(), task_pid, "task started");
         let running = self.new_status(&key.task_id, TaskState::TaskRunning, Source::Executor);
         self.emit(&key.framework_id, &key.task_id, &mut lifecycle, running);
+        tracing::debug!(target: PROVISIONING, task = %key.task_id, "TASK_RUNNING stored");
         record.phase = RunPhase::Running;
         if let Err(e) = self.checkpointer.write_run(&record) {
             // The task runs; a restarted agent would only report TASK_RUNNING again.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use mesoblk_proto::mesos::v1::task_status::Reason;
-use mesoblk_proto::mesos::v1::{KillPolicy, TaskState};
+use mesoblk_proto::mesos::v1::{KillPolicy, TaskInfo, TaskState};
 use tokio::task::JoinHandle;
 
 use super::registry::{
@@ -19,7 +19,6 @@ use super::{
     LaunchError, Sinks, Work, EXECUTOR_API_PATH,
 };
 use crate::checkpoint::{CheckpointError, Checkpointer};
-use crate::executor::process::Leader;
 use crate::executor::Cgroups;
 use crate::status::UpdateUuid;
 
@@ -112,7 +111,10 @@ impl ExecutorApi {
         if !registry.executors.contains_key(key) {
             // Started under the lock: a second launch for the same executor must find it.
             let tasks = launch.work.tasks().iter().flat_map(|t| &t.resources);
-            let limits = super::cgroup::limits(launch.executor.resources.iter().chain(tasks));
+            let limits = super::cgroup::limits(
+                launch.executor.resources.iter().chain(tasks),
+                launch.io_limits.values().flatten(),
+            );
             let started = spawn::start(
                 &self.inner.config,
                 &self.inner.checkpointer,
@@ -143,19 +145,17 @@ impl ExecutorApi {
         if entry.phase == ExecutorPhase::Terminating {
             return Err(LaunchError::Terminating(key.to_string()));
         }
+        let io = |task: &TaskInfo| {
+            let io = launch.io_limits.get(&task.task_id.value);
+            io.cloned().unwrap_or_default()
+        };
         for task in launch.work.tasks() {
-            recovery::write_task(&self.inner.checkpointer, &entry.run, task)
+            recovery::write_task(&self.inner.checkpointer, &entry.run, task, &io(task))
                 .map_err(LaunchError::Checkpoint)?;
         }
         let subscribed = entry.phase == ExecutorPhase::Running && entry.connection.is_some();
         for task in launch.work.tasks() {
-            let task_entry = TaskEntry {
-                info: task.clone(),
-                state: TaskState::TaskStaging,
-                launched: false,
-                awaiting_scheduler: BTreeSet::new(),
-                acknowledged: BTreeSet::new(),
-            };
+            let task_entry = TaskEntry::new(task.clone(), TaskState::TaskStaging, io(task));
             entry.tasks.insert(task.task_id.value.clone(), task_entry);
         }
         if let (Some(cgroups), Some(path)) = (&self.inner.cgroups, &entry.cgroup) {
@@ -216,8 +216,9 @@ impl ExecutorApi {
             reason: Reason::TaskKilledDuringLaunch,
             message: "Killed before delivery to the executor".to_string(),
         };
+        let mut released = Vec::new();
         for id in killed_ids {
-            entry.tasks.remove(&id);
+            released.extend(entry.tasks.remove(&id).into_iter().flat_map(|t| t.io));
             let checkpointer = &self.inner.checkpointer;
             if let Err(e) = recovery::write_task_state(checkpointer, &entry.run, &id, killed.state)
             {
@@ -228,6 +229,8 @@ impl ExecutorApi {
         }
         if entry.tasks.is_empty() && entry.phase == ExecutorPhase::Registering {
             self.inner.begin_shutdown(entry, None);
+        } else {
+            self.inner.shrink(entry, &released);
         }
         Ok(())
     }
@@ -340,43 +343,8 @@ impl ExecutorApi {
         let deadline = Instant::now() + self.inner.config.reregistration_timeout;
         let mut registry = self.inner.lock();
         for run in found {
-            let key = ExecutorKey {
-                framework_id: run.record.run.framework_id.clone(),
-                executor_id: run.record.run.executor_id.clone(),
-            };
-            let tasks = run
-                .tasks
-                .into_iter()
-                .map(|(info, state)| {
-                    let entry = TaskEntry {
-                        info,
-                        state,
-                        launched: true,
-                        awaiting_scheduler: BTreeSet::new(),
-                        acknowledged: BTreeSet::new(),
-                    };
-                    (entry.info.task_id.value.clone(), entry)
-                })
-                .collect();
-            tracing::info!(executor = %key, pid = run.record.pid, "recovering executor");
-            let entry = ExecutorEntry {
-                framework: run.framework,
-                info: run.executor,
-                run: run.record.run,
-                sandbox: run.record.sandbox,
-                leader: Leader::Adopted {
-                    pid: run.record.pid,
-                    start_ticks: run.record.start_ticks,
-                },
-                cgroup: run.record.cgroup,
-                phase: ExecutorPhase::Recovering,
-                connection: None,
-                queued: Vec::new(),
-                tasks,
-                subscribe_by: Some(deadline),
-                termination: None,
-                shutdown: None,
-            };
+            let (key, entry) = ExecutorEntry::recovered(run, deadline);
+            tracing::info!(executor = %key, pid = entry.leader.pid(), "recovering executor");
             // A second call finds the same runs: the entries already there are the live ones.
             registry.executors.entry(key).or_insert(entry);
         }

@@ -267,8 +267,12 @@ fn lose_unknown_tasks(
         })
         .map(|(id, _)| id.clone())
         .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let mut released = Vec::new();
     for task_id in gone {
-        entry.tasks.remove(&task_id);
+        released.extend(entry.tasks.remove(&task_id).into_iter().flat_map(|t| t.io));
         inner.agent_update(&key.framework_id, &key.executor_id, &task_id, &lost);
         let _ = super::recovery::write_task_state(
             &inner.checkpointer,
@@ -277,6 +281,8 @@ fn lose_unknown_tasks(
             lost.state,
         );
     }
+    // As any end of a task: the group shrinks to the tasks left.
+    inner.shrink(entry, &released);
 }
 
 /// The 200 response: the events as RecordIO frames, as long as the connection lives.

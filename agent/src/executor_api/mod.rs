@@ -7,7 +7,7 @@
 //! let api = ExecutorApi::new(config, Sinks { status, messages });   // inside a tokio runtime
 //! let router = my_router.merge(api.routes());                       // serves /api/v1/executor
 //! api.recover()?;                     // once at start: until then the endpoint answers 503
-//! api.launch(ExecutorLaunch { framework, executor, work, extra_env })?; // blocks briefly
+//! api.launch(ExecutorLaunch { framework, executor, work, extra_env, io_limits })?; // blocks briefly
 //! api.kill(framework_id, task_id, kill_policy)?;                     // KILL to the executor
 //! api.acknowledge(framework_id, task_id, uuid)?;                     // the scheduler's ack
 //! api.framework_message(framework_id, executor_id, data)?;           // MESSAGE to it
@@ -62,15 +62,18 @@
 //!
 //! With [`ExecutorApiConfig::cgroups`] each executor runs in its own cgroup v2 group
 //! (`<root>/<parent>/<container id>`, beside the command executor's): `cpu.max` and `memory.max`
-//! from the executor's resources plus those of its tasks that have not ended, written before
-//! the executor's first instruction and again whenever a launch adds tasks (as Mesos resizes
-//! an executor's container). The group goes when the executor ends.
+//! from the executor's resources plus those of its tasks that have not ended, and an `io.max`
+//! line per device of those tasks, written before the executor's first instruction and again
+//! whenever a launch adds tasks or a task ends (as Mesos resizes an executor's container);
+//! after an agent restart too, from the checkpointed tasks. The group goes when the executor
+//! ends.
 //!
 //! # Checkpoints
 //!
 //! Next to the command executor's: `framework.info`, `executor.info`, and per run
-//! `executor_api.json` (the launcher's pid and start time) and `tasks/<t>/task.info` plus
-//! `task.state` (the last state the executor reported). The command executor's recovery
+//! `executor_api.json` (the launcher's pid and start time) and `tasks/<t>/task.info`,
+//! `task.io.json` (its devices' `io.max` limits) and `task.state` (the last state the executor
+//! reported). The command executor's recovery
 //! ignores these runs (they have no `run.json`) and this module's ignores its runs.
 
 mod api;
@@ -81,6 +84,7 @@ mod recovery;
 mod registry;
 mod spawn;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +94,7 @@ use mesoblk_proto::mesos::v1::{TaskInfo, TaskState};
 use thiserror::Error;
 
 use crate::checkpoint::{CheckpointError, Layout};
+use crate::executor::IoLimits;
 pub use crate::executor::{CgroupConfig, StatusSink, TaskUpdate};
 pub use api::ExecutorApi;
 
@@ -246,6 +251,8 @@ pub struct ExecutorLaunch {
     pub work: Work,
     /// Variables the agent adds to a new executor's environment (the tasks' block devices).
     pub extra_env: Vec<(String, String)>,
+    /// Per task id, the `io.max` limits of its block devices (a task without is unlimited).
+    pub io_limits: BTreeMap<String, Vec<IoLimits>>,
 }
 
 /// Where an executor is in its life.

@@ -24,8 +24,8 @@ use super::{
 };
 use crate::checkpoint::{Checkpointer, RunId};
 use crate::executor::process::Leader;
-use crate::executor::Cgroups;
 use crate::executor::TaskUpdate;
+use crate::executor::{Cgroups, IoLimits};
 use crate::status::{is_terminal, status_state, status_uuid, NewStatus, UpdateUuid};
 
 /// An executor's ids.
@@ -60,6 +60,22 @@ pub(super) struct TaskEntry {
     pub(super) awaiting_scheduler: BTreeSet<UpdateUuid>,
     /// Uuids the executor was sent ACKNOWLEDGED for (a resent one is acknowledged again).
     pub(super) acknowledged: BTreeSet<UpdateUuid>,
+    /// Its devices' `io.max` limits (checkpointed with it, so a recovered task has them too).
+    pub(super) io: Vec<IoLimits>,
+}
+
+impl TaskEntry {
+    /// A task in `state` holding the devices `io`, not sent to its executor yet.
+    pub(super) fn new(info: TaskInfo, state: TaskState, io: Vec<IoLimits>) -> TaskEntry {
+        TaskEntry {
+            info,
+            state,
+            launched: false,
+            awaiting_scheduler: BTreeSet::new(),
+            acknowledged: BTreeSet::new(),
+            io,
+        }
+    }
 }
 
 /// Why the agent ends an executor: what its unfinished tasks become.
@@ -101,6 +117,47 @@ pub(super) struct ExecutorEntry {
 }
 
 impl ExecutorEntry {
+    /// A run found again after an agent restart, waiting for its executor to re-subscribe by
+    /// `deadline`; its tasks come back with their resources and devices' limits, so its group
+    /// is resized from them as before the restart.
+    pub(super) fn recovered(
+        run: recovery::RecoveredExecutor,
+        deadline: Instant,
+    ) -> (ExecutorKey, ExecutorEntry) {
+        let key = ExecutorKey {
+            framework_id: run.record.run.framework_id.clone(),
+            executor_id: run.record.run.executor_id.clone(),
+        };
+        let tasks = run
+            .tasks
+            .into_iter()
+            .map(|task| {
+                let mut entry = TaskEntry::new(task.info, task.state, task.io);
+                entry.launched = true;
+                (entry.info.task_id.value.clone(), entry)
+            })
+            .collect();
+        let entry = ExecutorEntry {
+            framework: run.framework,
+            info: run.executor,
+            run: run.record.run,
+            sandbox: run.record.sandbox,
+            leader: Leader::Adopted {
+                pid: run.record.pid,
+                start_ticks: run.record.start_ticks,
+            },
+            cgroup: run.record.cgroup,
+            phase: ExecutorPhase::Recovering,
+            connection: None,
+            queued: Vec::new(),
+            tasks,
+            subscribe_by: Some(deadline),
+            termination: None,
+            shutdown: None,
+        };
+        (key, entry)
+    }
+
     /// Sends `event` on the live stream; false when there is none.
     pub(super) fn send(&mut self, event: Event) -> bool {
         let sent = self
@@ -160,12 +217,12 @@ impl ExecutorEntry {
 
     /// The limits its cgroup should have: its own resources plus its live tasks'.
     pub(super) fn limits(&self) -> crate::executor::Limits {
-        let tasks = self
-            .tasks
-            .values()
-            .filter(|t| !is_terminal(t.state))
-            .flat_map(|t| &t.info.resources);
-        super::cgroup::limits(self.info.resources.iter().chain(tasks))
+        let live = || self.tasks.values().filter(|t| !is_terminal(t.state));
+        let resources = live().flat_map(|t| &t.info.resources);
+        super::cgroup::limits(
+            self.info.resources.iter().chain(resources),
+            live().flat_map(|t| &t.io),
+        )
     }
 
     /// TASK_LOST, or TASK_DROPPED for a PARTITION_AWARE framework.
@@ -243,6 +300,16 @@ impl Inner {
         });
     }
 
+    /// Shrinks an executor's group to its remaining tasks when `ended` (one of its tasks) has
+    /// just ended; the devices it held lose their `io.max` lines.
+    pub(super) fn shrink(&self, entry: &ExecutorEntry, ended: &[IoLimits]) {
+        if let (Some(cgroups), Some(path)) = (&self.cgroups, &entry.cgroup) {
+            let mut limits = entry.limits();
+            super::cgroup::release(&mut limits, ended);
+            super::cgroup::update(cgroups, path, &limits);
+        }
+    }
+
     /// Takes a status update from an executor (an UPDATE call or a resent one).
     pub(super) fn executor_update(
         &self,
@@ -260,6 +327,7 @@ impl Inner {
             .get_or_insert_with(|| entry.info.executor_id.clone());
         let task_id = status.task_id.value.clone();
         let state = status_state(&status);
+        let mut ended = None;
         if let Some(task) = entry.tasks.get_mut(&task_id) {
             if task.acknowledged.contains(&uuid) {
                 // A resent update the executor was told about: it missed the ACKNOWLEDGED.
@@ -269,6 +337,7 @@ impl Inner {
             task.launched = true;
             // A terminal task stays terminal (the status-update store refuses what follows).
             if !is_terminal(task.state) {
+                ended = is_terminal(state).then(|| task.io.clone());
                 task.state = state;
                 task.awaiting_scheduler.insert(uuid);
                 let checkpointer = &self.checkpointer;
@@ -280,6 +349,9 @@ impl Inner {
             }
         } else {
             tracing::info!(task = %task_id, executor = %key, "update for a task this agent does not know; forwarded");
+        }
+        if let Some(ended) = ended {
+            self.shrink(entry, &ended);
         }
         self.sinks.status.update(TaskUpdate {
             framework_id: key.framework_id.clone(),

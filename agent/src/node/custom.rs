@@ -156,6 +156,7 @@ impl Node {
         };
         let framework_id = framework.id.clone().unwrap_or_default().value;
         let mut extra_env = Vec::new();
+        let mut io_limits = std::collections::BTreeMap::new();
         let mut tasks = Vec::new();
         for task in work.tasks() {
             let key = TaskKey::new(framework_id.clone(), task.task_id.value.clone());
@@ -163,6 +164,7 @@ impl Node {
             match self.attach_task_disks(&framework, task, &mounts) {
                 Ok(disks) => {
                     extra_env.extend(disks.env);
+                    io_limits.insert(task.task_id.value.clone(), self.io_limits(&disks.devices));
                     // The executor sees each disk's attachment in its resource labels.
                     let mut task = task.clone();
                     if !disks.resources.is_empty() {
@@ -204,6 +206,7 @@ impl Node {
             executor,
             work,
             extra_env,
+            io_limits,
         };
         // A failed launch is reported by the executor API (terminal updates release the disks).
         if let Err(e) = rt.executors.launch(launch) {

@@ -38,6 +38,7 @@ pub mod resources;
 mod custom;
 mod device_stats;
 mod events;
+mod io_limits;
 mod link;
 mod operations;
 mod sandbox_gc;

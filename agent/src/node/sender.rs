@@ -12,6 +12,7 @@ use mesoblk_proto::mesos::v1::{AgentId, FrameworkId};
 use super::link::{self, CallError};
 use super::{lock, Node};
 use crate::status::Wake;
+use crate::PROVISIONING;
 
 /// Wait between sends of an unacknowledged operation status.
 const OPERATION_RETRY: Duration = Duration::from_secs(10);
@@ -40,6 +41,9 @@ async fn send_due(node: &Arc<Node>, client: &reqwest::Client) -> Duration {
     };
     let due = lock(&rt.store).due(Instant::now());
     for outgoing in due {
+        let task_id = outgoing.key.task_id.clone();
+        let state = outgoing.status.state().as_str_name();
+        let posted = Instant::now();
         let update = agent::StatusUpdate {
             framework_id: FrameworkId {
                 value: outgoing.key.framework_id.clone(),
@@ -50,6 +54,7 @@ async fn send_due(node: &Arc<Node>, client: &reqwest::Client) -> Duration {
         };
         match link::send(node, client, "/agent/v1/status_update", &update).await {
             Ok(()) => {
+                tracing::debug!(target: PROVISIONING, task = %task_id, state, ms = posted.elapsed().as_millis(), "status update posted");
                 node.counters
                     .status_updates_sent
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

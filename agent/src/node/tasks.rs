@@ -15,6 +15,7 @@ use crate::executor::{command, LaunchError, StatusSink as _, TaskLaunch, TaskUpd
 use crate::executor_api::Work;
 use crate::status::{NewStatus, TaskKey};
 use crate::storage::{TaskDiskRequest, TaskDisks};
+use crate::PROVISIONING;
 
 fn booked(framework: &FrameworkInfo, task: &TaskInfo, agent_id: &str) -> Task {
     Task {
@@ -103,6 +104,7 @@ impl Node {
             return;
         };
         let key = TaskKey::new(framework_id, task.task_id.value.clone());
+        tracing::debug!(target: PROVISIONING, task = %key.task_id, "RUN_TASK received");
         if self.is_known(&key) {
             tracing::warn!(task = %key, "RUN_TASK for a task this agent already has; ignored");
             return;
@@ -114,6 +116,7 @@ impl Node {
         if !self.book(&framework, &task, &key) {
             return;
         }
+        tracing::debug!(target: PROVISIONING, task = %key.task_id, "task booked");
         lock(&self.launching).insert(key.clone(), Launching::default());
         let node = Arc::clone(self);
         tokio::task::spawn_blocking(move || node.launch_command_task(framework, task, key));
@@ -132,13 +135,15 @@ impl Node {
         };
         let sandbox = rt.layout.sandbox_dir(&run);
         lock(&self.sandboxes).insert(key.clone(), sandbox.clone());
-        match self.attach_disks(&framework, &task, &sandbox) {
-            Ok(extra_env) => {
+        tracing::debug!(target: PROVISIONING, task = %key.task_id, "launch started");
+        match self.attach_task_disks(&framework, &task, &sandbox) {
+            Ok(disks) => {
+                tracing::debug!(target: PROVISIONING, task = %key.task_id, "disks attached");
                 let launch = TaskLaunch {
                     framework,
                     task,
-                    extra_env,
-                    io_limits: None,
+                    io_limits: self.io_limits(&disks.devices),
+                    extra_env: disks.env,
                     container_id: Some(container_id),
                 };
                 match rt.executor.launch(launch) {
@@ -166,18 +171,6 @@ impl Node {
         }
     }
 
-    /// Attaches the task's disks (none is fine); the task's environment for them, or the
-    /// message of the storage error (nothing is left attached then).
-    fn attach_disks(
-        &self,
-        framework: &FrameworkInfo,
-        task: &TaskInfo,
-        sandbox: &std::path::Path,
-    ) -> Result<Vec<(String, String)>, String> {
-        self.attach_task_disks(framework, task, sandbox)
-            .map(|disks| disks.env)
-    }
-
     /// Attaches the task's disks, MOUNT disks under `sandbox`; what the task got, or the
     /// message of the storage error (nothing is left attached then).
     pub(super) fn attach_task_disks(
@@ -196,9 +189,10 @@ impl Node {
             gid,
             sandbox,
         };
-        let disks = lock(&self.storage)
-            .attach_task(&request)
-            .map_err(|e| e.message())?;
+        let mut storage = lock(&self.storage);
+        tracing::debug!(target: PROVISIONING, task = %task.task_id.value, "storage lock taken");
+        let disks = storage.attach_task(&request).map_err(|e| e.message())?;
+        drop(storage);
         for device in &disks.devices {
             tracing::info!(task = %task.task_id.value, volume = %device.volume_id, device = %device.block_path.display(), "disk attached");
         }
@@ -257,14 +251,20 @@ impl Node {
         };
         tracing::info!(framework = %framework_id, "shutting down the framework's tasks");
         lock(&self.shut_down).insert(framework_id.to_owned());
-        // As Mesos's agent: the framework is gone, so are the updates of its ended tasks.
+        // As Mesos's agent: the framework is gone, so are the updates of its ended tasks. A
+        // task a custom executor still runs is not ended: it is forgotten with its terminal
+        // update, once its executor is shut down.
+        let custom = live_custom_tasks(&rt.executors, framework_id);
         let ended: Vec<TaskKey> = lock(&rt.books)
             .tasks()
             .map(|(key, _)| key.clone())
             .filter(|key| key.framework_id == framework_id)
             .collect();
         for key in ended {
-            if rt.executor.task(&key).is_none() && !lock(&self.launching).contains_key(&key) {
+            if rt.executor.task(&key).is_none()
+                && !custom.contains(&key.task_id)
+                && !lock(&self.launching).contains_key(&key)
+            {
                 self.forget_task(&key);
             }
         }
@@ -315,6 +315,7 @@ impl Node {
             .executors
             .acknowledge(&key.framework_id, &key.task_id, &uuid);
         let acked = lock(&rt.store).acknowledge(key, &uuid);
+        tracing::debug!(target: PROVISIONING, task = %key.task_id, "acknowledgement stored");
         self.wake_sender.notify_one();
         match acked {
             Ok(crate::status::Acked::Acked { complete: true }) => self.forget_task(key),
@@ -359,6 +360,26 @@ impl Node {
     fn is_shut_down(&self, framework_id: &str) -> bool {
         lock(&self.shut_down).contains(framework_id)
     }
+}
+
+/// The ids of the framework's tasks that its custom executors run and that have not ended.
+fn live_custom_tasks(
+    executors: &crate::executor_api::ExecutorApi,
+    framework_id: &str,
+) -> std::collections::BTreeSet<String> {
+    executors
+        .executors()
+        .into_iter()
+        .filter(|e| {
+            e.framework
+                .id
+                .as_ref()
+                .is_some_and(|id| id.value == framework_id)
+        })
+        .flat_map(|e| e.tasks)
+        .filter(|(_, state)| !crate::status::is_terminal(*state))
+        .map(|(task, _)| task.task_id.value)
+        .collect()
 }
 
 /// The uid and gid a task runs as (and owns its disks as).

@@ -17,7 +17,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mesoblk_proto::mesos::v1::Resource;
 use serde::Serialize;
@@ -30,6 +30,7 @@ use super::resources::{self, DiskClaim};
 use super::volume::{
     Attachment, Lifetime, VolumeEvent, VolumeId, VolumeKind, VolumeRecord, VolumeState,
 };
+use crate::PROVISIONING;
 
 /// How often a busy unmount is retried, and how long to wait between tries.
 const UNMOUNT_ATTEMPTS: u32 = 20;
@@ -141,6 +142,7 @@ impl Storage {
             volume.size_bytes,
             volume.cache.as_deref(),
         );
+        let started = Instant::now();
         let device = self
             .host
             .devices
@@ -150,6 +152,7 @@ impl Storage {
                 action: "start",
                 source,
             })?;
+        tracing::debug!(target: PROVISIONING, task = %request.task_id, volume = %id, device = device.id, ms = started.elapsed().as_millis(), "device live");
         let attachment = Attachment {
             task_id: request.task_id.clone(),
             device_id: device.id,
@@ -163,10 +166,10 @@ impl Storage {
         record
             .apply(VolumeEvent::Attach(attachment.clone()))
             .expect("attachable() checked the transition");
-        let attached = self
-            .records
-            .save(&record)
-            .and_then(|()| self.hand_over(id, &attachment, request.read_only));
+        let attached = self.records.save(&record).and_then(|()| {
+            tracing::debug!(target: PROVISIONING, task = %request.task_id, volume = %id, "attachment recorded");
+            self.hand_over(id, &attachment, request.read_only)
+        });
         if let Err(e) = attached {
             self.undo_attach(id, &attachment);
             // The record on disk may say Attached: put it back.
@@ -175,6 +178,7 @@ impl Storage {
             }
             return Err(e);
         }
+        tracing::debug!(target: PROVISIONING, task = %request.task_id, volume = %id, "device handed over");
         tracing::info!(volume = %id, device = attachment.device_id, task = %request.task_id, "volume attached");
         let device = AttachedDevice::new(&record, &attachment);
         self.volumes.insert(id.clone(), record);
@@ -440,7 +444,10 @@ impl Storage {
                 let lifetime = Lifetime::Ephemeral {
                     task_id: request.task_id.to_owned(),
                 };
-                self.create_volume(id, &profile, *kind, *mb, lifetime, None, None)?
+                let started = Instant::now();
+                let id = self.create_volume(id, &profile, *kind, *mb, lifetime, None, None)?;
+                tracing::debug!(target: PROVISIONING, task = %request.task_id, volume = %id, ms = started.elapsed().as_millis(), "volume created");
+                id
             }
         };
         if let Some(target) = &disk.mount_path {

@@ -493,17 +493,25 @@ impl Storage {
         Some(pool.dir.join(format!("{id}.cache")))
     }
 
+    /// Makes a volume's files. Those of an ephemeral volume are not fsynced: nothing of it
+    /// outlives a machine crash (its task dies with the machine and recovery destroys it, a
+    /// missing file included), and on a busy pool disk those fsyncs were the slowest part of
+    /// provisioning a task's device (docs/benchmarks.md). Its record is still written durably
+    /// first, so a restarted agent always knows which files to remove.
     fn make_backing(&self, record: &VolumeRecord) -> Result<(), StorageError> {
         let path = &record.backing;
-        make_sparse_file(path, record.size_bytes, "backing file")?;
+        let durable = !record.is_ephemeral();
+        make_sparse_file(path, record.size_bytes, "backing file", durable)?;
         if let Some(cache) = &record.cache {
             let size = self
                 .profile(&record.profile)?
                 .cache_size
                 .map_or(0, |size| size.0);
             // A blank store: the device server formats it on first use.
-            make_sparse_file(cache, size, "cache store")?;
-            sync_dir(cache.parent().expect("cache stores live in a pool folder"))?;
+            make_sparse_file(cache, size, "cache store", durable)?;
+            if durable {
+                sync_dir(cache.parent().expect("cache stores live in a pool folder"))?;
+            }
         }
         if let Some(filesystem) = record.filesystem {
             self.host
@@ -518,7 +526,10 @@ impl Storage {
                 .and_then(|f| f.sync_all())
                 .map_err(StorageError::io("sync the formatted backing file", path))?;
         }
-        sync_dir(path.parent().expect("backing files live in a pool folder"))
+        if durable {
+            sync_dir(path.parent().expect("backing files live in a pool folder"))?;
+        }
+        Ok(())
     }
 
     /// Removes what an unfinished creation left: the backing file, the cache store and the
@@ -592,8 +603,13 @@ pub fn check_ublk(control: &Path) -> Result<(), StorageError> {
     }
 }
 
-/// Creates `path` (it must not exist) as a sparse file of `size` bytes, durably.
-fn make_sparse_file(path: &Path, size: u64, what: &'static str) -> Result<(), StorageError> {
+/// Creates `path` (it must not exist) as a sparse file of `size` bytes, fsynced when `durable`.
+fn make_sparse_file(
+    path: &Path,
+    size: u64,
+    what: &'static str,
+    durable: bool,
+) -> Result<(), StorageError> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -601,6 +617,6 @@ fn make_sparse_file(path: &Path, size: u64, what: &'static str) -> Result<(), St
         .open(path)
         .map_err(StorageError::io(format!("create the {what}"), path))?;
     file.set_len(size)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
         .map_err(StorageError::io(format!("size the {what}"), path))
 }

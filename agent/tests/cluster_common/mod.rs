@@ -126,6 +126,15 @@ impl Agent {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // A flag `extra` gives replaces its default here (the agent takes each flag once).
+        let mut i = 0;
+        while i < args.len() {
+            if args[i].starts_with("--") && extra.contains(&args[i]) {
+                args.drain(i..i + 2);
+            } else {
+                i += 2;
+            }
+        }
         args.extend(["--port".to_string(), port.to_string()]);
         args.extend([
             "--work_dir".to_string(),
@@ -249,6 +258,21 @@ impl Agent {
     }
 }
 
+/// Every executor in an agent's `/state`, of every framework.
+pub fn executors_of(state: &Value) -> Vec<Value> {
+    state["frameworks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["executors"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The executor `id` in an agent's `/state`.
+pub fn executor_of(state: &Value, id: &str) -> Option<Value> {
+    executors_of(state).into_iter().find(|e| e["id"] == id)
+}
+
 /// The pymesos virtualenv's python (`scripts/setup` makes it; a missing one fails the test):
 /// `$MESOBLK_VENV` (what `scripts/vm-run` passes to the guest), else the cache's.
 pub fn python() -> PathBuf {
@@ -278,6 +302,13 @@ pub fn python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// The command of the pymesos custom executor (`tests/executor_api_pymesos.py`, a
+/// `MesosExecutorDriver`) under the virtualenv's python.
+pub fn pymesos_executor_command() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/executor_api_pymesos.py");
+    format!("{} {script}", python().display())
 }
 
 /// The user tasks run as: the one running the tests.
@@ -525,5 +556,27 @@ impl MasterProcess {
             .expect("the master answers in time")
             .expect("request");
         serde_json::from_str(&response.text().await.expect("body")).expect("JSON")
+    }
+
+    /// Waits until `/master/state` satisfies `check`; a timeout shows it and `agent`'s log.
+    pub async fn wait_state(
+        &self,
+        what: &str,
+        agent: &Agent,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let state = self.get_json("/master/state").await;
+            if check(&state) {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} in time; master state: {state:#}\nagent log:\n{}",
+                agent.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

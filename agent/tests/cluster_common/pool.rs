@@ -59,16 +59,36 @@ pub fn scratch() -> Scratch {
 /// An agent with one pool (`local`, on the scratch disk) and one ext4 profile (`fast`).
 pub fn agent_with_pool(master: &Master, dir: &Path, scratch: &Scratch) -> Agent {
     let pool = scratch.mount.join("pool");
+    let storage = json!({
+        "pools": [{"name": "local", "dir": pool, "size": format!("{POOL_MB}M")}],
+        "profiles": [{"name": "fast", "pool": "local", "filesystem": "ext4"}],
+    });
+    agent_with_storage(master, dir, scratch, &storage)
+}
+
+/// The cache pool of [`agent_with_cached_profile`], on the scratch disk too.
+pub fn cache_pool_dir(scratch: &Scratch) -> PathBuf {
+    scratch.mount.join("nvme")
+}
+
+/// An agent whose only profile (`cached`) serves volumes of the `local` pool through a
+/// writeback cache: a 32 MiB store per volume in the `nvme` pool.
+pub fn agent_with_cached_profile(master: &Master, dir: &Path, scratch: &Scratch) -> Agent {
+    let storage = json!({
+        "pools": [
+            {"name": "local", "dir": scratch.mount.join("pool"), "size": format!("{POOL_MB}M")},
+            {"name": "nvme", "dir": cache_pool_dir(scratch), "size": "128M"},
+        ],
+        "profiles": [{"name": "cached", "pool": "local", "cache": "writeback",
+                      "cache_pool": "nvme", "cache_size": "32M"}],
+    });
+    agent_with_storage(master, dir, scratch, &storage)
+}
+
+/// An agent with the storage configuration `storage` (pools on the scratch disk).
+fn agent_with_storage(master: &Master, dir: &Path, scratch: &Scratch, storage: &Value) -> Agent {
     let config = dir.join("storage.json");
-    std::fs::write(
-        &config,
-        json!({
-            "pools": [{"name": "local", "dir": pool, "size": format!("{POOL_MB}M")}],
-            "profiles": [{"name": "fast", "pool": "local", "filesystem": "ext4"}],
-        })
-        .to_string(),
-    )
-    .unwrap();
+    std::fs::write(&config, storage.to_string()).unwrap();
     let extra = [
         "--block_pool_config".to_string(),
         config.display().to_string(),

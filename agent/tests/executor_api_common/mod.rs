@@ -1,9 +1,11 @@
 //! Helpers of the executor API tests: an "agent" (an [`ExecutorApi`] served over real HTTP on
 //! loopback, on its own tokio runtime so that dropping it closes every connection, as an agent
 //! crash does, and recording the calls it gets), executor infos, bounded waits on the sinks,
-//! and a small HTTP client.
+//! and a small HTTP client; [`cgroup`]: what the executor cgroup tests share.
 
 #![allow(dead_code, unreachable_pub)]
+
+pub mod cgroup;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -292,6 +294,7 @@ pub fn launch(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        io_limits: Default::default(),
     }
 }
 

@@ -17,12 +17,12 @@ mod stats;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use mesoblk_framework::proto::mesos::v1::{FrameworkInfo, TaskId};
-use mesoblk_framework::scheduler::{SchedulerConfig, SchedulerDriver};
+use mesoblk_framework::proto::mesos::v1::TaskId;
+use mesoblk_framework::scheduler::{framework_info, SchedulerConfig, SchedulerDriver};
 use serde::Serialize;
 
 use provision::{lock, Book, Plan, Provisioner, SharedBook};
@@ -103,6 +103,21 @@ struct Report {
     accept_to_usable: Leg,
     target_p99_ms: f64,
     target_met: bool,
+    /// Each launch's timestamps (ns since the epoch), for joining with the master's and the
+    /// agent's provisioning trace (`scripts/lib/provisioning-breakdown.py`).
+    launches: Vec<Stamps>,
+}
+
+#[derive(Debug, Serialize)]
+struct Stamps {
+    task: String,
+    accepted_ns: u128,
+    running_ns: Option<u128>,
+    read_done_ns: Option<u128>,
+}
+
+fn epoch_ns(at: SystemTime) -> u128 {
+    since(UNIX_EPOCH, at).as_nanos()
 }
 
 fn since(from: SystemTime, to: SystemTime) -> Duration {
@@ -126,6 +141,16 @@ fn report(book: &Book, args: &Args) -> Report {
         target_met: usable.p99_ms < TARGET_P99_MS,
         accept_to_usable: usable,
         target_p99_ms: TARGET_P99_MS,
+        launches: book
+            .launches
+            .iter()
+            .map(|(task, l)| Stamps {
+                task: task.clone(),
+                accepted_ns: epoch_ns(l.accepted),
+                running_ns: l.running.map(epoch_ns),
+                read_done_ns: l.read_done.map(epoch_ns),
+            })
+            .collect(),
     }
 }
 
@@ -228,15 +253,7 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.ready_dir)
         .with_context(|| format!("creating {}", args.ready_dir.display()))?;
-    let framework = FrameworkInfo {
-        user: args
-            .user
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "root".into()),
-        name: "mesoblk-agent-bench".into(),
-        ..FrameworkInfo::default()
-    };
+    let framework = framework_info("mesoblk-agent-bench", args.user.clone());
     let driver = SchedulerDriver::new(framework, SchedulerConfig::new(&args.master))?;
     let book: SharedBook = Arc::new(Mutex::new(Book::default()));
     let plan = Plan {

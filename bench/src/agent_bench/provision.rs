@@ -1,13 +1,15 @@
 //! The bench's framework: launches command tasks that each take one slice of a profile's RAW
 //! pool as a BLOCK device, and keeps the books of each launch's timestamps: the ACCEPT sent,
-//! TASK_RUNNING received, and the task's own first 4k direct read of its device done (the task
-//! writes that time, in ns since the epoch, to `<ready dir>/<task id>`). A task is *usable* when
-//! both of the last two happened. At most `in_flight` launches are unusable at once.
+//! TASK_RUNNING received, and the task's own first 4k direct read of its device done: `dd` copies
+//! the block it read to `<ready dir>/<task id>`, and that file's modification time, once it holds
+//! the whole block, is when the read was done (the read's own process writes it, so no further
+//! process start is counted). A task is *usable* when both of the last two happened. At most
+//! `in_flight` launches are unusable at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use mesoblk_framework::block;
 use mesoblk_framework::operations::{refuse_seconds, scalar};
@@ -87,12 +89,17 @@ impl Book {
     }
 }
 
-/// The time a task wrote (`date +%s%N`); `None` while the file is missing or half-written.
+/// When the task's `dd` wrote the block it read; `None` while the file is missing or short.
 fn read_stamp(path: &Path) -> Option<SystemTime> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let nanos: u64 = text.trim().parse().ok()?;
-    Some(UNIX_EPOCH + Duration::from_nanos(nanos))
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.len() != BLOCK_BYTES {
+        return None;
+    }
+    meta.modified().ok()
 }
+
+/// What the task reads, and copies to its ready file.
+const BLOCK_BYTES: u64 = 4096;
 
 pub(crate) type SharedBook = Arc<Mutex<Book>>;
 
@@ -106,11 +113,12 @@ pub(crate) struct Provisioner {
 }
 
 impl Provisioner {
-    /// The task's command: its first action reads 4k of the device past the page cache.
+    /// The task's command: its first action reads 4k of the device past the page cache and
+    /// copies them to its ready file.
     fn command(&self, id: &str) -> String {
         format!(
-            "dd if=\"$MESOBLK_BLOCK_DEVICE\" of=/dev/null bs=4096 count=1 iflag=direct status=none \
-             && date +%s%N > {ready} && exec sleep 1000000",
+            "dd if=\"$MESOBLK_BLOCK_DEVICE\" of={ready} bs={BLOCK_BYTES} count=1 iflag=direct \
+             status=none && exec sleep 1000000",
             ready = self.plan.ready_dir.join(id).display()
         )
     }

@@ -26,11 +26,11 @@ use job::{Job, JobResult};
 use mesoblk_framework::block;
 use mesoblk_framework::operations::{refuse_seconds, scalar};
 use mesoblk_framework::proto::mesos::v1::{
-    AgentId, CommandInfo, ExecutorId, ExecutorInfo, FrameworkId, FrameworkInfo, MasterInfo, Offer,
-    TaskId, TaskInfo, TaskStatus,
+    AgentId, CommandInfo, ExecutorId, ExecutorInfo, FrameworkId, MasterInfo, Offer, TaskId,
+    TaskInfo, TaskStatus,
 };
 use mesoblk_framework::proto::task_state::is_terminal;
-use mesoblk_framework::scheduler::{Scheduler, SchedulerConfig, SchedulerDriver};
+use mesoblk_framework::scheduler::{framework_info, Scheduler, SchedulerConfig, SchedulerDriver};
 
 /// Runs fio on N block devices of a profile and prints what each one did.
 #[derive(Parser, Debug)]
@@ -333,15 +333,7 @@ async fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let framework = FrameworkInfo {
-        user: args
-            .user
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "root".into()),
-        name: "block-bench".into(),
-        ..FrameworkInfo::default()
-    };
+    let framework = framework_info("block-bench", args.user.clone());
     let timeout = Duration::from_secs(args.timeout);
     let report = Arc::new(Mutex::new(None));
     let driver = match SchedulerDriver::new(framework, SchedulerConfig::new(&args.master)) {

@@ -1,9 +1,11 @@
 //! How a [`SchedulerDriver`](super::SchedulerDriver) talks to the master: where, in which
-//! encoding, how it acknowledges, and every timeout and retry bound.
+//! encoding, how it acknowledges, and every timeout and retry bound; and the helpers that make
+//! a framework's credentials and its [`FrameworkInfo`].
 
 use std::time::Duration;
 
 use mesoblk_proto::codec::ContentType;
+use mesoblk_proto::mesos::v1::FrameworkInfo;
 
 use crate::backoff::BackoffPolicy;
 
@@ -82,9 +84,34 @@ pub fn basic_authorization(principal: &str, secret: &str) -> String {
     format!("Basic {credential}")
 }
 
+/// A [`FrameworkInfo`] named `name` whose tasks run as `user`, else as the user running this
+/// process (`$USER`), else as `root`: what a command-line framework with a `--user` option
+/// registers with. Every other field is Mesos's default.
+pub fn framework_info(name: &str, user: Option<String>) -> FrameworkInfo {
+    FrameworkInfo {
+        user: user
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "root".into()),
+        name: name.into(),
+        ..FrameworkInfo::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framework_info_runs_tasks_as_the_given_user_else_this_one() {
+        let given = framework_info("demo", Some("alice".into()));
+        assert_eq!(
+            (given.name.as_str(), given.user.as_str()),
+            ("demo", "alice")
+        );
+        assert_eq!(given.id, None);
+        let mine = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        assert_eq!(framework_info("demo", None).user, mine);
+    }
 
     #[test]
     fn basic_authorization_is_rfc_7617() {

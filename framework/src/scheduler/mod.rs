@@ -87,6 +87,8 @@ mod session;
 
 pub use crate::lifecycle::DriverStatus;
 pub use callbacks::Scheduler;
-pub use config::{basic_authorization, SchedulerConfig, DEFAULT_HEARTBEAT_INTERVAL};
+pub use config::{
+    basic_authorization, framework_info, SchedulerConfig, DEFAULT_HEARTBEAT_INTERVAL,
+};
 pub use driver::SchedulerDriver;
 pub use error::DriverError;

@@ -25,6 +25,7 @@ use super::operations::operation_resources_mut;
 use super::tasks::master_status;
 use super::{convert, Master};
 use crate::allocator::{Accept, Conversion, OfferId, ResourceSet};
+use crate::PROVISIONING;
 
 /// The running state of one ACCEPT.
 #[derive(Default)]
@@ -140,6 +141,9 @@ impl Master {
             return;
         }
         info!(framework = %framework_id, agent = %agent_id, offers = accept.offer_ids.len(), "processing ACCEPT");
+        for task in accept.operations.iter().flat_map(operation_tasks) {
+            debug!(target: PROVISIONING, task = %task.task_id.value, "ACCEPT received");
+        }
         let mut plan = Plan {
             remaining: offer.resources.clone(),
             ..Plan::default()

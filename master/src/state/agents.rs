@@ -324,6 +324,15 @@ impl Master {
         }
     }
 
+    /// Queues an event for an agent whose stream is not up; it goes out when the agent
+    /// subscribes (and is dropped if the agent is removed first).
+    pub(super) fn queue_agent_event(&mut self, agent_id: &str, event: agent::Event) {
+        self.pending_agent_events
+            .entry(agent_id.to_owned())
+            .or_default()
+            .push(event);
+    }
+
     /// Sends PING to every connected agent.
     pub(super) fn ping_agents(&mut self, _now: Duration) {
         self.ping_sequence += 1;

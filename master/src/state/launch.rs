@@ -15,6 +15,7 @@ use super::agents::ExecutorRecord;
 use super::task_validation::{Consumption, LaunchSite};
 use super::{convert, Master};
 use crate::allocator::ResourceSet;
+use crate::PROVISIONING;
 
 impl Master {
     /// Books a launch: the executor (if new) and the tasks, consumed from the plan.
@@ -150,6 +151,7 @@ impl Master {
         };
         info!(task = %task.task_id.value, framework = %framework_id, agent = %agent_id, "launching task");
         let launch_executor = task.executor.is_none() || consumption.executor.is_some();
+        let task_id = task.task_id.value.clone();
         let event = agent::Event {
             r#type: Some(agent::event::Type::RunTask as i32),
             run_task: Some(agent::event::RunTask {
@@ -160,6 +162,7 @@ impl Master {
             ..Default::default()
         };
         self.send_to_agent(agent_id, event);
+        debug!(target: PROVISIONING, task = %task_id, "RUN_TASK queued to the agent");
     }
 
     pub(super) fn launch_group(

@@ -10,12 +10,12 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use mesoblk_proto::mesoblk::agent::v1 as agent;
-use mesoblk_proto::mesos::v1::{task_status, ExecutorInfo, FrameworkId, TaskState};
+use mesoblk_proto::mesos::v1::{task_status, ExecutorInfo, TaskState};
 use tracing::{debug, info, warn};
 
 use super::agents::validate_registration;
 use super::agents::ExecutorRecord;
-use super::tasks::{is_terminal, master_status, TaskKey, TaskRecord};
+use super::tasks::{is_terminal, master_status, shutdown_framework_event, TaskKey, TaskRecord};
 use super::{convert, Master};
 use crate::allocator::{
     AgentId as AllocAgentId, Allocation, FrameworkId as AllocFrameworkId, ResourceSet,
@@ -287,17 +287,6 @@ impl Master {
         if let Some(agent) = self.agents.get_mut(agent_id) {
             agent.executors.remove(framework_id);
         }
-        self.pending_agent_events
-            .entry(agent_id.to_owned())
-            .or_default()
-            .push(agent::Event {
-                r#type: Some(agent::event::Type::ShutdownFramework as i32),
-                shutdown_framework: Some(agent::event::ShutdownFramework {
-                    framework_id: FrameworkId {
-                        value: framework_id.into(),
-                    },
-                }),
-                ..Default::default()
-            });
+        self.queue_agent_event(agent_id, shutdown_framework_event(framework_id));
     }
 }

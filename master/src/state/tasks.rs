@@ -23,6 +23,7 @@ use super::{epoch_secs, typed_event, AgentRemoval, Master};
 use crate::allocator::{AgentId as AllocAgentId, FrameworkId as AllocFrameworkId, ResourceSet};
 use crate::config::STATUS_UPDATE_RETRY_INTERVAL_MAX;
 use crate::error::ApiError;
+use crate::PROVISIONING;
 
 /// A task's key: (framework id, task id).
 pub type TaskKey = (String, String);
@@ -295,6 +296,7 @@ impl Master {
             )));
         }
         self.count("master/valid_status_updates");
+        debug!(target: PROVISIONING, task = %key.1, state = status.state().as_str_name(), "status update received");
         self.apply_status(&key, &status, latest);
         let first = match self.tasks.get_mut(&key) {
             Some(record) => {
@@ -332,6 +334,7 @@ impl Master {
         let due = now.saturating_add(first_backoff);
         record.retry = Some((due, first_backoff));
         self.retries.insert((due, key.clone()));
+        debug!(target: PROVISIONING, task = %key.1, state = head.state().as_str_name(), "status update forwarded");
         self.send(&key.0, update_event(head));
     }
 
@@ -417,6 +420,7 @@ impl Master {
             return;
         }
         let key = (framework_id.to_owned(), ack.task_id.value.clone());
+        debug!(target: PROVISIONING, task = %key.1, "acknowledgement received");
         let mut done = false;
         let mut next = false;
         if let Some(record) = self.tasks.get_mut(&key) {
@@ -466,28 +470,18 @@ impl Master {
         }
     }
 
-    /// Tells every connected agent with tasks or executors of the framework to shut it down.
+    /// Tells every registered agent to shut the framework down, as Mesos's `removeFramework`
+    /// does: not only those the master's books tie to it, which miss an executor whose last task
+    /// ended (the master forgets it then, the agent does not) and whatever a restarted master
+    /// only knows from re-registrations. An agent whose stream is not up yet gets it when it
+    /// subscribes; one that does not run the framework ignores it.
     pub(super) fn shutdown_framework_on_agents(&mut self, framework_id: &str) {
-        let agents: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, a)| {
-                a.executors.contains_key(framework_id)
-                    || a.tasks.iter().any(|(f, _)| f == framework_id)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+        let agents: Vec<String> = self.agents.keys().cloned().collect();
         for agent_id in agents {
-            let event = agent::Event {
-                r#type: Some(agent::event::Type::ShutdownFramework as i32),
-                shutdown_framework: Some(agent::event::ShutdownFramework {
-                    framework_id: FrameworkId {
-                        value: framework_id.into(),
-                    },
-                }),
-                ..Default::default()
-            };
-            self.send_to_agent(&agent_id, event);
+            let event = shutdown_framework_event(framework_id);
+            if !self.send_to_agent(&agent_id, event.clone()) {
+                self.queue_agent_event(&agent_id, event);
+            }
         }
     }
 
@@ -532,5 +526,18 @@ impl Master {
     /// The executor id a task runs under, for its status.
     pub fn task_executor(&self, key: &TaskKey) -> Option<ExecutorId> {
         self.tasks.get(key).and_then(|r| r.task.executor_id.clone())
+    }
+}
+
+/// The agent event that shuts a framework's executors and tasks down.
+pub(super) fn shutdown_framework_event(framework_id: &str) -> agent::Event {
+    agent::Event {
+        r#type: Some(agent::event::Type::ShutdownFramework as i32),
+        shutdown_framework: Some(agent::event::ShutdownFramework {
+            framework_id: FrameworkId {
+                value: framework_id.into(),
+            },
+        }),
+        ..Default::default()
     }
 }

@@ -10,7 +10,9 @@
 //!   then flushes the cache store (so no record is durable before its data), then appends the
 //!   records with FUA;
 //! - a slot becomes reusable only once the record freeing it is committed (`index`);
-//! - a block becomes clean only after the backing store was flushed with its data on it.
+//! - a block becomes clean only after the backing store was flushed with its data on it;
+//! - a read miss waits for the backing store without holding the cache, and promotes what it
+//!   read only if no write, discard or write-zeroes ran meanwhile (`CacheCore::changes`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use super::policy::{SequentialDetector, WritebackThrottle};
 use super::{CacheMode, CacheShared};
 use crate::backend::{Backend, Capabilities, IoError};
 use crate::request::Op;
+use smol::lock::MutexGuard;
 
 const BLOCK_BYTES: usize = CACHE_BLOCK as usize;
 /// Uncommitted records that trigger a commit without a FLUSH (dm-writecache's autocommit): a
@@ -50,6 +53,10 @@ pub(crate) struct CacheCore {
     pub(crate) committed_seq: u64,
     /// Something reached the backing store since its last flush.
     pub(crate) backing_unflushed: bool,
+    /// Writes, discards and write-zeroes started so far. A read miss notes it before it lets
+    /// go of the cache for its backing read; if it moved, what the read returned may be older
+    /// than the device's contents and is not promoted.
+    pub(crate) changes: u64,
     pub(crate) sequential: SequentialDetector,
     pub(crate) throttle: WritebackThrottle,
     /// Shut down in order: nothing more may change the store.
@@ -173,6 +180,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         if core.closed {
             return Err(shut_down(op, offset, len));
         }
+        core.changes += 1;
         self.invalidate(&mut core, first, first + count);
         core.backing_unflushed = true;
         let mut result = match unmap {
@@ -210,34 +218,40 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         core.journal.write_uncommitted(&self.store).await
     }
 
-    /// Evicts a batch of clean blocks; their slots are free after the next commit.
-    fn evict(&self, core: &mut CacheCore) -> u64 {
-        let batch = (core.geometry.data_blocks / 64).max(1);
-        let mut evicted = 0;
-        while evicted < batch {
+    /// Evicts up to `want` clean blocks; their slots are free after the next commit.
+    fn evict(&self, core: &mut CacheCore, want: u64) {
+        for _ in 0..want {
             let Some((block, _)) = core.index.evict_one() else {
                 break;
             };
             let seq = core.take_seq();
             core.journal.append(Record::Unmap { block, seq });
             self.shared.stats.eviction();
-            evicted += 1;
         }
-        evicted
     }
 
-    /// A slot for new data: a free one, else one freed by evicting clean blocks and committing.
-    /// `None` when every slot holds dirty data.
+    /// Slots a commit made for space must reclaim, short of which the block goes to the backing
+    /// store instead: a commit costs two flushes and FUA writes, so a cache full of dirty data
+    /// must not commit once per block written (each copy-on-write frees one slot, which the
+    /// next block would commit for).
+    fn reclaim_shortfall(core: &CacheCore) -> u64 {
+        let batch = (core.geometry.data_blocks / 64).max(1);
+        batch.saturating_sub(core.index.pending_free_len())
+    }
+
+    /// A slot for new data: a free one, else one reclaimed by a commit once the slots waiting
+    /// for it, topped up by evicting clean blocks, make a batch. `None` when no batch can be
+    /// reclaimed (the cache is (nearly) all dirty): the caller writes to the backing store.
     async fn allocate(&self, core: &mut CacheCore) -> Result<Option<u32>, IoError> {
         if let Some(slot) = core.index.allocate() {
             return Ok(Some(slot));
         }
-        if !core.index.has_pending_free() && self.evict(core) == 0 && core.index.has_written_back()
-        {
+        self.evict(core, Self::reclaim_shortfall(core));
+        if Self::reclaim_shortfall(core) > 0 && core.index.has_written_back() {
             self.flush_backing(core).await?;
-            self.evict(core);
+            self.evict(core, Self::reclaim_shortfall(core));
         }
-        if !core.index.has_pending_free() {
+        if Self::reclaim_shortfall(core) > 0 {
             return Ok(None);
         }
         self.commit(core).await?;
@@ -339,9 +353,13 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                 let dirty = BlockState::Dirty { since: now };
                 for (block, chunk) in (first..).zip(data.chunks(BLOCK_BYTES)) {
                     if !self.cache_block(core, block, chunk, dirty).await? {
-                        self.invalidate(core, block, block + 1);
-                        self.write_backing(core, block * CACHE_BLOCK, chunk, fua)
+                        // No slot: the cache is (nearly) full of dirty data. The rest of the
+                        // request goes to the backing store in one write, not one per block.
+                        let rest = &data[((block - first) as usize) * BLOCK_BYTES..];
+                        self.invalidate(core, block, end);
+                        self.write_backing(core, block * CACHE_BLOCK, rest, fua)
                             .await?;
+                        break;
                     }
                 }
             }
@@ -371,23 +389,31 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         Ok(())
     }
 
-    async fn read_locked(
-        &self,
-        core: &mut CacheCore,
+    /// Serves a read block by block: hits from the store with the cache held, each run of
+    /// misses from the backing store without it (so other requests go on meanwhile), promoted
+    /// afterwards unless a change ran in between. Returns the guard and whether every block hit.
+    async fn read_blocks<'a>(
+        &'a self,
+        mut core: MutexGuard<'a, CacheCore>,
         first: u64,
         buf: &mut [u8],
         promote: bool,
-    ) -> Result<bool, IoError> {
+    ) -> (MutexGuard<'a, CacheCore>, Result<bool, IoError>) {
         let count = buf.len() / BLOCK_BYTES;
         let mut all_hit = true;
         let mut i = 0;
         while i < count {
+            if core.closed {
+                let offset = first * CACHE_BLOCK;
+                return (core, Err(shut_down(Op::Read, offset, buf.len() as u64)));
+            }
             let block = first + i as u64;
             if let Some(entry) = core.index.get(block) {
                 let out = &mut buf[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
-                self.store
-                    .read(core.geometry.slot_offset(entry.slot), out)
-                    .await?;
+                let offset = core.geometry.slot_offset(entry.slot);
+                if let Err(e) = self.store.read(offset, out).await {
+                    return (core, Err(e));
+                }
                 core.index.touch(block);
                 i += 1;
                 continue;
@@ -398,15 +424,24 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                 run_end += 1;
             }
             let run = &mut buf[i * BLOCK_BYTES..run_end * BLOCK_BYTES];
-            self.backing.read(block * CACHE_BLOCK, run).await?;
-            if promote {
+            let changes = core.changes;
+            drop(core);
+            let read = self.backing.read(block * CACHE_BLOCK, run).await;
+            core = self.shared.core.lock().await;
+            if let Err(e) = read {
+                return (core, Err(e));
+            }
+            let current = core.changes == changes && core.mode != CacheMode::None;
+            if promote && current && !core.closed {
                 for (n, chunk) in run.chunks(BLOCK_BYTES).enumerate() {
-                    self.promote(core, block + n as u64, chunk).await?;
+                    if let Err(e) = self.promote(&mut core, block + n as u64, chunk).await {
+                        return (core, Err(e));
+                    }
                 }
             }
             i = run_end;
         }
-        Ok(all_hit)
+        (core, Ok(all_hit))
     }
 }
 
@@ -440,7 +475,7 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
             self.shared.stats.bypass();
         }
         let promote = !bypass && core.mode != CacheMode::None;
-        let result = self.read_locked(&mut core, first, buf, promote).await;
+        let (mut core, result) = self.read_blocks(core, first, buf, promote).await;
         if let Ok(hit) = result {
             self.shared.stats.read(hit);
         }
@@ -458,6 +493,7 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
         if core.closed {
             return Err(shut_down(Op::Write, offset, buf.len() as u64));
         }
+        core.changes += 1;
         let now = self.shared.now();
         let bypass = core.sequential.observe(offset, buf.len() as u64, now);
         if bypass {

@@ -201,8 +201,9 @@ impl CacheIndex {
         dropped
     }
 
-    pub(crate) fn has_pending_free(&self) -> bool {
-        !self.pending_free.is_empty()
+    /// Slots that become free at the next commit.
+    pub(crate) fn pending_free_len(&self) -> u64 {
+        self.pending_free.len() as u64
     }
 
     /// The records freeing the pending slots are committed: they may be reused.

@@ -175,6 +175,7 @@ pub async fn open_replaying<B: Backend, C: Backend>(
         next_seq,
         committed_seq: next_seq - 1,
         backing_unflushed: false,
+        changes: 0,
         sequential: SequentialDetector::new(config.sequential_cutoff),
         throttle: WritebackThrottle::new(config.writeback, now),
         closed: false,

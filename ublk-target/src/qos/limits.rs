@@ -462,16 +462,22 @@ impl QosLimits {
         self.generics().map(|g| g.map(|g| g.lane()))
     }
 
-    /// What one request costs; see the module documentation for the table. `bytes` is the
-    /// request's length (ignored for FLUSH).
-    pub(crate) fn cost(&self, op: Op, bytes: u64) -> Cost {
-        let normalized = match self.iops_size_bytes {
+    /// The ops cost of a READ or WRITE of `bytes` (normalized by `iops_size_bytes`).
+    #[inline]
+    pub(crate) fn data_ops(&self, bytes: u64) -> u64 {
+        match self.iops_size_bytes {
             None => 1,
             Some(size) => {
                 assert!(size > 0, "iops_size_bytes validated");
                 bytes.div_ceil(size).max(1)
             }
-        };
+        }
+    }
+
+    /// What one request costs; see the module documentation for the table. `bytes` is the
+    /// request's length (ignored for FLUSH).
+    pub(crate) fn cost(&self, op: Op, bytes: u64) -> Cost {
+        let normalized = self.data_ops(bytes);
         let flush = || Cost {
             class: Class::Other,
             ops: self.flush_cost_ops.unwrap_or(DEFAULT_FLUSH_COST_OPS),

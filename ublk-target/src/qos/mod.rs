@@ -142,7 +142,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use self::bucket::{BucketSet, Charge};
-pub use self::clock::{Clock, ManualClock, MonotonicClock};
+pub use self::clock::{CachedClock, Clock, ManualClock, MonotonicClock};
 pub use self::limits::{
     BytesLimit, OpsLimit, QosError, QosLimits, DEFAULT_DISCARD_COST_OPS, DEFAULT_FLUSH_COST_OPS,
     DEFAULT_MAX_LENGTH_MS, MAX_BURST, MAX_BURST_LENGTH_MS, MAX_IOPS_SIZE_BYTES, MAX_OP_COST_OPS,

@@ -35,7 +35,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::bucket::{lane_charges, Charge};
-use super::limits::{QosLimits, LANES};
+use super::limits::{
+    QosLimits, LANES, READ_BYTES, READ_OPS, TOTAL_BYTES, TOTAL_OPS, WRITE_BYTES, WRITE_OPS,
+};
 use super::{nanos, Admission, GroupRef, Limiter, Shared};
 use crate::request::Op;
 
@@ -94,13 +96,49 @@ impl Prepaid {
 
     /// Pays for a request from the tokens held, if they are of `generation` and cover every
     /// limited lane (a set without limits covers everything). False: take the exact path.
-    fn try_spend(&mut self, generation: u64, op: Op, bytes: u64) -> bool {
+    #[inline]
+    pub(crate) fn try_spend(&mut self, generation: u64, op: Op, bytes: u64) -> bool {
         if self.generation != Some(generation) {
             return false;
         }
         if !self.limited {
             return true;
         }
+        match op {
+            Op::Read => self.try_spend_data(READ_OPS, READ_BYTES, bytes),
+            // A data-less write is a flush (`QosLimits::cost`).
+            Op::Write if bytes > 0 => self.try_spend_data(WRITE_OPS, WRITE_BYTES, bytes),
+            _ => self.try_spend_any(op, bytes),
+        }
+    }
+
+    /// [`Self::try_spend_any`] for a READ or a WRITE with data, the requests of the data path,
+    /// without building the cost and its lane list: such a request pays its ops on `ops_lane`
+    /// and `TOTAL_OPS` and its bytes on `bytes_lane` and `TOTAL_BYTES`. Paying 0 units (a READ
+    /// of 0 bytes) always succeeds and changes nothing, as leaving the lane out would. The
+    /// lanes without a limit hold [`UNLIMITED_TOKENS`] and are paid from like the others, as
+    /// `try_spend_any` does.
+    #[inline]
+    fn try_spend_data(&mut self, ops_lane: usize, bytes_lane: usize, bytes: u64) -> bool {
+        let ops = self.costs.data_ops(bytes);
+        let t = &mut self.tokens;
+        if t[ops_lane] < ops
+            || t[TOTAL_OPS] < ops
+            || t[bytes_lane] < bytes
+            || t[TOTAL_BYTES] < bytes
+        {
+            return false;
+        }
+        t[ops_lane] -= ops;
+        t[TOTAL_OPS] -= ops;
+        t[bytes_lane] -= bytes;
+        t[TOTAL_BYTES] -= bytes;
+        true
+    }
+
+    /// Pays for any request from the tokens held (the generation is checked by the caller),
+    /// each lane its charge from [`lane_charges`].
+    pub(crate) fn try_spend_any(&mut self, op: Op, bytes: u64) -> bool {
         let mut left = self.tokens;
         for (lane, units) in lane_charges(&self.costs.cost(op, bytes)) {
             match left[lane].checked_sub(units) {
@@ -198,18 +236,46 @@ impl QueueLimiter {
 
     /// Charges one request of `op` and `bytes` at `now`, as [`Limiter::admit`] does, from the
     /// tokens this queue holds when they cover it.
+    #[inline]
     pub fn admit(&self, op: Op, bytes: u64, now: Duration) -> Admission {
         let mut tokens = self.tokens.borrow_mut();
+        let own = tokens
+            .own
+            .try_spend(self.limiter.own.generation(), op, bytes);
+        let group = match &self.limiter.group {
+            None => true,
+            Some(group) => tokens.group.try_spend(group.generation(), op, bytes),
+        };
+        if own && group {
+            // Paid from prepaid tokens: no charge, so nothing to count or wait for.
+            return Admission::Go;
+        }
+        self.admit_exact(&mut tokens, own, group, op, bytes, now)
+    }
+
+    /// The rest of [`Self::admit`] once a set's tokens did not cover the request (`own_paid`
+    /// and `group_paid`: whether each set's did): that set's exact path, its refill, the
+    /// accounting. Out of line so that the prepaid case stays small.
+    #[inline(never)]
+    fn admit_exact(
+        &self,
+        tokens: &mut QueueTokens,
+        own_paid: bool,
+        group_paid: bool,
+        op: Op,
+        bytes: u64,
+        now: Duration,
+    ) -> Admission {
         let mut charge = Charge::default();
         let own = &self.limiter.own;
-        if !tokens.own.try_spend(own.generation(), op, bytes) {
+        if !own_paid {
             let refill = own.charge_prepaying(op, bytes, nanos(now), &tokens.own);
             self.exact.set(self.exact.get() + 1);
             charge = charge.merge(refill.charge);
             tokens.own.adopt(&refill);
         }
         if let Some(group) = &self.limiter.group {
-            if !tokens.group.try_spend(group.generation(), op, bytes) {
+            if !group_paid {
                 let refill = group.charge_prepaying(op, bytes, nanos(now), &tokens.group);
                 self.exact.set(self.exact.get() + 1);
                 charge = charge.merge(refill.charge);
@@ -269,6 +335,66 @@ impl Shared {
             costs: *set.limits(),
             batches,
             granted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            Just(Op::Read),
+            Just(Op::Write),
+            Just(Op::Flush),
+            Just(Op::Discard),
+            Just(Op::WriteZeroes),
+        ]
+    }
+
+    /// A lane's tokens: near a request's cost (so both outcomes happen), or unlimited.
+    fn tokens_strategy() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..16, 0u64..20_000, Just(UNLIMITED_TOKENS)]
+    }
+
+    proptest! {
+        /// The data path's shortcut for READ and WRITE pays exactly what the general lane
+        /// walk pays, and fails exactly when it fails, leaving the tokens as they were.
+        #[test]
+        fn the_data_shortcut_spends_like_the_lane_walk(
+            op in op_strategy(),
+            bytes in prop_oneof![Just(0u64), 1u64..20_000],
+            tokens in prop::array::uniform6(tokens_strategy()),
+            iops_size in prop::option::of(1u64..8192),
+            flush_cost in prop::option::of(0u64..3),
+            discard_cost in prop::option::of(0u64..3),
+            discard_counts_bytes: bool,
+        ) {
+            let costs = QosLimits {
+                iops_size_bytes: iops_size,
+                flush_cost_ops: flush_cost,
+                discard_cost_ops: discard_cost,
+                discard_counts_bytes,
+                ..QosLimits::default()
+            };
+            let held = Prepaid {
+                generation: Some(3),
+                limited: true,
+                costs,
+                batches: [Some(1); LANES],
+                tokens,
+            };
+            let (mut fast, mut walk) = (held.clone(), held.clone());
+            let paid = fast.try_spend(3, op, bytes);
+            prop_assert_eq!(paid, walk.try_spend_any(op, bytes));
+            prop_assert_eq!(fast.tokens, walk.tokens);
+            if !paid {
+                prop_assert_eq!(fast.tokens, held.tokens);
+            }
+            prop_assert!(!held.clone().try_spend(4, op, bytes), "another generation never pays");
         }
     }
 }

@@ -19,8 +19,8 @@ use libublk::{sys as ublk_sys, BufDesc, UblkError, UblkFlags, UblkUringData};
 use thiserror::Error;
 
 use crate::backend::{AnyBackend, SharedStore, Submitter};
-use crate::engine::execute;
-use crate::qos::{Admission, Clock, Limiter, MonotonicClock, QueueLimiter};
+use crate::datapath::RequestPath;
+use crate::qos::{CachedClock, Limiter, MonotonicClock, QueueLimiter};
 use crate::request::{Geometry, Request, SECTOR_SHIFT};
 use crate::stats::DeviceStats;
 
@@ -257,11 +257,9 @@ fn device_params(geometry: &Geometry, volatile_cache: bool) -> ublk_sys::ublk_pa
 
 /// What every tag loop of a queue shares.
 struct TagContext {
-    backend: AnyBackend<QueueRing>,
-    /// The queue's own handle on the device's limiter, whose prepaid tokens spare an
-    /// unthrottled request the limiter's lock.
-    limiter: QueueLimiter,
-    stats: Arc<DeviceStats>,
+    path: RequestPath<AnyBackend<QueueRing>>,
+    /// The time of the event loop's current turn, for admission and latency.
+    clock: CachedClock,
     geometry: Geometry,
 }
 
@@ -282,11 +280,14 @@ fn serve_queue(
         }
     };
     let context = Rc::new(TagContext {
-        backend: store.for_queue(QueueRing {
-            backing_registered: store.backing_fd().is_some(),
-        }),
-        limiter: QueueLimiter::new(Arc::clone(shared.limiter)),
-        stats: Arc::clone(shared.stats),
+        path: RequestPath::new(
+            store.for_queue(QueueRing {
+                backing_registered: store.backing_fd().is_some(),
+            }),
+            QueueLimiter::new(Arc::clone(shared.limiter)),
+            shared.stats,
+        ),
+        clock: CachedClock::new(&MonotonicClock),
         geometry,
     });
     let executor = Rc::new(smol::LocalExecutor::new());
@@ -305,7 +306,11 @@ fn serve_queue(
     let worker = cache_worker(&queue, &context).map(|work| executor.spawn(work));
     let exe = Rc::clone(&executor);
     smol::block_on(executor.run(async move {
-        let run_ready = || while exe.try_tick() {};
+        // Called after each turn's completions are reaped: one clock read per turn.
+        let run_ready = || {
+            context.clock.refresh(&MonotonicClock);
+            while exe.try_tick() {}
+        };
         let all_done = || {
             tasks.iter().all(|task| task.is_finished())
                 && worker.as_ref().is_none_or(|task| task.is_finished())
@@ -325,12 +330,12 @@ fn cache_worker<'a>(
     queue: &Rc<UblkQueue<'a>>,
     context: &Rc<TagContext>,
 ) -> Option<impl std::future::Future<Output = ()> + 'a> {
-    if !matches!(context.backend, AnyBackend::Cached(_)) {
+    if !matches!(context.path.backend(), AnyBackend::Cached(_)) {
         return None;
     }
     let (queue, context) = (Rc::clone(queue), Rc::clone(context));
     Some(async move {
-        if let AnyBackend::Cached(cached) = &context.backend {
+        if let AnyBackend::Cached(cached) = context.path.backend() {
             cached
                 .run_worker(|| queue.is_stopping(), sleep_on_ring)
                 .await;
@@ -375,7 +380,11 @@ async fn serve_tag(queue: &UblkQueue<'_>, context: &TagContext, tag: u16) -> Res
             iod.nr_sectors,
             &context.geometry,
         ) {
-            Ok(request) => run_request(context, &request, buf.as_mut_slice()).await,
+            Ok(request) => {
+                let path = &context.path;
+                path.run(&request, buf.as_mut_slice(), &context.clock, sleep_on_ring)
+                    .await
+            }
             Err(e) => {
                 tracing::warn!(tag, error = %e, "rejected request");
                 -e.errno()
@@ -385,25 +394,6 @@ async fn serve_tag(queue: &UblkQueue<'_>, context: &TagContext, tag: u16) -> Res
             .submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), result)
             .await?;
     }
-}
-
-/// Admission, execution and accounting of one valid request.
-async fn run_request(context: &TagContext, request: &Request, buf: &mut [u8]) -> i32 {
-    // One clock read serves both admission and latency: clock reads are not free in a guest
-    // whose TSC the kernel distrusts.
-    let started = MonotonicClock.now();
-    let _in_flight = context.stats.start();
-    let admission = context
-        .limiter
-        .admit(request.op, u64::from(request.len), started);
-    if let Admission::WaitFor(delay) = admission {
-        context.stats.add_throttled(delay);
-        sleep_on_ring(delay).await;
-    }
-    let result = execute(&context.backend, request, buf).await;
-    let latency = MonotonicClock.now().saturating_sub(started);
-    context.stats.record_request(request, latency, result >= 0);
-    result
 }
 
 #[cfg(test)]

@@ -89,9 +89,9 @@ pub fn device_state(id: u32) -> String {
         )
 }
 
-/// `kill -9`s device `id`'s server, waits until the kernel has quiesced the device, runs
-/// `recover`, and returns the old server's pid.
-pub fn crash_and_recover(run_dir: &Path, id: u32) -> u32 {
+/// `kill -9`s device `id`'s server and waits until the kernel has quiesced the device (its
+/// requests wait for a `recover`); returns the old server's pid.
+pub fn kill_until_quiesced(run_dir: &Path, id: u32) -> u32 {
     let old_pid = server_pid(run_dir, id);
     run("kill", &["-9", &old_pid.to_string()]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -103,6 +103,13 @@ pub fn crash_and_recover(run_dir: &Path, id: u32) -> u32 {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    old_pid
+}
+
+/// `kill -9`s device `id`'s server, waits until the kernel has quiesced the device, runs
+/// `recover`, and returns the old server's pid.
+pub fn crash_and_recover(run_dir: &Path, id: u32) -> u32 {
+    let old_pid = kill_until_quiesced(run_dir, id);
     let out = run(
         TARGET_BIN,
         &[

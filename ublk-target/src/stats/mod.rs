@@ -1,18 +1,22 @@
 //! Per-device I/O statistics: what a device has served, how fast, and how long QoS held it.
 //!
 //! Pure: no kernel, no I/O, no clock reads, no `unsafe`. This module owns the counters of one
-//! device ([`DeviceStats`], shared by all its queue threads), the read-only copy the rest of the
-//! system sees ([`StatsSnapshot`], serde-stable, written to files and printed as JSON), and the
-//! arithmetic between two copies ([`StatsSnapshot::delta`], [`StatsDelta::rates`]).
+//! device ([`DeviceStats`], with a [`QueueStats`] recorder per queue thread), the read-only copy
+//! the rest of the system sees ([`StatsSnapshot`], serde-stable, written to files and printed as
+//! JSON), and the arithmetic between two copies ([`StatsSnapshot::delta`],
+//! [`StatsDelta::rates`]).
 //!
 //! # Recording
 //!
-//! A queue thread calls [`DeviceStats::start`] when it takes a request (the returned
-//! [`InFlightGuard`] keeps it counted as in flight until dropped), [`DeviceStats::add_throttled`]
-//! if QoS made it wait, and [`DeviceStats::record_request`] (or [`DeviceStats::record`]) once,
-//! after answering it. The intended latency is from fetching the request to answering it,
-//! QoS wait included: that is what the device's user sees. Recording is a handful of relaxed
-//! atomic additions on fixed-size arrays: no lock, no allocation, no syscall.
+//! Each queue thread takes its own recorder with [`DeviceStats::for_queue`] when it starts. It
+//! calls [`QueueStats::start`] when it takes a request (the returned guard keeps it counted as
+//! in flight until dropped), [`QueueStats::add_throttled`] if QoS made it wait, and
+//! [`QueueStats::record_request`] (or [`QueueStats::record`]) once, after answering it. The
+//! intended latency is from fetching the request to answering it, QoS wait included: that is
+//! what the device's user sees. A queue's counters are written by its thread alone, so
+//! recording is a handful of plain loads and stores on memory no other queue writes: no locked
+//! instruction, no lock, no allocation, no syscall (`live` has the details). [`DeviceStats`]
+//! has the same recording methods, with atomic additions, for recorders shared by threads.
 //!
 //! Per op type ([`Op`]) a device counts `ops` (every answered request, failed ones included),
 //! `errors` (the failed ones) and `bytes` (the length of the successful ones; for DISCARD and
@@ -36,32 +40,39 @@
 //! against the untruncated latency the answer may also be up to 1 µs low. Latencies above the
 //! range are reported as [`LATENCY_US_MAX`], an underestimate.
 //!
-//! Each device keeps three histograms: all requests, reads only and writes only (FLUSH, DISCARD
-//! and WRITE_ZEROES are rare and appear only in the first). That is 3 × 384 counters, 9 KiB per
-//! device, and two histogram updates per read or write.
+//! A snapshot has three histograms: all requests, reads only and writes only (FLUSH, DISCARD
+//! and WRITE_ZEROES are rare and appear only in the first). Each recorder keeps reads, writes
+//! and the other ops apart and a snapshot adds the three up for the first: 3 × 384 counters,
+//! 9 KiB per queue, and one histogram update per request.
 //!
 //! # Snapshots and consistency
 //!
-//! [`DeviceStats::snapshot`] copies every counter, each with one atomic load. Every counter is
-//! exact, but a snapshot taken while requests complete is not a single instant: counters read
-//! a moment apart may disagree by the requests recorded in between (for example the histogram
-//! may hold a sample whose op count was read before it was added). Two snapshots of the same
-//! `DeviceStats` never see a counter go back, which is what [`StatsSnapshot::delta`] relies on.
+//! [`DeviceStats::snapshot`] reads every counter of every queue, each with one atomic load, and
+//! adds them up. Every counter is exact (nothing is sampled or dropped; in-flight and throttled
+//! time included), but a snapshot taken while requests complete is not a single instant:
+//! counters read a moment apart may disagree by the requests recorded in between (for example
+//! the histogram may hold a sample whose op count was read before it was added, or one queue's
+//! in-flight count be read before a request started there and another's after it finished).
+//! Two snapshots of the same `DeviceStats` never see a counter go back (a queue's counters stay
+//! in the sum after it stops), which is what [`StatsSnapshot::delta`] relies on.
 //!
 //! # Panics
 //!
 //! [`LatencySnapshot::quantile`] panics if `q` is not in `0.0..=1.0` (NaN included), and
-//! [`DeviceStats::start`] if more than 2^24 requests (ublk's 4096 queues × 4096 tags) are in
+//! [`DeviceStats::start`] and [`QueueStats::start`] if more than 2^24 requests (ublk's 4096 queues × 4096 tags) are in
 //! flight, which only a leaked guard can cause.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::request::{Op, Request};
+use crate::request::Op;
+
+mod live;
+
+pub use live::{DeviceStats, InFlightGuard, QueueInFlightGuard, QueueStats};
 
 /// log2 of [`HISTOGRAM_SUB_BUCKETS`].
 const SUB_BITS: u32 = 4;
@@ -77,8 +88,6 @@ pub const LATENCY_US_MAX: u64 = (1 << RANGE_BITS) - 1;
 /// `HISTOGRAM_SUB_BUCKETS` for each power of two from `2^SUB_BITS` to `2^(RANGE_BITS - 1)`.
 pub const HISTOGRAM_BUCKETS: usize =
     HISTOGRAM_SUB_BUCKETS as usize * (RANGE_BITS - SUB_BITS + 1) as usize;
-/// More requests in flight than ublk can have outstanding (4096 queues × 4096 tags).
-const IN_FLIGHT_MAX: u64 = 1 << 24;
 
 const _: () = assert!(SUB_BITS >= 1 && SUB_BITS < RANGE_BITS && RANGE_BITS < 64);
 // "About 100 s": the issue asks for at least that much range.
@@ -143,7 +152,13 @@ const fn bucket_upper_us(index: usize) -> u64 {
 
 /// A latency in whole microseconds, clamped to the histogram's range.
 fn latency_us(latency: Duration) -> u64 {
-    u64::try_from(latency.as_micros()).map_or(LATENCY_US_MAX, |us| us.min(LATENCY_US_MAX))
+    // In u64 rather than through `as_micros`'s u128, which costs every request a few
+    // instructions: below the bound neither the product nor the sum can overflow.
+    let secs = latency.as_secs();
+    if secs > LATENCY_US_MAX / 1_000_000 {
+        return LATENCY_US_MAX;
+    }
+    (secs * 1_000_000 + u64::from(latency.subsec_micros())).min(LATENCY_US_MAX)
 }
 
 /// A duration in nanoseconds, saturating at `u64::MAX` (584 years).
@@ -158,19 +173,6 @@ fn quantile_rank(q: f64, samples: u64) -> u64 {
     // `as` saturates; the product is at most `samples`.
     let rank = (q * samples as f64).ceil() as u64;
     rank.clamp(1, samples)
-}
-
-const OP_SLOTS: usize = 5;
-
-/// Where an op's counters live in [`DeviceStats::ops`].
-fn op_slot(op: Op) -> usize {
-    match op {
-        Op::Read => 0,
-        Op::Write => 1,
-        Op::Flush => 2,
-        Op::Discard => 3,
-        Op::WriteZeroes => 4,
-    }
 }
 
 /// Why two snapshots cannot be subtracted, or a serialised snapshot cannot be read back.
@@ -228,202 +230,6 @@ fn counter_sub(counter: &'static str, later: u64, earlier: u64) -> Result<u64, S
         })
 }
 
-// Every atomic in this module is a tally that nothing else synchronises on: no thread reads a
-// counter to decide whether some other memory is ready. `Ordering::Relaxed` still makes each
-// read-modify-write atomic (no update is ever lost) and keeps each counter's own history in one
-// order (a later load never sees an older value than an earlier load in the same thread), which
-// is all a tally needs. Exact totals after the recording threads stop are ensured by whatever
-// synchronised their stopping (a thread join, a channel), not by the counters.
-const RELAXED: Ordering = Ordering::Relaxed;
-
-/// One op type's live counters.
-#[derive(Debug, Default)]
-struct OpAtomics {
-    ops: AtomicU64,
-    bytes: AtomicU64,
-    errors: AtomicU64,
-}
-
-impl OpAtomics {
-    fn load(&self) -> OpStats {
-        OpStats {
-            ops: self.ops.load(RELAXED),
-            bytes: self.bytes.load(RELAXED),
-            errors: self.errors.load(RELAXED),
-        }
-    }
-}
-
-/// One live latency histogram.
-struct AtomicHistogram {
-    counts: [AtomicU64; HISTOGRAM_BUCKETS],
-    sum_us: AtomicU64,
-}
-
-impl AtomicHistogram {
-    fn new() -> AtomicHistogram {
-        AtomicHistogram {
-            counts: [const { AtomicU64::new(0) }; HISTOGRAM_BUCKETS],
-            sum_us: AtomicU64::new(0),
-        }
-    }
-
-    fn record(&self, us: u64) {
-        debug_assert!(us <= LATENCY_US_MAX, "{us} us was not clamped");
-        self.counts[bucket_index(us)].fetch_add(1, RELAXED);
-        // Wraps only after 2^37 samples of the largest latency.
-        self.sum_us.fetch_add(us, RELAXED);
-    }
-
-    fn load(&self) -> LatencySnapshot {
-        let mut counts = Box::new([0; HISTOGRAM_BUCKETS]);
-        for (copy, live) in counts.iter_mut().zip(&self.counts) {
-            *copy = live.load(RELAXED);
-        }
-        LatencySnapshot {
-            counts,
-            sum_us: self.sum_us.load(RELAXED),
-        }
-    }
-}
-
-/// The live statistics of one device, shared by all its queue threads (`Send + Sync`; put it in
-/// an `Arc`). Fixed size (about 9 KiB); recording never allocates or locks.
-pub struct DeviceStats {
-    ops: [OpAtomics; OP_SLOTS],
-    latency: AtomicHistogram,
-    read_latency: AtomicHistogram,
-    write_latency: AtomicHistogram,
-    in_flight: AtomicU64,
-    throttled_ops: AtomicU64,
-    throttled_ns: AtomicU64,
-}
-
-impl fmt::Debug for DeviceStats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceStats")
-            .field("in_flight", &self.in_flight.load(RELAXED))
-            .field("read", &self.ops[op_slot(Op::Read)].load())
-            .field("write", &self.ops[op_slot(Op::Write)].load())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for DeviceStats {
-    fn default() -> DeviceStats {
-        DeviceStats::new()
-    }
-}
-
-impl DeviceStats {
-    /// All counters at zero.
-    pub fn new() -> DeviceStats {
-        DeviceStats {
-            ops: Default::default(),
-            latency: AtomicHistogram::new(),
-            read_latency: AtomicHistogram::new(),
-            write_latency: AtomicHistogram::new(),
-            in_flight: AtomicU64::new(0),
-            throttled_ops: AtomicU64::new(0),
-            throttled_ns: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts one request as in flight until the returned guard is dropped.
-    ///
-    /// # Panics
-    /// If 2^24 requests are already in flight (more than ublk allows: a guard leaked).
-    pub fn start(&self) -> InFlightGuard<'_> {
-        let before = self.in_flight.fetch_add(1, RELAXED);
-        assert!(
-            before < IN_FLIGHT_MAX,
-            "{before} requests in flight: an InFlightGuard leaked"
-        );
-        InFlightGuard { stats: self }
-    }
-
-    /// Records one answered request of type `op` and length `bytes`, which took `latency` and
-    /// succeeded if `ok`. Call it once per request. `bytes` counts only if `ok`.
-    pub fn record(&self, op: Op, bytes: u32, latency: Duration, ok: bool) {
-        let counters = &self.ops[op_slot(op)];
-        counters.ops.fetch_add(1, RELAXED);
-        if ok {
-            counters.bytes.fetch_add(u64::from(bytes), RELAXED);
-        } else {
-            counters.errors.fetch_add(1, RELAXED);
-        }
-        let us = latency_us(latency);
-        self.latency.record(us);
-        match op {
-            Op::Read => self.read_latency.record(us),
-            Op::Write => self.write_latency.record(us),
-            Op::Flush | Op::Discard | Op::WriteZeroes => {}
-        }
-    }
-
-    /// Records one answered request, as [`DeviceStats::record`]; a data-less write counts as a
-    /// flush.
-    pub fn record_request(&self, request: &Request, latency: Duration, ok: bool) {
-        let op = if request.is_flush() {
-            Op::Flush
-        } else {
-            request.op
-        };
-        self.record(op, request.len, latency, ok);
-    }
-
-    /// Records that QoS held one request for `wait` before running it.
-    pub fn add_throttled(&self, wait: Duration) {
-        self.throttled_ops.fetch_add(1, RELAXED);
-        // Wraps after 584 years of summed waits; `delta` then reports a counter going back.
-        self.throttled_ns.fetch_add(nanos(wait), RELAXED);
-    }
-
-    /// Requests in flight right now.
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(RELAXED)
-    }
-
-    /// Copies every counter. `now` is the time of the copy from the caller's clock (normally
-    /// [`MonotonicClock`](crate::qos::MonotonicClock)), kept so that rates can be computed
-    /// between two snapshots. Allocates (the histograms are boxed); call it off the data path.
-    pub fn snapshot(&self, now: Duration) -> StatsSnapshot {
-        let op = |op: Op| self.ops[op_slot(op)].load();
-        StatsSnapshot {
-            taken_ns: nanos(now),
-            in_flight: self.in_flight.load(RELAXED),
-            counters: Counters {
-                read: op(Op::Read),
-                write: op(Op::Write),
-                flush: op(Op::Flush),
-                discard: op(Op::Discard),
-                write_zeroes: op(Op::WriteZeroes),
-                throttled_ops: self.throttled_ops.load(RELAXED),
-                throttled_ns_total: self.throttled_ns.load(RELAXED),
-                latency: self.latency.load(),
-                read_latency: self.read_latency.load(),
-                write_latency: self.write_latency.load(),
-            },
-        }
-    }
-}
-
-/// Keeps one request counted in [`DeviceStats::in_flight`] until dropped.
-#[must_use = "the request stops counting as in flight when the guard is dropped"]
-#[derive(Debug)]
-pub struct InFlightGuard<'a> {
-    stats: &'a DeviceStats,
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        // This guard's increment precedes this decrement in the counter's modification order
-        // (same thread, or a handover that synchronised), so the count cannot underflow.
-        let before = self.stats.in_flight.fetch_sub(1, RELAXED);
-        debug_assert!(before > 0, "in-flight count underflow");
-    }
-}
-
 /// One op type's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpStats {
@@ -455,7 +261,7 @@ impl OpStats {
 
 /// The cumulative counters of a device: in a [`StatsSnapshot`], since the device started; in a
 /// [`StatsDelta`], during an interval.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// READ requests.
     pub read: OpStats,
@@ -489,6 +295,16 @@ impl Counters {
             Op::Flush => &self.flush,
             Op::Discard => &self.discard,
             Op::WriteZeroes => &self.write_zeroes,
+        }
+    }
+
+    fn op_mut(&mut self, op: Op) -> &mut OpStats {
+        match op {
+            Op::Read => &mut self.read,
+            Op::Write => &mut self.write,
+            Op::Flush => &mut self.flush,
+            Op::Discard => &mut self.discard,
+            Op::WriteZeroes => &mut self.write_zeroes,
         }
     }
 
@@ -852,6 +668,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::request::Request;
 
     fn us(us: u64) -> Duration {
         Duration::from_micros(us)
@@ -892,6 +709,17 @@ mod tests {
         assert_eq!(latency_us(Duration::from_nanos(1_999)), 1);
         assert_eq!(latency_us(Duration::from_secs(1_000)), LATENCY_US_MAX);
         assert_eq!(latency_us(Duration::MAX), LATENCY_US_MAX);
+        // Around the top of the range, as the u128 microsecond count clamped would give.
+        for us in [
+            LATENCY_US_MAX - 1,
+            LATENCY_US_MAX,
+            LATENCY_US_MAX + 1,
+            134_999_999,
+        ] {
+            let latency = Duration::from_micros(us) + Duration::from_nanos(999);
+            assert_eq!(latency_us(latency), us.min(LATENCY_US_MAX), "{us}");
+        }
+        assert_eq!(latency_us(Duration::from_secs(135)), LATENCY_US_MAX);
         // Zero goes to the first bucket, values above the range to the last.
         let h = histogram_of(&[0, LATENCY_US_MAX + 1, 10_000_000_000]);
         let buckets: Vec<_> = h.buckets().collect();
