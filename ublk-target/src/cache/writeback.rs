@@ -138,6 +138,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             self.shared.stats.set_mode(mode);
             from
         };
+        // Writes that reserved their slots under the old mode may still install dirty data:
+        // wait for them, so the drain below sees it.
+        drop(self.shared.writes.write().await);
         tracing::info!(from = from.name(), to = mode.name(), "cache mode changing");
         let drained = if from == CacheMode::Writeback && mode != CacheMode::Writeback {
             self.drain().await?
@@ -165,6 +168,8 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// cleanly shut down, so the next open keeps its clean blocks. Dirty data stays in the
     /// cache (durably). Every later request fails with `ESHUTDOWN`.
     pub async fn shutdown(&self) -> Result<(), IoError> {
+        // No write is running outside the lock while the store is sealed.
+        let _no_writes = self.shared.writes.write().await;
         let mut core = self.shared.core.lock().await;
         if core.closed {
             return Ok(());
@@ -173,9 +178,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         self.flush_backing(&mut core).await?;
         let snapshot = core.index.snapshot();
         let next_seq = core.next_seq;
+        let mut journal = self.shared.journal.lock().await;
+        let superseded = self.shared.pending().take().len();
         self.store.flush().await?;
-        core.journal
-            .checkpoint(&self.store, &snapshot, next_seq, true)
+        journal
+            .checkpoint(&self.store, &snapshot, superseded, next_seq, true)
             .await?;
         core.closed = true;
         Ok(())
