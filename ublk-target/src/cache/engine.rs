@@ -102,6 +102,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         &self.shared
     }
 
+    /// This queue's cache-store backend (tests reach through it to the store they built).
+    pub fn store_backend(&self) -> &C {
+        &self.store
+    }
+
     /// The first block and block count of a request, or the error for a range the cache cannot
     /// serve (the engine validated it against the 4 KiB block size this backend declares).
     fn blocks(&self, op: Op, offset: u64, len: u64) -> Result<(u64, u64), IoError> {
