@@ -282,8 +282,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             let Some((block, _)) = core.index.evict_one() else {
                 break;
             };
+            // No floor for writes running outside the lock: the evicted copy is older than
+            // their data, or overlapped them (either may win then).
             let seq = core.take_seq();
-            core.superseded(block, seq);
             self.shared.pending().append(Record::Unmap { block, seq });
             self.shared.stats.eviction();
         }
@@ -409,6 +410,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         let end = first + (data.len() / BLOCK_BYTES) as u64;
         match core.mode {
             CacheMode::Writethrough if !bypass => {
+                core.contend(first, end);
                 self.write_backing(core, offset, data, fua).await?;
                 for (block, chunk) in (first..).zip(data.chunks(BLOCK_BYTES)) {
                     if !self

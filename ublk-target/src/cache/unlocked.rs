@@ -26,6 +26,10 @@ pub(crate) struct InFlight {
     /// The sequence number of the last invalidation while they ran: data older than it must
     /// not be installed.
     floor: u64,
+    /// Two writes that reach the backing store overlapped: the backing store holds whichever
+    /// landed last, which their sequence numbers cannot tell, so a writethrough write
+    /// invalidates the block instead of caching it.
+    contended: bool,
 }
 
 /// Slots and sequence numbers a write reserved under the lock.
@@ -73,6 +77,14 @@ impl CacheCore {
         }
     }
 
+    /// A write to the backing store of `first..end` with the lock held races the writes running
+    /// outside it: see [`InFlight::contended`].
+    pub(crate) fn contend(&mut self, first: u64, end: u64) {
+        for (_, f) in self.inflight.range_mut(first..end) {
+            f.contended = true;
+        }
+    }
+
     /// `block` was invalidated with sequence number `seq`: writes to it still running must not
     /// install older data.
     pub(crate) fn superseded(&mut self, block: u64, seq: u64) {
@@ -98,10 +110,12 @@ impl CacheCore {
         }
         let first_seq = self.next_seq;
         self.next_seq += count;
-        for block in first..first + count {
-            self.inflight.entry(block).or_default().writes += 1;
-        }
         let writethrough = self.mode == CacheMode::Writethrough;
+        for block in first..first + count {
+            let f = self.inflight.entry(block).or_default();
+            f.writes += 1;
+            f.contended |= f.writes > 1 && writethrough;
+        }
         if writethrough {
             // Set again when the write installs: a commit meanwhile may have flushed the
             // backing store before this write reached it.
@@ -122,16 +136,26 @@ impl CacheCore {
     }
 
     /// Ends a reserved write: installs each block that is still newest (when `ok`), gives the
-    /// other slots back. Returns whether the cache was closed meanwhile.
-    fn install(&mut self, r: &Reservation, ok: bool, pending: &mut Vec<Record>) -> bool {
+    /// other slots back. Returns the blocks to invalidate (contended writethrough), and whether
+    /// the cache was closed meanwhile.
+    fn install(
+        &mut self,
+        r: &Reservation,
+        ok: bool,
+        pending: &mut Vec<Record>,
+    ) -> (Vec<u64>, bool) {
         let closed = self.closed;
+        let mut contended = Vec::new();
         for (n, &slot) in r.slots.iter().enumerate() {
             let block = r.first + n as u64;
             let seq = r.first_seq + n as u64;
-            let floor = self.finish_inflight(block);
+            let (floor, raced) = self.finish_inflight(block);
             let old = self.index.get(block);
             let newest = seq > floor && old.is_none_or(|e| e.seq < seq);
-            if !(ok && newest && !closed) {
+            if raced && r.writethrough {
+                contended.push(block);
+            }
+            if !(ok && newest && !closed && !(raced && r.writethrough)) {
                 // Named by no record and read by nobody: free at once.
                 self.index.unallocate(slot);
                 continue;
@@ -153,20 +177,21 @@ impl CacheCore {
         if r.writethrough {
             self.backing_unflushed = true;
         }
-        closed
+        (contended, closed)
     }
 
-    /// One write to `block` is done; returns the invalidation floor it must respect.
-    fn finish_inflight(&mut self, block: u64) -> u64 {
+    /// One write to `block` is done; returns the invalidation floor it must respect and whether
+    /// it was contended.
+    fn finish_inflight(&mut self, block: u64) -> (u64, bool) {
         let Some(f) = self.inflight.get_mut(&block) else {
-            return 0;
+            return (0, false);
         };
-        let floor = f.floor;
+        let (floor, contended) = (f.floor, f.contended);
         f.writes -= 1;
         if f.writes == 0 {
             self.inflight.remove(&block);
         }
-        floor
+        (floor, contended)
     }
 }
 
@@ -201,7 +226,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         }
         let mut core = self.shared.core.lock().await;
         let mut records = Vec::new();
-        let closed = core.install(&r, result.is_ok(), &mut records);
+        let (contended, closed) = core.install(&r, result.is_ok(), &mut records);
         // Everything appended so far, not only this write's records: a newer write or an
         // invalidation that superseded this one must be as durable as this one's completion.
         let target = {
@@ -211,6 +236,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             });
             pending.appended()
         };
+        for block in contended {
+            self.invalidate(&mut core, block, block + 1);
+        }
         if result.is_err() && !closed {
             // What the store or backing store holds for these blocks is unknown now: no older
             // cached copy may be served in its place.

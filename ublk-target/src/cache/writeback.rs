@@ -54,7 +54,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             let Some(entry) = core.index.get(block) else {
                 continue;
             };
-            if !matches!(entry.state, BlockState::Dirty { .. }) {
+            // A write running outside the lock may be writing this block's newer data to the
+            // backing store (writethrough, after leaving writeback): older data must not land
+            // after it. That write supersedes the dirty copy anyway.
+            let racing = core.inflight.contains_key(&block);
+            if !matches!(entry.state, BlockState::Dirty { .. }) || racing {
                 continue;
             }
             self.store
@@ -119,8 +123,14 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                 tracing::info!(blocks = report.blocks, "cache drained");
                 return Ok(report);
             }
-            report.blocks += self.write_back(&mut core, &blocks).await?;
+            let written = self.write_back(&mut core, &blocks).await?;
+            report.blocks += written;
             self.publish(&core);
+            drop(core);
+            if written == 0 {
+                // Only blocks that writes outside the lock are replacing: let them finish.
+                smol::future::yield_now().await;
+            }
         }
     }
 
