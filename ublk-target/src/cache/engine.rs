@@ -12,7 +12,9 @@
 //! - a slot becomes reusable only once the record freeing it is committed (`index`);
 //! - a block becomes clean only after the backing store was flushed with its data on it;
 //! - a read miss waits for the backing store without holding the cache, and promotes what it
-//!   read only if no write, discard or write-zeroes ran meanwhile (`CacheCore::changes`).
+//!   read only if no write, discard or write-zeroes ran meanwhile (`CacheCore::changes`);
+//! - cached writes and read hits do their data I/O without the cache held (`unlocked`); the
+//!   paths here that hold it across I/O are the slow ones (commits, full caches, bypasses).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
