@@ -400,3 +400,33 @@ fn concurrent_flushes_share_a_commit_that_began_after_them() {
     block_on(cache.flush()).expect("fourth");
     assert_eq!(flushes.load(Ordering::SeqCst) - before, 2);
 }
+
+#[test]
+fn a_drain_waits_for_a_write_replacing_a_dirty_block_then_writes_the_new_data_back() {
+    let (backing, _, cache) = rig(CacheMode::Writeback);
+    write(&cache, 7, 1);
+    let gate = cache.store_backend().trap(Kind::Write, SLOTS);
+    let new = tagged(2);
+    let mut writing = Box::pin(cache.write(7 * BLOCK as u64, &new, false));
+    assert!(block_on(poll_once(&mut writing)).is_none());
+    assert!(gate.parked());
+
+    // The only dirty block is being replaced: the drain must neither write the old data back
+    // under the write nor spin (a task that keeps yielding starves the queue thread's ring).
+    let mut draining = Box::pin(cache.drain());
+    assert!(
+        block_on(poll_once(&mut draining)).is_none(),
+        "waits for the write"
+    );
+    assert_eq!(
+        read(&backing, 7),
+        vec![0; BLOCK],
+        "nothing written back yet"
+    );
+    gate.open();
+    block_on(writing).expect("write");
+    let report = block_on(draining).expect("drain");
+    assert_eq!(report.blocks, 1);
+    assert_eq!(read(&backing, 7), new, "the new data went back");
+    assert_eq!(cache.shared().stats().dirty_bytes, 0);
+}

@@ -128,8 +128,10 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             self.publish(&core);
             drop(core);
             if written == 0 {
-                // Only blocks that writes outside the lock are replacing: let them finish.
-                smol::future::yield_now().await;
+                // Only blocks that writes outside the lock are replacing: wait for those writes
+                // (a wait, not a yield: the queue thread runs ready tasks before it reaps the
+                // ring's completions, so a task that keeps yielding would starve them).
+                drop(self.shared.writes.write().await);
             }
         }
     }
