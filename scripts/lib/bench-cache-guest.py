@@ -95,6 +95,9 @@ class Device:
                                ("read_hits", "read_misses", "write_hits", "write_misses",
                                 "promotions", "commits", "checkpoints", "bypassed")}
             result["cache"]["dirty_mib"] = after["dirty_bytes"] / (1 << 20)
+            # Group commit's journal writes (absent from builds before the counters existed).
+            for k in ("journal_writes", "journal_records"):
+                result["cache"][k] = after.get(k, 0) - before.get(k, 0)
         return result
 
     def delete(self):

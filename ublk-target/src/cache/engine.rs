@@ -12,8 +12,12 @@
 //! - a slot becomes reusable only once the record freeing it is committed (`index`);
 //! - a block becomes clean only after the backing store was flushed with its data on it;
 //! - a read miss waits for the backing store without holding the cache, and promotes what it
-//!   read only if no write, discard or write-zeroes ran meanwhile (`CacheCore::changes`).
+//!   read only if no write, discard or write-zeroes ran meanwhile (`CacheCore::changes`);
+//! - cached writes and read hits do their data I/O without the cache held (`unlocked`); the
+//!   paths here that hold it across I/O are the slow ones (commits, full caches, bypasses).
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +25,13 @@ use super::index::{BlockState, CacheIndex, Entry};
 use super::journal::JournalWriter;
 use super::layout::{Geometry, Record, CACHE_BLOCK};
 use super::policy::{SequentialDetector, WritebackThrottle};
+use super::unlocked::InFlight;
 use super::{CacheMode, CacheShared};
 use crate::backend::{Backend, Capabilities, IoError};
 use crate::request::Op;
 use smol::lock::MutexGuard;
 
-const BLOCK_BYTES: usize = CACHE_BLOCK as usize;
+pub(crate) const BLOCK_BYTES: usize = CACHE_BLOCK as usize;
 /// Uncommitted records that trigger a commit without a FLUSH (dm-writecache's autocommit): a
 /// device that is never flushed must not grow its pending journal without bound.
 const AUTOCOMMIT_RECORDS: usize = 1024;
@@ -46,7 +51,6 @@ pub(crate) fn shut_down(op: Op, offset: u64, len: u64) -> IoError {
 pub(crate) struct CacheCore {
     pub(crate) mode: CacheMode,
     pub(crate) index: CacheIndex,
-    pub(crate) journal: JournalWriter,
     pub(crate) geometry: Geometry,
     pub(crate) next_seq: u64,
     /// Every record with a sequence number up to this one is durable.
@@ -61,6 +65,10 @@ pub(crate) struct CacheCore {
     pub(crate) throttle: WritebackThrottle,
     /// Shut down in order: nothing more may change the store.
     pub(crate) closed: bool,
+    /// Slots read without the lock, and by how many readers: not reused until they are done.
+    pub(crate) pins: HashMap<u32, u32>,
+    /// Blocks with writes running outside the lock.
+    pub(crate) inflight: BTreeMap<u64, InFlight>,
 }
 
 impl CacheCore {
@@ -94,6 +102,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// The cache's shared state (stats, size).
     pub fn shared(&self) -> &Arc<CacheShared> {
         &self.shared
+    }
+
+    /// This queue's cache-store backend (tests reach through it to the store they built).
+    pub fn store_backend(&self) -> &C {
+        &self.store
     }
 
     /// The first block and block count of a request, or the error for a range the cache cannot
@@ -134,7 +147,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         for block in core.index.take_written_back() {
             if let Some(entry) = core.index.get(block) {
                 core.index.set_state(block, BlockState::Clean);
-                core.journal.append(Record::Clean {
+                self.shared.pending().append(Record::Clean {
                     block,
                     slot: entry.slot,
                     seq: entry.seq,
@@ -144,21 +157,43 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         Ok(())
     }
 
-    /// Makes every completed write durable and commits the index: the FLUSH path.
+    /// Makes every completed write durable and commits the index: the FLUSH path. The records
+    /// are taken with the cache held, so the store flush covers the data each one names (a
+    /// write appends its records only once its data is written).
     pub(crate) async fn commit(&self, core: &mut CacheCore) -> Result<(), IoError> {
+        let id = self.shared.commits_started.fetch_add(1, Ordering::SeqCst) + 1;
         self.flush_backing(core).await?;
-        if !core.journal.has_uncommitted() {
-            return Ok(());
+        let mut journal = self.shared.journal.lock().await;
+        let mut records = self.shared.pending().take();
+        let mut result = Ok(());
+        if !records.is_empty() || journal.has_uncommitted_blocks() {
+            result = self.commit_records(core, &mut journal, &mut records).await;
         }
+        if !records.is_empty() {
+            self.shared.pending().put_back(records);
+        }
+        if result.is_ok() {
+            self.shared.commits_done.fetch_max(id, Ordering::SeqCst);
+        }
+        result
+    }
+
+    async fn commit_records(
+        &self,
+        core: &mut CacheCore,
+        journal: &mut JournalWriter,
+        records: &mut Vec<Record>,
+    ) -> Result<(), IoError> {
         self.store.flush().await?;
-        let checkpoint = core.journal.needs_checkpoint();
+        let checkpoint = journal.needs_checkpoint(records.len());
         if checkpoint {
             let snapshot = core.index.snapshot();
-            core.journal
-                .checkpoint(&self.store, &snapshot, core.next_seq, false)
+            journal
+                .checkpoint(&self.store, &snapshot, records.len(), core.next_seq, false)
                 .await?;
+            records.clear();
         } else {
-            core.journal.commit(&self.store).await?;
+            journal.commit(&self.store, records).await?;
         }
         core.committed_seq = core.next_seq - 1;
         core.index.commit_done();
@@ -197,25 +232,50 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         result
     }
 
-    async fn autocommit(&self, core: &mut CacheCore) -> Result<(), IoError> {
-        if core.journal.pending_len() >= AUTOCOMMIT_RECORDS {
+    pub(crate) async fn autocommit(&self, core: &mut CacheCore) -> Result<(), IoError> {
+        if self.shared.pending().len() >= AUTOCOMMIT_RECORDS {
             self.commit(core).await?;
         }
         Ok(())
     }
 
-    /// Before a write, discard or write-zeroes completes: writes its records to the store,
-    /// uncommitted (no flush), after its data. The kernel then holds both, so a crash of the
-    /// server process loses no acknowledged write (`Replay::All` on recovery); a power cut may,
-    /// as the FLUSH contract allows. A commit instead when the region has no room left.
+    /// Before a write, discard or write-zeroes completes: has its records written to the
+    /// store, uncommitted, with the cache held (the slow paths).
     async fn write_records(&self, core: &mut CacheCore) -> Result<(), IoError> {
-        if !core.journal.has_pending() {
+        let target = self.shared.pending().appended();
+        self.persist(Some(core), target).await
+    }
+
+    /// Has every record up to number `target` written to the store, uncommitted (no flush),
+    /// after the data they name. The kernel then holds both, so a crash of the server process
+    /// loses no acknowledged write (`Replay::All` on recovery); a power cut may, as the FLUSH
+    /// contract allows. Group commit: whoever gets the journal writes every pending record in
+    /// one go, and those whose records it wrote find them persisted and return. A commit
+    /// instead when the region has no room left. `core`: the cache, if the caller holds it.
+    pub(crate) async fn persist(
+        &self,
+        core: Option<&mut CacheCore>,
+        target: u64,
+    ) -> Result<(), IoError> {
+        let mut journal = self.shared.journal.lock().await;
+        if journal.has_persisted(target) {
             return Ok(());
         }
-        if core.journal.uncommitted_needs_checkpoint() {
-            return self.commit(core).await;
+        let mut records = self.shared.pending().take();
+        if journal.uncommitted_needs_checkpoint(records.len()) {
+            self.shared.pending().put_back(records);
+            drop(journal);
+            return match core {
+                Some(core) => self.commit(core).await,
+                None => self.commit(&mut *self.shared.core.lock().await).await,
+            };
         }
-        core.journal.write_uncommitted(&self.store).await
+        self.shared.stats.journal_write(records.len() as u64);
+        let result = journal.write_uncommitted(&self.store, &mut records).await;
+        if !records.is_empty() {
+            self.shared.pending().put_back(records);
+        }
+        result
     }
 
     /// Evicts up to `want` clean blocks; their slots are free after the next commit.
@@ -224,8 +284,10 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             let Some((block, _)) = core.index.evict_one() else {
                 break;
             };
+            // No floor for writes running outside the lock: the evicted copy is older than
+            // their data, or overlapped them (either may win then).
             let seq = core.take_seq();
-            core.journal.append(Record::Unmap { block, seq });
+            self.shared.pending().append(Record::Unmap { block, seq });
             self.shared.stats.eviction();
         }
     }
@@ -243,7 +305,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// for it, topped up by evicting clean blocks, make a batch. `None` when no batch can be
     /// reclaimed (the cache is (nearly) all dirty): the caller writes to the backing store.
     async fn allocate(&self, core: &mut CacheCore) -> Result<Option<u32>, IoError> {
-        if let Some(slot) = core.index.allocate() {
+        if let Some(slot) = core.free_slot() {
             return Ok(Some(slot));
         }
         self.evict(core, Self::reclaim_shortfall(core));
@@ -255,15 +317,21 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             return Ok(None);
         }
         self.commit(core).await?;
-        Ok(core.index.allocate())
+        Ok(core.free_slot())
     }
 
-    /// Drops the cached copies of blocks `first..end`.
+    /// Drops the cached copies of blocks `first..end`, and keeps writes to them that are still
+    /// running outside the lock from installing their (now older) data.
     pub(crate) fn invalidate(&self, core: &mut CacheCore, first: u64, end: u64) {
         for block in core.index.blocks_in(first, end) {
             core.index.remove(block);
             let seq = core.take_seq();
-            core.journal.append(Record::Unmap { block, seq });
+            self.shared.pending().append(Record::Unmap { block, seq });
+        }
+        let running: Vec<u64> = core.inflight.range(first..end).map(|(&b, _)| b).collect();
+        for block in running {
+            let seq = core.take_seq();
+            core.superseded(block, seq);
         }
     }
 
@@ -288,8 +356,13 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         state: BlockState,
     ) -> Result<bool, IoError> {
         let old = core.index.get(block);
-        // Data whose record is not committed yet is named by nothing durable: overwrite it.
-        let in_place = old.filter(|e| e.seq > core.committed_seq).map(|e| e.slot);
+        // Data whose record is not committed yet is named by nothing durable: overwrite it,
+        // unless a reader outside the lock is reading that slot or a write outside the lock
+        // is running for this block (it decides by sequence number which data is newest).
+        let in_place = old
+            .filter(|e| e.seq > core.committed_seq && !core.pinned(e.slot))
+            .filter(|_| !core.inflight.contains_key(&block))
+            .map(|e| e.slot);
         let slot = match in_place {
             Some(slot) => slot,
             None => match self.allocate(core).await? {
@@ -317,7 +390,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         };
         let seq = core.take_seq();
         core.index.insert(block, Entry { slot, seq, state });
-        core.journal.append(Record::Map {
+        self.shared.pending().append(Record::Map {
             block,
             slot,
             seq,
@@ -339,6 +412,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         let end = first + (data.len() / BLOCK_BYTES) as u64;
         match core.mode {
             CacheMode::Writethrough if !bypass => {
+                core.contend(first, end);
                 self.write_backing(core, offset, data, fua).await?;
                 for (block, chunk) in (first..).zip(data.chunks(BLOCK_BYTES)) {
                     if !self
@@ -369,7 +443,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                 self.write_backing(core, offset, data, fua).await?;
             }
         }
-        if fua && core.journal.has_pending() {
+        if fua && self.shared.pending().len() > 0 {
             self.commit(core).await?;
         }
         Ok(())
@@ -383,15 +457,18 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         } else {
             BlockState::Clean
         };
-        if core.index.get(block).is_none() && self.cache_block(core, block, data, state).await? {
+        // A write running outside the lock reserved an older sequence number than this copy
+        // would get, yet its data is newer: leave the block to it.
+        let free = core.index.get(block).is_none() && !core.inflight.contains_key(&block);
+        if free && self.cache_block(core, block, data, state).await? {
             self.shared.stats.promotion();
         }
         Ok(())
     }
 
-    /// Serves a read block by block: hits from the store with the cache held, each run of
-    /// misses from the backing store without it (so other requests go on meanwhile), promoted
-    /// afterwards unless a change ran in between. Returns the guard and whether every block hit.
+    /// Serves a read run by run: each run of hits from the store, its slots pinned, and each
+    /// run of misses from the backing store, both without the cache held (so other requests go
+    /// on meanwhile); misses are promoted afterwards unless a change ran in between. Returns the guard and whether every block hit.
     async fn read_blocks<'a>(
         &'a self,
         mut core: MutexGuard<'a, CacheCore>,
@@ -408,14 +485,21 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                 return (core, Err(shut_down(Op::Read, offset, buf.len() as u64)));
             }
             let block = first + i as u64;
-            if let Some(entry) = core.index.get(block) {
-                let out = &mut buf[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
-                let offset = core.geometry.slot_offset(entry.slot);
-                if let Err(e) = self.store.read(offset, out).await {
+            let mut slots = Vec::new();
+            while let Some(entry) = core.index.get(first + (i + slots.len()) as u64) {
+                slots.push(entry.slot);
+                if i + slots.len() == count {
+                    break;
+                }
+            }
+            if !slots.is_empty() {
+                let out = &mut buf[i * BLOCK_BYTES..(i + slots.len()) * BLOCK_BYTES];
+                let read;
+                (core, read) = self.read_hits(core, block, &slots, out).await;
+                if let Err(e) = read {
                     return (core, Err(e));
                 }
-                core.index.touch(block);
-                i += 1;
+                i += slots.len();
                 continue;
             }
             all_hit = false;
@@ -489,6 +573,7 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
         let (first, count) = self.blocks(Op::Write, offset, buf.len() as u64)?;
+        let _writing = self.shared.writes.read().await;
         let mut core = self.shared.core.lock().await;
         if core.closed {
             return Err(shut_down(Op::Write, offset, buf.len() as u64));
@@ -501,6 +586,13 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
         }
         let hit = (first..first + count).all(|b| core.index.get(b).is_some());
         self.shared.stats.write(hit);
+        let cached = matches!(core.mode, CacheMode::Writeback | CacheMode::Writethrough);
+        if cached && !bypass {
+            if let Some(reservation) = core.reserve(first, count, now) {
+                drop(core);
+                return self.write_reserved(reservation, buf, fua).await;
+            }
+        }
         let mut result = self
             .write_locked(&mut core, first, buf, fua, bypass, now)
             .await;
@@ -516,11 +608,19 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
 
     async fn flush(&self) -> Result<(), IoError> {
         let started = self.shared.now();
+        let begun = self.shared.commits_started.load(Ordering::SeqCst);
         let mut core = self.shared.core.lock().await;
         if core.closed {
             return Err(shut_down(Op::Flush, 0, 0));
         }
-        let result = self.commit(&mut core).await;
+        // A commit that began after this FLUSH did covers every write acknowledged before it
+        // (their records were appended, their data written, before the commit took them):
+        // concurrent FLUSHes share it.
+        let covered = self.shared.commits_done.load(Ordering::SeqCst) > begun;
+        let result = match covered {
+            true => Ok(()),
+            false => self.commit(&mut core).await,
+        };
         self.publish(&core);
         if result.is_ok() {
             self.shared

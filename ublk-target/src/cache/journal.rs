@@ -255,15 +255,56 @@ async fn damaged_end<C: Backend>(
     Ok(JournalEnd::TornTail)
 }
 
-/// Appends records to the live journal.
+/// Records appended since the last journal write, in sequence order. A leaf lock: appended
+/// under the cache's lock, taken by whoever writes the journal, never held across an await.
+#[derive(Debug, Default)]
+pub(crate) struct PendingRecords {
+    records: Vec<Record>,
+    /// Records ever appended: a write waits until the journal has persisted this many.
+    appended: u64,
+}
+
+impl PendingRecords {
+    /// Appends `record`; returns how many records were ever appended, this one included.
+    pub(crate) fn append(&mut self, record: Record) -> u64 {
+        self.records.push(record);
+        self.appended += 1;
+        self.appended
+    }
+
+    pub(crate) fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Takes every pending record, for a journal write.
+    pub(crate) fn take(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// Puts back records a failed journal write did not persist, ahead of those appended since
+    /// (they are older).
+    pub(crate) fn put_back(&mut self, mut records: Vec<Record>) {
+        records.append(&mut self.records);
+        self.records = records;
+    }
+}
+
+/// Appends records to the live journal. One writer at a time (its own async lock): journal
+/// blocks are written one after the other, so after a process crash only the last can be torn.
 #[derive(Debug)]
 pub(crate) struct JournalWriter {
     sb: Superblock,
     next_index: u64,
-    pending: Vec<Record>,
     /// Uncommitted blocks were written since the last commit: the next commit must mark them
     /// committed even if no record is pending.
     uncommitted: bool,
+    /// Records persisted so far (in a journal block, or superseded by a checkpoint), counted
+    /// like [`PendingRecords::append`]'s result.
+    persisted: u64,
 }
 
 impl JournalWriter {
@@ -272,77 +313,77 @@ impl JournalWriter {
         JournalWriter {
             sb,
             next_index,
-            pending: Vec::new(),
             uncommitted: false,
+            persisted: 0,
         }
     }
 
-    pub(crate) fn append(&mut self, record: Record) {
-        self.pending.push(record);
+    /// Whether the record numbered `target` (and every one before it) is persisted.
+    pub(crate) fn has_persisted(&self, target: u64) -> bool {
+        self.persisted >= target
     }
 
-    pub(crate) fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+    /// Uncommitted blocks wait for a commit to seal them.
+    pub(crate) fn has_uncommitted_blocks(&self) -> bool {
+        self.uncommitted
     }
 
-    /// Whether a commit has anything to do: pending records, or uncommitted blocks to seal.
-    pub(crate) fn has_uncommitted(&self) -> bool {
-        self.has_pending() || self.uncommitted
-    }
-
-    pub(crate) fn pending_len(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Whether a commit would overflow the region (a checkpoint is due). A commit writes the
-    /// pending records, or one empty block that seals the uncommitted ones.
-    pub(crate) fn needs_checkpoint(&self) -> bool {
-        let needed = self
-            .pending
-            .len()
+    /// Whether a commit of `records` records would overflow the region (a checkpoint is due).
+    /// A commit writes the records, or one empty block that seals the uncommitted ones.
+    pub(crate) fn needs_checkpoint(&self, records: usize) -> bool {
+        let needed = records
             .div_ceil(RECORDS_PER_BLOCK)
             .max(usize::from(self.uncommitted)) as u64;
         self.next_index + needed > self.sb.geometry.journal_blocks
     }
 
-    /// Whether writing the pending records uncommitted would leave no block for the commit that
+    /// Whether writing `records` records uncommitted would leave no block for the commit that
     /// seals them.
-    pub(crate) fn uncommitted_needs_checkpoint(&self) -> bool {
-        let needed = self.pending.len().div_ceil(RECORDS_PER_BLOCK) as u64 + 1;
+    pub(crate) fn uncommitted_needs_checkpoint(&self, records: usize) -> bool {
+        let needed = records.div_ceil(RECORDS_PER_BLOCK) as u64 + 1;
         self.next_index + needed > self.sb.geometry.journal_blocks
     }
 
-    /// Writes the pending records, each block with FUA, or one empty block if none is pending
-    /// (so that the uncommitted blocks before it count as committed). The caller has flushed
-    /// the store, so the data and the uncommitted blocks are durable.
-    pub(crate) async fn commit<C: Backend>(&mut self, store: &C) -> Result<(), IoError> {
-        if self.pending.is_empty() && self.uncommitted {
-            self.write_block(store, 0, true).await?;
+    /// Writes `records`, each block with FUA, or one empty block if there are none (so that the
+    /// uncommitted blocks before it count as committed). The caller has flushed the store, so
+    /// the data and the uncommitted blocks are durable. Drops from `records` what it wrote.
+    pub(crate) async fn commit<C: Backend>(
+        &mut self,
+        store: &C,
+        records: &mut Vec<Record>,
+    ) -> Result<(), IoError> {
+        if records.is_empty() && self.uncommitted {
+            self.write_block(store, records, 0, true).await?;
         }
-        while !self.pending.is_empty() {
-            let take = self.pending.len().min(RECORDS_PER_BLOCK);
-            self.write_block(store, take, true).await?;
+        while !records.is_empty() {
+            let take = records.len().min(RECORDS_PER_BLOCK);
+            self.write_block(store, records, take, true).await?;
         }
         self.uncommitted = false;
         Ok(())
     }
 
-    /// Writes the pending records without FUA, marked uncommitted: the kernel then holds them,
-    /// so they survive the server process (not a power cut). The caller wrote the data they
-    /// name first.
-    pub(crate) async fn write_uncommitted<C: Backend>(&mut self, store: &C) -> Result<(), IoError> {
-        while !self.pending.is_empty() {
-            let take = self.pending.len().min(RECORDS_PER_BLOCK);
-            self.write_block(store, take, false).await?;
+    /// Writes `records` without FUA, marked uncommitted: the kernel then holds them, so they
+    /// survive the server process (not a power cut). The caller wrote the data they name first.
+    /// Drops from `records` what it wrote.
+    pub(crate) async fn write_uncommitted<C: Backend>(
+        &mut self,
+        store: &C,
+        records: &mut Vec<Record>,
+    ) -> Result<(), IoError> {
+        while !records.is_empty() {
+            let take = records.len().min(RECORDS_PER_BLOCK);
+            self.write_block(store, records, take, false).await?;
             self.uncommitted = true;
         }
         Ok(())
     }
 
-    /// Writes the first `take` pending records as the next block and drops them from pending.
+    /// Writes the first `take` of `records` as the next block and drops them.
     async fn write_block<C: Backend>(
         &mut self,
         store: &C,
+        records: &mut Vec<Record>,
         take: usize,
         committed: bool,
     ) -> Result<(), IoError> {
@@ -352,30 +393,27 @@ impl JournalWriter {
             epoch: self.sb.epoch,
             index: self.next_index,
         };
-        encode_journal_block(
-            position,
-            &self.pending[..take],
-            committed,
-            buf.as_mut_slice(),
-        );
+        encode_journal_block(position, &records[..take], committed, buf.as_mut_slice());
         let offset = self
             .sb
             .geometry
             .journal_offset(self.sb.active_region, self.next_index);
         store.write(offset, buf.as_slice(), committed).await?;
         self.next_index += 1;
-        self.pending.drain(..take);
+        records.drain(..take);
+        self.persisted += take as u64;
         Ok(())
     }
 
     /// Writes `snapshot` (the whole index) as a new journal in the other region and switches
-    /// to it; pending records are superseded by the snapshot. The caller has made the data the
+    /// to it; the `superseded` pending records the caller took are described by the snapshot. The caller has made the data the
     /// snapshot describes durable, and with `clean_shutdown` also flushed the backing store
     /// and stopped serving.
     pub(crate) async fn checkpoint<C: Backend>(
         &mut self,
         store: &C,
         snapshot: &[Record],
+        superseded: usize,
         next_seq: u64,
         clean_shutdown: bool,
     ) -> Result<(), IoError> {
@@ -407,7 +445,7 @@ impl JournalWriter {
         write_superblocks(store, &next).await?;
         self.sb = next;
         self.next_index = index;
-        self.pending.clear();
+        self.persisted += superseded as u64;
         self.uncommitted = false;
         Ok(())
     }

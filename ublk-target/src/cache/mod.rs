@@ -32,10 +32,13 @@
 //! submitter that reports the cache store's own slot, or none.
 //!
 //! # Concurrency
-//! All queues of a device share one [`CacheShared`]; each request holds its async lock for its
-//! whole duration (index lookups and the I/O they imply), so requests through the cache are
-//! serialised. That keeps every ordering rule of the contract local and easy to check; a
-//! finer-grained scheme (per-block locks) is future work measured by `scripts/bench-cache`.
+//! All queues of a device share one [`CacheShared`]. Writes in writeback and writethrough mode
+//! and read hits do their data I/O without its lock: a write reserves fresh slots and sequence
+//! numbers under the lock, writes, and installs its index entries afterwards only where they
+//! are still the newest; a read hit pins the slots it reads so they are not reused meanwhile.
+//! Journal records of concurrent writes go to the store together (group commit) under the
+//! journal's own lock. Everything else (commits, misses' promotion, invalidation, writeback)
+//! runs with the lock held. docs/cache.md, "Concurrency", says why this is safe.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +58,7 @@ pub mod policy;
 mod recovery;
 pub mod stats;
 pub mod twoq;
+mod unlocked;
 mod writeback;
 
 pub use engine::CachedBackend;
@@ -198,8 +202,21 @@ pub enum CacheError {
 }
 
 /// The state of one cache, shared by every queue of its device.
+///
+/// Lock order: `writes`, then `core`, then `journal`; `pending` is a leaf (never held across an
+/// await). A write appends its records under `core` and has them persisted under `journal`
+/// alone, so journal writes never hold up the index.
 pub struct CacheShared {
     core: smol::lock::Mutex<engine::CacheCore>,
+    journal: smol::lock::Mutex<journal::JournalWriter>,
+    pending: std::sync::Mutex<journal::PendingRecords>,
+    /// Held shared by every write for its whole duration; a mode change or shutdown takes it
+    /// exclusively to wait for the writes that run outside `core`.
+    writes: smol::lock::RwLock<()>,
+    /// Commits begun so far and the number of the last one that succeeded: a FLUSH is covered
+    /// by any commit that began after it did.
+    commits_started: std::sync::atomic::AtomicU64,
+    commits_done: std::sync::atomic::AtomicU64,
     stats: CacheStats,
     clock: Arc<dyn Clock>,
     volatile_store: bool,
@@ -229,6 +246,11 @@ impl CacheShared {
 
     fn now(&self) -> Duration {
         self.clock.now()
+    }
+
+    /// The pending records; a poisoned lock means a panic elsewhere already failed the device.
+    fn pending(&self) -> std::sync::MutexGuard<'_, journal::PendingRecords> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

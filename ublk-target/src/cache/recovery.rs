@@ -159,7 +159,7 @@ pub async fn open_replaying<B: Backend, C: Backend>(
     backing.flush().await?;
     store.flush().await?;
     writer
-        .checkpoint(store, &index.snapshot(), next_seq, false)
+        .checkpoint(store, &index.snapshot(), 0, next_seq, false)
         .await?;
     index.commit_done();
     tracing::info!(
@@ -180,7 +180,8 @@ pub async fn open_replaying<B: Backend, C: Backend>(
         throttle: WritebackThrottle::new(config.writeback, now),
         closed: false,
         index,
-        journal: writer,
+        pins: Default::default(),
+        inflight: Default::default(),
     };
     stats.set_occupancy(
         core.index.len() as u64,
@@ -189,6 +190,11 @@ pub async fn open_replaying<B: Backend, C: Backend>(
     );
     Ok(Arc::new(CacheShared {
         core: smol::lock::Mutex::new(core),
+        journal: smol::lock::Mutex::new(writer),
+        pending: Default::default(),
+        writes: smol::lock::RwLock::new(()),
+        commits_started: Default::default(),
+        commits_done: Default::default(),
         stats,
         clock,
         volatile_store: config.volatile_store,

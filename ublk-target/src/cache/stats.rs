@@ -23,6 +23,8 @@ pub struct CacheStats {
     writeback_blocks: AtomicU64,
     evictions: AtomicU64,
     commits: AtomicU64,
+    journal_writes: AtomicU64,
+    journal_records: AtomicU64,
     checkpoints: AtomicU64,
     flushes: AtomicU64,
     flush_us_sum: AtomicU64,
@@ -60,6 +62,12 @@ pub struct CacheStatsSnapshot {
     pub evictions: u64,
     /// Journal commits.
     pub commits: u64,
+    /// Uncommitted journal writes before writes completed (each a group of requests' records).
+    #[serde(default)]
+    pub journal_writes: u64,
+    /// Records those writes carried: `journal_records / journal_writes` is the mean group size.
+    #[serde(default)]
+    pub journal_records: u64,
     /// Journal checkpoints (compactions).
     pub checkpoints: u64,
     /// FLUSH requests served.
@@ -144,6 +152,11 @@ impl CacheStats {
         );
     }
 
+    pub(crate) fn journal_write(&self, records: u64) {
+        bump(&self.journal_writes, 1);
+        bump(&self.journal_records, records);
+    }
+
     pub(crate) fn flush(&self, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         bump(&self.flushes, 1);
@@ -176,6 +189,8 @@ impl CacheStats {
             writeback_bytes: load(&self.writeback_blocks) * block,
             evictions: load(&self.evictions),
             commits: load(&self.commits),
+            journal_writes: load(&self.journal_writes),
+            journal_records: load(&self.journal_records),
             checkpoints: load(&self.checkpoints),
             flushes: load(&self.flushes),
             flush_latency_us_sum: load(&self.flush_us_sum),

@@ -54,7 +54,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             let Some(entry) = core.index.get(block) else {
                 continue;
             };
-            if !matches!(entry.state, BlockState::Dirty { .. }) {
+            // A write running outside the lock may be writing this block's newer data to the
+            // backing store (writethrough, after leaving writeback): older data must not land
+            // after it. That write supersedes the dirty copy anyway.
+            let racing = core.inflight.contains_key(&block);
+            if !matches!(entry.state, BlockState::Dirty { .. }) || racing {
                 continue;
             }
             self.store
@@ -119,8 +123,16 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                 tracing::info!(blocks = report.blocks, "cache drained");
                 return Ok(report);
             }
-            report.blocks += self.write_back(&mut core, &blocks).await?;
+            let written = self.write_back(&mut core, &blocks).await?;
+            report.blocks += written;
             self.publish(&core);
+            drop(core);
+            if written == 0 {
+                // Only blocks that writes outside the lock are replacing: wait for those writes
+                // (a wait, not a yield: the queue thread runs ready tasks before it reaps the
+                // ring's completions, so a task that keeps yielding would starve them).
+                drop(self.shared.writes.write().await);
+            }
         }
     }
 
@@ -138,6 +150,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
             self.shared.stats.set_mode(mode);
             from
         };
+        // Writes that reserved their slots under the old mode may still install dirty data:
+        // wait for them, so the drain below sees it.
+        drop(self.shared.writes.write().await);
         tracing::info!(from = from.name(), to = mode.name(), "cache mode changing");
         let drained = if from == CacheMode::Writeback && mode != CacheMode::Writeback {
             self.drain().await?
@@ -165,6 +180,8 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// cleanly shut down, so the next open keeps its clean blocks. Dirty data stays in the
     /// cache (durably). Every later request fails with `ESHUTDOWN`.
     pub async fn shutdown(&self) -> Result<(), IoError> {
+        // No write is running outside the lock while the store is sealed.
+        let _no_writes = self.shared.writes.write().await;
         let mut core = self.shared.core.lock().await;
         if core.closed {
             return Ok(());
@@ -173,9 +190,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         self.flush_backing(&mut core).await?;
         let snapshot = core.index.snapshot();
         let next_seq = core.next_seq;
+        let mut journal = self.shared.journal.lock().await;
+        let superseded = self.shared.pending().take().len();
         self.store.flush().await?;
-        core.journal
-            .checkpoint(&self.store, &snapshot, next_seq, true)
+        journal
+            .checkpoint(&self.store, &snapshot, superseded, next_seq, true)
             .await?;
         core.closed = true;
         Ok(())
