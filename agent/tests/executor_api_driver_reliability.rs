@@ -416,7 +416,9 @@ fn checkpointing_executors_wait_for_the_agent_up_to_the_recovery_timeout() {
     // A SUBSCRIBE already on its way was built without the update; the second one to arrive
     // after this point was built after the first's refusal, so it carries it.
     let before = refused(&h);
-    wait_until("two more refused resubscriptions", || refused(&h) >= before + 2);
+    wait_until("two more refused resubscriptions", || {
+        refused(&h) >= before + 2
+    });
     assert_eq!(h.agent().api.recover().expect("recover"), 1);
     assert_eq!(h.next(), Saw::Reregistered);
     let subscribe = h.agent().subscribes().pop().expect("subscribe");

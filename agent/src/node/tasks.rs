@@ -14,7 +14,7 @@ use crate::checkpoint::RunId;
 use crate::executor::{command, LaunchError, StatusSink as _, TaskLaunch, TaskUpdate};
 use crate::executor_api::Work;
 use crate::status::{NewStatus, TaskKey};
-use crate::storage::{TaskDiskRequest, TaskDisks};
+use crate::storage::{attach_task_shared, TaskDiskRequest, TaskDisks};
 use crate::PROVISIONING;
 
 fn booked(framework: &FrameworkInfo, task: &TaskInfo, agent_id: &str) -> Task {
@@ -189,10 +189,7 @@ impl Node {
             gid,
             sandbox,
         };
-        let mut storage = lock(&self.storage);
-        tracing::debug!(target: PROVISIONING, task = %task.task_id.value, "storage lock taken");
-        let disks = storage.attach_task(&request).map_err(|e| e.message())?;
-        drop(storage);
+        let disks = attach_task_shared(&self.storage, &request).map_err(|e| e.message())?;
         for device in &disks.devices {
             tracing::info!(task = %task.task_id.value, volume = %device.volume_id, device = %device.block_path.display(), "disk attached");
         }

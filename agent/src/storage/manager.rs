@@ -76,6 +76,8 @@ pub struct Storage {
     pub(super) volumes: BTreeMap<VolumeId, VolumeRecord>,
     pub(super) unreadable: Vec<UnreadableRecord>,
     pub(super) host: Host,
+    /// Volumes whose device is being started for a task (volume → task), outside the lock.
+    pub(super) reserved: BTreeMap<VolumeId, String>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -132,6 +134,7 @@ impl Storage {
             volumes,
             unreadable,
             host,
+            reserved: BTreeMap::new(),
         })
     }
 
@@ -283,6 +286,7 @@ impl Storage {
             });
         }
         let profile = volume.profile.clone();
+        self.check_unreserved(&id, "destroy")?;
         self.destroy_volume(&id)?;
         Ok(vec![resources::pool_resource(&destroy.source, &profile)])
     }
