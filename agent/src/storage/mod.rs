@@ -34,6 +34,7 @@
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod idle_servers;
 pub mod records;
 pub mod resources;
 pub mod testing;
