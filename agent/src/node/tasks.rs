@@ -147,6 +147,8 @@ impl Node {
         let (gate, disks) = std::sync::mpsc::sync_channel(1);
         let (launched, attached) = std::thread::scope(|scope| {
             let attach = scope.spawn(|| {
+                // Owned by this thread: if it ends without sending, the launch stops waiting.
+                let gate = gate;
                 let attached = self.attach_task_disks(&framework, &task, &sandbox);
                 let grant = attached.as_ref().map_err(Clone::clone).map(|d| DiskGrant {
                     env: d.env.clone(),
