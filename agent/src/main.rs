@@ -56,6 +56,10 @@ struct Flags {
     /// Device records and device server logs.
     #[arg(long, default_value = DEFAULT_RUN_DIR)]
     block_run_dir: PathBuf,
+    /// Device servers (`mesoblk-target serve`) started ahead of their devices, waiting for
+    /// their spec; 0 starts each one when its device is needed.
+    #[arg(long, default_value_t = mesoblk_agent::storage::idle_servers::DEFAULT_IDLE_SERVERS)]
+    block_idle_servers: usize,
     /// How long a task has between SIGTERM and SIGKILL when its framework or executor is
     /// shut down, and MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD (stout syntax: `5secs`).
     #[arg(long, default_value = "5secs", value_parser = parse_duration)]
@@ -251,6 +255,7 @@ impl Flags {
         };
         let mut options = StorageOptions::new(&self.work_dir, self.block_pool_dirs.clone());
         options.run_dir.clone_from(&self.block_run_dir);
+        options.idle_servers = self.block_idle_servers;
         options.target_exe = self.helper_dir().join("mesoblk-target");
         let mut storage =
             Storage::open(config, &options).map_err(|e| anyhow::anyhow!("{}", e.message()))?;

@@ -29,12 +29,14 @@ MILESTONES = [
     ("agent", "storage lock taken"),
     ("agent", "volume created"),
     ("agent", "device live"),
+    ("agent", "storage lock taken again"),
     ("agent", "attachment recorded"),
     ("agent", "device handed over"),
     ("agent", "disks attached"),
     ("agent", "sandbox and infos written"),
     ("agent", "launcher spawned"),
     ("agent", "TASK_STARTING stored"),
+    ("agent", "disks received by the launch"),
     ("master", "status update received TASK_STARTING"),
     ("master", "status update forwarded TASK_STARTING"),
     ("agent", "status update posted TASK_STARTING"),
@@ -48,7 +50,10 @@ MILESTONES = [
     ("bench", "first 4k direct read done"),
 ]
 
-# The phases of the critical path, each from one milestone to a later one, measured per task.
+# The phases of a launch, each from one milestone to a later one, measured per task. Since
+# 2026-12-07 the device starts (without the storage lock) while the launcher is spawned: the two
+# branches run side by side from "launch started", and the launch waits for the disks after
+# TASK_STARTING ("waiting for the disks" is what the device branch adds to the launcher's).
 PHASES = [
     ("ACCEPT to RUN_TASK at the agent (master, agent stream)",
      ("bench", "ACCEPT"), ("agent", "RUN_TASK received")),
@@ -60,14 +65,22 @@ PHASES = [
      ("agent", "volume created"), ("agent", "device live")),
     ("attachment recorded, node chowned/chmodded",
      ("agent", "device live"), ("agent", "device handed over")),
-    ("to the launcher spawned (sandbox, checkpoints, exec)",
-     ("agent", "device handed over"), ("agent", "launcher spawned")),
-    ("to TASK_RUNNING stored (TASK_STARTING stored, launcher starts the task)",
-     ("agent", "launcher spawned"), ("agent", "TASK_RUNNING stored")),
+    ("launcher branch: launch started to the launcher spawned (sandbox, checkpoints, exec)",
+     ("agent", "launch started"), ("agent", "launcher spawned")),
+    ("launcher spawned to TASK_STARTING stored",
+     ("agent", "launcher spawned"), ("agent", "TASK_STARTING stored")),
+    ("waiting for the disks (TASK_STARTING stored to the disks received)",
+     ("agent", "TASK_STARTING stored"), ("agent", "disks received by the launch")),
+    ("disks received to TASK_RUNNING stored (env and go sent, launcher starts the task)",
+     ("agent", "disks received by the launch"), ("agent", "TASK_RUNNING stored")),
+    ("launch started to TASK_RUNNING stored (both branches)",
+     ("agent", "launch started"), ("agent", "TASK_RUNNING stored")),
     ("TASK_RUNNING stored to the scheduler (after TASK_STARTING's acknowledgement)",
      ("agent", "TASK_RUNNING stored"), ("bench", "TASK_RUNNING at the scheduler")),
     ("TASK_RUNNING stored to the first read done (the task's shell and dd start)",
      ("agent", "TASK_RUNNING stored"), ("bench", "first 4k direct read done")),
+    ("ACCEPT to TASK_RUNNING at the scheduler",
+     ("bench", "ACCEPT"), ("bench", "TASK_RUNNING at the scheduler")),
     ("ACCEPT to usable (both)", ("bench", "ACCEPT"), ("bench", "usable")),
 ]
 

@@ -151,55 +151,131 @@ pub fn spawn(
     mode: StartMode,
     run_dir: &RunDir,
 ) -> Result<DeviceRecord, DaemonError> {
-    std::fs::create_dir_all(run_dir.path())
-        .map_err(io_error(format!("create {}", run_dir.path().display())))?;
-    let pending_log = run_dir
-        .path()
-        .join(format!("starting-{}.log", std::process::id()));
-    let log = std::fs::File::create(&pending_log)
-        .map_err(io_error(format!("create {}", pending_log.display())))?;
-    let spec_json = serde_json::to_string(spec).expect("specs always serialise");
-    let mut child = Command::new(exe)
-        .args(["serve", "--detach", "--spec"])
-        .arg(&spec_json)
-        .args((mode == StartMode::Recover).then_some("--recover"))
-        .arg("--run-dir")
-        .arg(run_dir.path())
-        .arg("--log-file")
-        .arg(&pending_log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .map_err(io_error(format!("start {}", exe.display())))?;
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(DaemonError::Timeout(READY_TIMEOUT, pending_log));
-        }
-    };
-    match line.trim_end().split_once(' ') {
-        Some(("ready", json)) => serde_json::from_str(json)
-            .map_err(|e| DaemonError::Server(format!("unreadable ready line from server: {e}"))),
-        Some(("error", message)) => {
-            let _ = child.wait();
-            let _ = std::fs::remove_file(&pending_log);
-            Err(DaemonError::Server(message.to_owned()))
-        }
-        _ => {
-            let _ = child.wait();
-            Err(DaemonError::ServerDied(pending_log))
+    IdleServer::spawn(exe, mode, run_dir)?.serve(spec)
+}
+
+/// A started `<exe> serve --spec-from-stdin` process waiting for its device's spec: what makes
+/// a device server costs little once the process runs, but exec'ing and loading it is slow on
+/// a busy (or emulated) machine, so a caller may keep a few ready ([`IdleServer::serve`]).
+/// Dropped without serving, it closes the server's stdin and the server exits without
+/// touching anything; the same happens when the process that spawned it dies, so an idle
+/// server never outlives its owner.
+#[derive(Debug)]
+pub struct IdleServer {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::process::ChildStdout>,
+    pending_log: PathBuf,
+}
+
+/// Tells apart the pending logs of servers started by one process.
+static PENDING_LOGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl IdleServer {
+    /// Starts a detached server for a device started with `mode`; it waits for its spec.
+    pub fn spawn(exe: &Path, mode: StartMode, run_dir: &RunDir) -> Result<IdleServer, DaemonError> {
+        std::fs::create_dir_all(run_dir.path())
+            .map_err(io_error(format!("create {}", run_dir.path().display())))?;
+        let serial = PENDING_LOGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pending_log = run_dir
+            .path()
+            .join(format!("starting-{}-{serial}.log", std::process::id()));
+        let log = std::fs::File::create(&pending_log)
+            .map_err(io_error(format!("create {}", pending_log.display())))?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--detach", "--spec-from-stdin"])
+            .args((mode == StartMode::Recover).then_some("--recover"))
+            .arg("--run-dir")
+            .arg(run_dir.path())
+            .arg("--log-file")
+            .arg(&pending_log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(io_error(format!("start {}", exe.display())))?;
+        Ok(IdleServer {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            child,
+            pending_log,
+        })
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the server still waits (it did not die meanwhile).
+    pub fn is_waiting(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends the spec and returns once the device is live.
+    pub fn serve(mut self, spec: &DeviceSpec) -> Result<DeviceRecord, DaemonError> {
+        let spec_json = serde_json::to_string(spec).expect("specs always serialise");
+        let mut stdin = self.stdin.take().expect("an idle server serves once");
+        // A server that died has closed its end: its exit is reported below.
+        let _ = writeln!(stdin, "{spec_json}").and_then(|()| stdin.flush());
+        drop(stdin);
+        let stdout = self.stdout.take().expect("an idle server serves once");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let child = &mut self.child;
+        let line = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(DaemonError::Timeout(
+                    READY_TIMEOUT,
+                    self.pending_log.clone(),
+                ));
+            }
+        };
+        match line.trim_end().split_once(' ') {
+            Some(("ready", json)) => serde_json::from_str(json).map_err(|e| {
+                DaemonError::Server(format!("unreadable ready line from server: {e}"))
+            }),
+            Some(("error", message)) => {
+                let _ = child.wait();
+                let _ = std::fs::remove_file(&self.pending_log);
+                Err(DaemonError::Server(message.to_owned()))
+            }
+            _ => {
+                let _ = child.wait();
+                Err(DaemonError::ServerDied(self.pending_log.clone()))
+            }
         }
     }
+
+    /// Dismisses the server: it sees EOF instead of a spec and exits; reaps it and removes its
+    /// unused log.
+    pub fn dismiss(mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.pending_log);
+    }
+}
+
+/// What a server started with `--spec-from-stdin` reads: one line of spec JSON; `None` at EOF
+/// (its owner dismissed it, or died).
+pub fn read_spec(input: &mut impl BufRead) -> Result<Option<DeviceSpec>, DaemonError> {
+    let mut line = String::new();
+    let n = input
+        .read_line(&mut line)
+        .map_err(io_error("read the spec from stdin"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(line.trim_end())
+        .map(Some)
+        .map_err(|e| DaemonError::Server(format!("the spec on stdin is not a device spec: {e}")))
 }
 
 /// Opens the spec's store (and its cache, replaying the cache's journal) and, when recovering,

@@ -10,7 +10,10 @@
 //!    whose id is its pid; no controlling terminal) and blocks SIGTERM, SIGINT and SIGHUP for
 //!    itself, so a SIGTERM to the group leaves it alive to record how the task ended;
 //! 3. it opens the status file, the sandbox's `stdout` and `stderr` (before any user switch, so
-//!    the status file can stay root-owned), then waits for the line `go` on stdin;
+//!    the status file can stay root-owned), then waits for the line `go` on stdin, after any
+//!    number of lines `env NAME=VALUE`: variables the agent learnt only after spawning the
+//!    launcher (the task's disks, whose devices start while the launcher starts), added to the
+//!    task's environment;
 //! 4. meanwhile the agent checkpoints the launcher's pid and start time and writes the pid to
 //!    the task's `cgroup.procs`, then sends `go`. **This is the race avoided:** the task is
 //!    forked only after the launcher is in the cgroup, so the task is born inside it and never
@@ -46,6 +49,10 @@ use nix::unistd::{Pid, Uid, User};
 
 /// The line the agent sends to let the launcher start the task.
 pub const GO: &str = "go";
+/// Prefix of a line `env NAME=VALUE` the agent may send before [`GO`].
+pub const ENV_PREFIX: &str = "env ";
+/// Most `env` lines accepted before `go` (a runaway agent-side bug, not a real limit).
+const ENV_LINES_MAX: usize = 4096;
 
 /// Exit code: bad arguments.
 pub const EXIT_USAGE: i32 = 64;
@@ -222,17 +229,15 @@ fn run(args: &LauncherArgs) -> i32 {
         Ok(files) => files,
         Err(message) => return fail(&mut reply, &message),
     };
-    let mut line = String::new();
-    let go = std::io::stdin().lock().read_line(&mut line);
-    if go.is_err() || line.trim_end() != GO {
+    let Some(extra_env) = wait_for_go(&mut std::io::stdin().lock()) else {
         return EXIT_ABORTED;
-    }
+    };
     if let Some(user) = &args.user {
         if let Err(message) = switch_user(user) {
             return fail(&mut reply, &message);
         }
     }
-    let pid = match spawn_task(args, &out, &err) {
+    let pid = match spawn_task(args, &extra_env, &out, &err) {
         Ok(pid) => pid,
         Err(message) => return fail(&mut reply, &message),
     };
@@ -263,12 +268,40 @@ fn run(args: &LauncherArgs) -> i32 {
     0
 }
 
+/// Reads `env NAME=VALUE` lines up to `go`; the variables, or `None` when the agent gave up
+/// (EOF, anything else, too many lines).
+pub fn wait_for_go(input: &mut impl BufRead) -> Option<Vec<(OsString, OsString)>> {
+    let mut env = Vec::new();
+    for _ in 0..=ENV_LINES_MAX {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line) {
+            Ok(n) if n > 0 && line.ends_with(b"\n") => line.pop(),
+            _ => return None,
+        };
+        if line == GO.as_bytes() {
+            return Some(env);
+        }
+        let pair = line.strip_prefix(ENV_PREFIX.as_bytes())?;
+        let eq = pair.iter().position(|b| *b == b'=').filter(|i| *i > 0)?;
+        env.push((
+            OsStr::from_bytes(&pair[..eq]).to_owned(),
+            OsStr::from_bytes(&pair[eq + 1..]).to_owned(),
+        ));
+    }
+    None
+}
+
 /// Starts the task with `posix_spawnp` (the program is looked up in this process's `PATH`,
 /// which is the task's): stdin `/dev/null`, stdout and stderr the sandbox files, an empty signal
 /// mask and every signal's default disposition (the launcher blocks SIGTERM for itself, and the
 /// agent may run with some signals ignored: neither may leak into the task). Working folder and
-/// environment are the launcher's own.
-fn spawn_task(args: &LauncherArgs, out: &File, err: &File) -> Result<Pid, String> {
+/// environment are the launcher's own, with `extra_env` on top.
+fn spawn_task(
+    args: &LauncherArgs,
+    extra_env: &[(OsString, OsString)],
+    out: &File,
+    err: &File,
+) -> Result<Pid, String> {
     let c = |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| format!("{s:?} contains a NUL"));
     let program = c(&args.program)?;
     let mut argv = vec![match &args.argv0 {
@@ -278,7 +311,10 @@ fn spawn_task(args: &LauncherArgs, out: &File, err: &File) -> Result<Pid, String
     for a in &args.args {
         argv.push(c(a)?);
     }
-    let envp = std::env::vars_os()
+    let mut vars: std::collections::BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    vars.extend(extra_env.iter().cloned());
+    let envp = vars
+        .into_iter()
         .map(|(k, v)| {
             let mut kv = k;
             kv.push("=");
@@ -410,6 +446,27 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown flag")
         );
+    }
+
+    #[test]
+    fn env_lines_before_go_are_the_extra_variables() {
+        let mut input: &[u8] = b"env A=1\nenv B=x=y\ngo\n";
+        assert_eq!(
+            wait_for_go(&mut input),
+            Some(vec![("A".into(), "1".into()), ("B".into(), "x=y".into())])
+        );
+        let mut bare: &[u8] = b"go\n";
+        assert_eq!(wait_for_go(&mut bare), Some(vec![]));
+        for aborted in [
+            &b""[..],
+            b"env A=1\n",
+            b"go",
+            b"env =1\ngo\n",
+            b"stop\ngo\n",
+        ] {
+            let mut input = aborted;
+            assert_eq!(wait_for_go(&mut input), None, "{aborted:?}");
+        }
     }
 
     #[test]

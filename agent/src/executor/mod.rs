@@ -67,6 +67,7 @@ pub(crate) mod runner;
 
 pub use cgroup::{CgroupConfig, CgroupError, Cgroups, IoLimits, Limits};
 pub use runner::{
-    default_launcher, end_status, signal_name, CommandExecutor, ExecutorConfig, ExecutorError,
-    KillError, LaunchError, Recovery, RunInfo, StatusSink, TaskLaunch, TaskUpdate,
+    default_launcher, end_status, signal_name, CommandExecutor, DiskGate, DiskGrant,
+    ExecutorConfig, ExecutorError, KillError, LaunchError, Recovery, RunInfo, StatusSink,
+    TaskLaunch, TaskUpdate,
 };

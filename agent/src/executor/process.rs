@@ -20,7 +20,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use super::launcher::{LauncherArgs, Reply, GO};
+use super::launcher::{LauncherArgs, Reply, ENV_PREFIX, GO};
 
 /// What `/proc/<pid>/stat` says about a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,15 +210,41 @@ pub enum ReleaseError {
 /// Sends `go` and reads the launcher's answer (at most `timeout`). On success returns the
 /// running leader and the task's pid; on failure the launcher has been reaped.
 pub fn release(pending: Pending, timeout: Duration) -> Result<(Leader, i32), ReleaseError> {
+    release_with_env(pending, &[], timeout)
+}
+
+/// [`release`], adding `env` to the task's environment first (`env NAME=VALUE` lines). A
+/// variable that cannot be sent on one line (a newline in it, an empty or `=` in a name) is
+/// refused without starting anything.
+pub fn release_with_env(
+    pending: Pending,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<(Leader, i32), ReleaseError> {
+    let bad = env
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.contains(['=', '\n', '\0']) || v.contains(['\n', '\0']));
+    if let Some((name, _)) = bad {
+        pending.abort();
+        return Err(ReleaseError::Refused(format!(
+            "the variable {name:?} cannot be passed to the task"
+        )));
+    }
     let Pending {
         mut child,
         start_ticks,
         mut stdin,
         mut stdout,
     } = pending;
+    let mut message: String = env
+        .iter()
+        .map(|(k, v)| format!("{ENV_PREFIX}{k}={v}\n"))
+        .collect();
+    message.push_str(GO);
+    message.push('\n');
     // A launcher that already failed has closed its end; its answer is still in the pipe.
     let _ = stdin
-        .write_all(format!("{GO}\n").as_bytes())
+        .write_all(message.as_bytes())
         .and_then(|()| stdin.flush());
     drop(stdin);
     let answer = read_line(&mut stdout, timeout);

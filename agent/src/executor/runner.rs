@@ -134,6 +134,20 @@ pub struct TaskLaunch {
     pub container_id: Option<String>,
 }
 
+/// What the agent's storage gave a task, once its devices are live: sent to a launch started
+/// with [`CommandExecutor::launch_with_disks`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DiskGrant {
+    /// Variables naming the task's devices (the task's own variables win).
+    pub env: Vec<(String, String)>,
+    /// Block I/O limits on the devices (`io.max`).
+    pub io_limits: Vec<IoLimits>,
+}
+
+/// Where a launch waits for its task's disks: `Ok` once they are attached, `Err` with the
+/// reason (the task gets TASK_ERROR). A dropped sender counts as a failure.
+pub type DiskGate = std::sync::mpsc::Receiver<Result<DiskGrant, String>>;
+
 /// Why a launch failed. Unless said otherwise, the task's terminal update was already sent.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -192,6 +206,10 @@ pub enum LaunchError {
     /// REASON_COMMAND_EXECUTOR_FAILED).
     #[error("{0}")]
     Command(String),
+    /// The task's disks could not be attached (TASK_ERROR, REASON_TASK_INVALID, as the agent
+    /// reports any refused disk); the launcher was torn down.
+    #[error("{0}")]
+    Disks(String),
 }
 
 impl LaunchError {
@@ -200,7 +218,7 @@ impl LaunchError {
     pub fn terminal(&self) -> Option<(TaskState, Reason, Source)> {
         match self {
             LaunchError::AlreadyRunning(_) | LaunchError::NotACommandTask(_) => None,
-            LaunchError::InvalidTask(_) => {
+            LaunchError::InvalidTask(_) | LaunchError::Disks(_) => {
                 Some((TaskState::TaskError, Reason::TaskInvalid, Source::Agent))
             }
             LaunchError::Command(_) => Some((
@@ -276,6 +294,12 @@ pub struct Recovery {
     pub ended: Vec<TaskKey>,
     /// Checkpoints that could not be read (left on disk).
     pub unreadable: Vec<String>,
+}
+
+/// A launch's wait for its disks, with the names of the variables the task sets itself.
+struct Gate {
+    receiver: DiskGate,
+    task_env: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -386,6 +410,28 @@ impl CommandExecutor {
     /// Launches a command task: TASK_STARTING and TASK_RUNNING on success, the terminal update
     /// of [`LaunchError::terminal`] on failure, with nothing left running.
     pub fn launch(&self, launch: TaskLaunch) -> Result<RunInfo, LaunchError> {
+        self.launch_gated(launch, None)
+    }
+
+    /// [`CommandExecutor::launch`] while the task's disks are still being attached: the
+    /// launcher is started, checkpointed and put in its cgroup, TASK_STARTING is sent, then the
+    /// launch waits on `disks` and lets the launcher start the task with the disks' variables
+    /// and `io.max` limits added. If the disks fail, the launcher is torn down, nothing is left
+    /// and the task gets TASK_ERROR with the reason. `launch.extra_env` and `launch.io_limits`
+    /// still apply (known before the launch).
+    pub fn launch_with_disks(
+        &self,
+        launch: TaskLaunch,
+        disks: DiskGate,
+    ) -> Result<RunInfo, LaunchError> {
+        self.launch_gated(launch, Some(disks))
+    }
+
+    fn launch_gated(
+        &self,
+        launch: TaskLaunch,
+        disks: Option<DiskGate>,
+    ) -> Result<RunInfo, LaunchError> {
         let framework_id = launch.framework.id.as_ref().map(|i| i.value.clone());
         let task_id = launch.task.task_id.value.clone();
         let Some(framework_id) = framework_id.filter(|f| !f.is_empty()) else {
@@ -400,7 +446,7 @@ impl CommandExecutor {
         if launch.task.executor.is_some() {
             return Err(LaunchError::NotACommandTask(task_id));
         }
-        let result = self.inner.launch(key, &launch);
+        let result = self.inner.launch(key, &launch, disks);
         if let Err(e) = &result {
             self.inner.report_failure(&framework_id, &task_id, e);
         }
@@ -636,7 +682,12 @@ impl Inner {
         self.emit(framework_id, task_id, &mut lifecycle, status);
     }
 
-    fn launch(&self, key: TaskKey, launch: &TaskLaunch) -> Result<RunInfo, LaunchError> {
+    fn launch(
+        &self,
+        key: TaskKey,
+        launch: &TaskLaunch,
+        disks: Option<DiskGate>,
+    ) -> Result<RunInfo, LaunchError> {
         let task = &launch.task;
         let framework = &launch.framework;
         let command = task.command.as_ref().ok_or_else(|| {
@@ -707,6 +758,10 @@ impl Inner {
             ),
             None => None,
         };
+        let gate = disks.map(|receiver| Gate {
+            receiver,
+            task_env: task_env.iter().map(|(k, _)| k.clone()).collect(),
+        });
         let started = self.start(
             &key,
             run.clone(),
@@ -715,6 +770,7 @@ impl Inner {
             stderr,
             cgroup.clone(),
             killing_state(framework),
+            gate,
         );
         let entry = match started {
             Ok(entry) => entry,
@@ -745,6 +801,7 @@ impl Inner {
         stderr: std::fs::File,
         cgroup: Option<PathBuf>,
         killing: bool,
+        gate: Option<Gate>,
     ) -> Result<Entry, LaunchError> {
         let launcher = &self.config.launcher;
         let spawned = Instant::now();
@@ -784,7 +841,18 @@ impl Inner {
         let starting = self.new_status(&key.task_id, TaskState::TaskStarting, Source::Executor);
         self.emit(&key.framework_id, &key.task_id, &mut lifecycle, starting);
         tracing::debug!(target: PROVISIONING, task = %key.task_id, "TASK_STARTING stored");
-        let (leader, task_pid) = match process::release(pending, self.config.launch_timeout) {
+        let extra_env = match gate {
+            None => Vec::new(),
+            Some(gate) => match self.open_gate(key, gate, cgroup.as_deref()) {
+                Ok(env) => env,
+                Err(e) => {
+                    pending.abort();
+                    return Err(e);
+                }
+            },
+        };
+        let released = process::release_with_env(pending, &extra_env, self.config.launch_timeout);
+        let (leader, task_pid) = match released {
             Ok(started) => started,
             Err(ReleaseError::Refused(message)) => return Err(LaunchError::Command(message)),
             Err(ReleaseError::Broken(message)) => {
@@ -814,6 +882,38 @@ impl Inner {
             task_kill_grace: self.config.kill_grace,
             kill: None,
         })
+    }
+
+    /// Waits for the task's disks; their variables the task does not set itself, once their
+    /// `io.max` limits are written.
+    fn open_gate(
+        &self,
+        key: &TaskKey,
+        gate: Gate,
+        cgroup: Option<&Path>,
+    ) -> Result<Vec<(String, String)>, LaunchError> {
+        let grant = match gate.receiver.recv() {
+            Ok(Ok(grant)) => grant,
+            Ok(Err(message)) => return Err(LaunchError::Disks(message)),
+            Err(_) => {
+                return Err(LaunchError::Disks(
+                    "the agent gave up attaching the task's disks".into(),
+                ))
+            }
+        };
+        tracing::debug!(target: PROVISIONING, task = %key.task_id, "disks received by the launch");
+        if let (Some(cg), Some(path)) = (&self.cgroups, cgroup) {
+            let io = Limits {
+                io: grant.io_limits,
+                ..Limits::default()
+            };
+            cg.update(path, &io).map_err(LaunchError::Cgroup)?;
+        }
+        Ok(grant
+            .env
+            .into_iter()
+            .filter(|(k, _)| !gate.task_env.contains(k))
+            .collect())
     }
 
     fn kill(&self, key: &TaskKey, grace: Option<Duration>) -> Result<(), KillError> {

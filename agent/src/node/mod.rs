@@ -500,5 +500,8 @@ pub async fn run(
             Err(e) => Err(NodeError::Server(std::io::Error::other(e.to_string()))),
         },
     };
+    // Devices keep serving their tasks; servers waiting for a device have nothing to serve.
+    let devices = lock(&node.storage).device_control();
+    devices.shutdown();
     outcome
 }

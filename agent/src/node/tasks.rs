@@ -11,10 +11,10 @@ use tokio::sync::mpsc;
 
 use super::{lock, Launching, Node, COMPLETED_TASKS_KEPT};
 use crate::checkpoint::RunId;
-use crate::executor::{command, LaunchError, StatusSink as _, TaskLaunch, TaskUpdate};
+use crate::executor::{command, DiskGrant, LaunchError, StatusSink as _, TaskLaunch, TaskUpdate};
 use crate::executor_api::Work;
 use crate::status::{NewStatus, TaskKey};
-use crate::storage::{TaskDiskRequest, TaskDisks};
+use crate::storage::{attach_task_shared, TaskDiskRequest, TaskDisks};
 use crate::PROVISIONING;
 
 fn booked(framework: &FrameworkInfo, task: &TaskInfo, agent_id: &str) -> Task {
@@ -136,32 +136,56 @@ impl Node {
         let sandbox = rt.layout.sandbox_dir(&run);
         lock(&self.sandboxes).insert(key.clone(), sandbox.clone());
         tracing::debug!(target: PROVISIONING, task = %key.task_id, "launch started");
-        match self.attach_task_disks(&framework, &task, &sandbox) {
-            Ok(disks) => {
-                tracing::debug!(target: PROVISIONING, task = %key.task_id, "disks attached");
-                let launch = TaskLaunch {
-                    framework,
-                    task,
-                    io_limits: self.io_limits(&disks.devices),
-                    extra_env: disks.env,
-                    container_id: Some(container_id),
-                };
-                match rt.executor.launch(launch) {
-                    Ok(info) => tracing::info!(task = %key, pid = info.pid, "task launched"),
-                    // Not reachable (RUN_TASK checked both); no update is sent for these.
-                    Err(e @ (LaunchError::AlreadyRunning(_) | LaunchError::NotACommandTask(_))) => {
-                        tracing::warn!(task = %key, error = %e, "task not launched")
-                    }
-                    // The executor sent the terminal update, which frees the disks.
-                    Err(e) => tracing::info!(task = %key, error = %e.message(), "launch failed"),
+        let launch = TaskLaunch {
+            framework: framework.clone(),
+            task: task.clone(),
+            io_limits: Vec::new(),
+            extra_env: Vec::new(),
+            container_id: Some(container_id),
+        };
+        // The launcher starts while the devices do; it starts the task once they are live.
+        let (gate, disks) = std::sync::mpsc::sync_channel(1);
+        let (launched, attached) = std::thread::scope(|scope| {
+            let attach = scope.spawn(|| {
+                // Owned by this thread: if it ends without sending, the launch stops waiting.
+                let gate = gate;
+                let attached = self.attach_task_disks(&framework, &task, &sandbox);
+                let grant = attached.as_ref().map_err(Clone::clone).map(|d| DiskGrant {
+                    env: d.env.clone(),
+                    io_limits: self.io_limits(&d.devices),
+                });
+                if attached.is_ok() {
+                    tracing::debug!(target: PROVISIONING, task = %key.task_id, "disks attached");
                 }
+                // A launch that failed first no longer listens.
+                let _ = gate.send(grant);
+                attached.is_ok()
+            });
+            let launched = rt.executor.launch_with_disks(launch, disks);
+            (launched, attach.join().unwrap_or(false))
+        });
+        let failed = match launched {
+            Ok(info) => {
+                tracing::info!(task = %key, pid = info.pid, "task launched");
+                false
             }
-            Err(message) => self.report(
-                &key,
-                NewStatus::new(&key.task_id, TaskState::TaskError, Source::Agent)
-                    .reason(Reason::TaskInvalid)
-                    .message(message),
-            ),
+            // Not reachable (RUN_TASK checked both); no update is sent for these.
+            Err(e @ (LaunchError::AlreadyRunning(_) | LaunchError::NotACommandTask(_))) => {
+                tracing::warn!(task = %key, error = %e, "task not launched");
+                false
+            }
+            // The executor sent the terminal update, which frees the disks.
+            Err(e) => {
+                tracing::info!(task = %key, error = %e.message(), "launch failed");
+                true
+            }
+        };
+        if attached && failed {
+            // The launch failed while the devices started: the release that followed its
+            // terminal update may have run before they were attached.
+            if let Err(e) = lock(&self.storage).detach_task(&key.task_id) {
+                tracing::warn!(task = %key, error = %e.message(), "cannot release the disks of a failed launch");
+            }
         }
         let kill = lock(&self.launching)
             .remove(&key)
@@ -189,10 +213,7 @@ impl Node {
             gid,
             sandbox,
         };
-        let mut storage = lock(&self.storage);
-        tracing::debug!(target: PROVISIONING, task = %task.task_id.value, "storage lock taken");
-        let disks = storage.attach_task(&request).map_err(|e| e.message())?;
-        drop(storage);
+        let disks = attach_task_shared(&self.storage, &request).map_err(|e| e.message())?;
         for device in &disks.devices {
             tracing::info!(task = %task.task_id.value, volume = %device.volume_id, device = %device.block_path.display(), "disk attached");
         }

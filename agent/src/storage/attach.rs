@@ -21,14 +21,17 @@ use std::time::{Duration, Instant};
 
 use mesoblk_proto::mesos::v1::Resource;
 use serde::Serialize;
-use ublk_target::spec::BackendSpec;
+use ublk_target::daemon::DeviceRecord;
+use ublk_target::spec::{BackendSpec, DeviceSpec};
 use ublk_target::sys::device::StartMode;
 
 use super::error::StorageError;
+use super::host::DeviceControl;
 use super::manager::Storage;
 use super::resources::{self, DiskClaim};
 use super::volume::{
-    Attachment, Lifetime, VolumeEvent, VolumeId, VolumeKind, VolumeRecord, VolumeState,
+    Attachment, Lifetime, TransitionError, VolumeEvent, VolumeId, VolumeKind, VolumeRecord,
+    VolumeState,
 };
 use crate::PROVISIONING;
 
@@ -108,20 +111,34 @@ pub struct TaskDisks {
 }
 
 /// One disk of a task, checked and located before anything is made.
-struct PlannedDisk {
-    resource_index: usize,
-    target: Target,
-    mount_path: Option<PathBuf>,
-    read_only: bool,
+pub(super) struct PlannedDisk {
+    pub(super) resource_index: usize,
+    pub(super) target: Target,
+    pub(super) mount_path: Option<PathBuf>,
+    pub(super) read_only: bool,
 }
 
-enum Target {
+pub(super) enum Target {
     Existing(VolumeId),
     Ephemeral {
         profile: String,
         mb: u64,
         kind: VolumeKind,
     },
+}
+
+/// An attach between its halves: the volume is reserved for the task and its device's spec is
+/// ready, but no server runs yet. Starting the server is the slow part, so it happens without
+/// the storage lock ([`start_device`]); the reservation keeps other launches, DESTROY_DISK and
+/// `detach_task` away from the volume meanwhile. It lives only in memory: a restarted agent finds
+/// the volume `Ready` (an ephemeral one is destroyed by recovery) and the device, if it started,
+/// unclaimed (recovery stops it).
+#[derive(Clone, Debug)]
+pub(super) struct PendingAttach {
+    pub(super) id: VolumeId,
+    pub(super) request: AttachRequest,
+    pub(super) mount_path: Option<PathBuf>,
+    pub(super) spec: DeviceSpec,
 }
 
 impl Storage {
@@ -131,36 +148,87 @@ impl Storage {
         id: &VolumeId,
         request: &AttachRequest,
     ) -> Result<AttachedDevice, StorageError> {
+        let pending = self.begin_attach(id, request)?;
+        match start_device(self.host.devices.as_ref(), &pending) {
+            Ok(device) => self.commit_attach(&pending, device),
+            Err(e) => {
+                self.reserved.remove(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The first half of an attach: checks the volume may be attached and reserves it.
+    pub(super) fn begin_attach(
+        &mut self,
+        id: &VolumeId,
+        request: &AttachRequest,
+    ) -> Result<PendingAttach, StorageError> {
         let volume = self
             .volumes
             .get(id)
-            .cloned()
             .ok_or_else(|| StorageError::UnknownVolume { id: id.to_string() })?;
-        let mount_path = attachable(&volume, request)?;
+        self.check_unreserved(id, "attach")?;
+        let mount_path = attachable(volume, request)?;
         let spec = self.profile(&volume.profile)?.device_spec(
             &volume.backing,
             volume.size_bytes,
             volume.cache.as_deref(),
         );
-        let started = Instant::now();
-        let device = self
-            .host
-            .devices
-            .start(&spec, StartMode::Add)
-            .map_err(|source| StorageError::Device {
-                volume: id.clone(),
-                action: "start",
-                source,
-            })?;
-        tracing::debug!(target: PROVISIONING, task = %request.task_id, volume = %id, device = device.id, ms = started.elapsed().as_millis(), "device live");
+        self.reserved.insert(id.clone(), request.task_id.clone());
+        Ok(PendingAttach {
+            id: id.clone(),
+            request: request.clone(),
+            mount_path,
+            spec,
+        })
+    }
+
+    /// Fails when another launch has reserved volume `id` (its device is starting).
+    pub(super) fn check_unreserved(
+        &self,
+        id: &VolumeId,
+        event: &'static str,
+    ) -> Result<(), StorageError> {
+        match self.reserved.get(id) {
+            None => Ok(()),
+            Some(task) => Err(StorageError::Transition {
+                id: id.clone(),
+                source: TransitionError {
+                    state: format!("being attached to task {task}"),
+                    event,
+                },
+            }),
+        }
+    }
+
+    /// The second half of an attach, once `device` serves the volume: records the attachment
+    /// and hands the device over. The reservation ends either way; on failure the device is
+    /// stopped and the volume is `Ready` again.
+    pub(super) fn commit_attach(
+        &mut self,
+        pending: &PendingAttach,
+        device: DeviceRecord,
+    ) -> Result<AttachedDevice, StorageError> {
+        let id = &pending.id;
+        let request = &pending.request;
+        self.reserved.remove(id);
         let attachment = Attachment {
             task_id: request.task_id.clone(),
             device_id: device.id,
             server_pid: device.pid,
             block_path: device.block_path,
-            mount_path,
+            mount_path: pending.mount_path.clone(),
             uid: request.uid,
             gid: request.gid,
+        };
+        // The reservation kept everyone else away from the volume; this is only a safeguard.
+        let volume = match self.volumes.get(id) {
+            Some(v) if attachable(v, request).is_ok() => v.clone(),
+            _ => {
+                self.undo_attach(id, &attachment);
+                return Err(StorageError::UnknownVolume { id: id.to_string() });
+            }
         };
         let mut record = volume.clone();
         record
@@ -334,43 +402,11 @@ impl Storage {
         }
     }
 
-    /// Gives a task its disks: each persistent volume named in its resources is attached, each
-    /// slice of a RAW pool becomes a fresh ephemeral volume (BLOCK, or MOUNT when the resource
-    /// has `disk.volume`) that is destroyed when the task ends. All or nothing: on any error,
-    /// whatever was attached is detached and every ephemeral volume made is destroyed.
-    pub fn attach_task(
-        &mut self,
-        request: &TaskDiskRequest<'_>,
-    ) -> Result<TaskDisks, StorageError> {
-        let plan = self.plan_task(request)?;
-        let mut devices = Vec::with_capacity(plan.len());
-        for disk in &plan {
-            match self.attach_planned(request, disk) {
-                Ok(device) => devices.push(device),
-                Err(e) => {
-                    if let Err(cleanup) = self.detach_task(request.task_id) {
-                        tracing::warn!(task = %request.task_id, error = %cleanup.message(), "cleanup after a failed attach");
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let mut resources = request.resources.to_vec();
-        for (disk, device) in plan.iter().zip(&devices) {
-            if let Some(attachment) = self.volumes[&device.volume_id].state.attachment() {
-                resources[disk.resource_index] =
-                    resources::attached_view(&resources[disk.resource_index], attachment);
-            }
-        }
-        Ok(TaskDisks {
-            env: task_env(&devices),
-            devices,
-            resources,
-        })
-    }
-
     /// Checks a task's disks and where they go, without making anything.
-    fn plan_task(&self, request: &TaskDiskRequest<'_>) -> Result<Vec<PlannedDisk>, StorageError> {
+    pub(super) fn plan_task(
+        &self,
+        request: &TaskDiskRequest<'_>,
+    ) -> Result<Vec<PlannedDisk>, StorageError> {
         let mut plan: Vec<PlannedDisk> = Vec::new();
         for (index, resource) in request.resources.iter().enumerate() {
             let (target, container_path, read_only) =
@@ -431,48 +467,16 @@ impl Storage {
         Ok(plan)
     }
 
-    fn attach_planned(
-        &mut self,
-        request: &TaskDiskRequest<'_>,
-        disk: &PlannedDisk,
-    ) -> Result<AttachedDevice, StorageError> {
-        let id = match &disk.target {
-            Target::Existing(id) => id.clone(),
-            Target::Ephemeral { profile, mb, kind } => {
-                let profile = self.profile(profile)?.clone();
-                let id = VolumeId::generate();
-                let lifetime = Lifetime::Ephemeral {
-                    task_id: request.task_id.to_owned(),
-                };
-                let started = Instant::now();
-                let id = self.create_volume(id, &profile, *kind, *mb, lifetime, None, None)?;
-                tracing::debug!(target: PROVISIONING, task = %request.task_id, volume = %id, ms = started.elapsed().as_millis(), "volume created");
-                id
-            }
-        };
-        if let Some(target) = &disk.mount_path {
-            // Again, now that earlier disks may have been mounted in the sandbox.
-            check_inside(request.sandbox, target)?;
-        }
-        self.attach(
-            &id,
-            &AttachRequest {
-                task_id: request.task_id.to_owned(),
-                uid: request.uid,
-                gid: request.gid,
-                mount_path: disk.mount_path.clone(),
-                read_only: disk.read_only,
-            },
-        )
-    }
-
     /// Ends a task's use of its disks: detaches every volume attached to it and destroys its
     /// ephemeral volumes. Carries on past failures and returns the first one; a volume whose
-    /// detach failed is neither destroyed nor forgotten, so a later call can finish.
+    /// detach failed is neither destroyed nor forgotten, so a later call can finish. A volume
+    /// whose device is still starting for the task is left to the launch that reserved it
+    /// (it undoes its own work when it fails).
     pub fn detach_task(&mut self, task_id: &str) -> Result<(), StorageError> {
         let mut mine: Vec<(VolumeId, bool, bool, usize)> = self
             .volumes
             .values()
+            .filter(|v| !self.reserved.contains_key(&v.id))
             .filter_map(|v| {
                 let attachment = v.state.attachment().filter(|a| a.task_id == task_id);
                 let ephemeral =
@@ -533,6 +537,24 @@ impl AttachedDevice {
     }
 }
 
+/// Starts the device server of a pending attach and returns once the device is live (the slow
+/// part of an attach: call it without the storage lock).
+pub(super) fn start_device(
+    devices: &dyn DeviceControl,
+    pending: &PendingAttach,
+) -> Result<DeviceRecord, StorageError> {
+    let started = Instant::now();
+    let device = devices
+        .start(&pending.spec, StartMode::Add)
+        .map_err(|source| StorageError::Device {
+            volume: pending.id.clone(),
+            action: "start",
+            source,
+        })?;
+    tracing::debug!(target: PROVISIONING, task = %pending.request.task_id, volume = %pending.id, device = device.id, ms = started.elapsed().as_millis(), "device live");
+    Ok(device)
+}
+
 /// Where a volume would be mounted, if it may be attached for `request` at all (checked before
 /// anything is started).
 fn attachable(
@@ -574,7 +596,7 @@ fn placeholder(request: &AttachRequest) -> Attachment {
 
 /// Refuses a mount point that (through symlinks already in the sandbox) leads outside it. Only
 /// what exists is resolved, so nothing is created outside the sandbox to find out.
-fn check_inside(sandbox: &Path, target: &Path) -> Result<(), StorageError> {
+pub(super) fn check_inside(sandbox: &Path, target: &Path) -> Result<(), StorageError> {
     let canonical = |p: &Path| std::fs::canonicalize(p).map_err(StorageError::io("resolve", p));
     let sandbox = canonical(sandbox)?;
     let existing = target

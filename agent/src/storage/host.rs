@@ -21,6 +21,7 @@ use ublk_target::sys::device::StartMode;
 
 use super::config::Filesystem;
 use super::error::BoxError;
+use super::idle_servers::IdleServers;
 
 /// How long stopping a device waits for its server to exit.
 const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +53,8 @@ pub trait DeviceControl: Send + Sync {
     fn report(&self, _id: u32) -> Option<DeviceReport> {
         None
     }
+    /// Lets go of whatever is kept ahead of devices (idle servers), at agent shutdown.
+    fn shutdown(&self) {}
 }
 
 /// Mounting file systems.
@@ -91,21 +94,46 @@ pub struct Host {
 pub struct UblkDevices {
     exe: PathBuf,
     run_dir: RunDir,
+    idle: Arc<IdleServers>,
 }
 
 impl UblkDevices {
-    /// Devices served by the `mesoblk-target` binary `exe`, recorded in `run_dir`.
+    /// Devices served by the `mesoblk-target` binary `exe`, recorded in `run_dir`, with no
+    /// idle servers.
     pub fn new(exe: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> UblkDevices {
-        UblkDevices {
-            exe: exe.into(),
-            run_dir: RunDir::new(run_dir.into()),
-        }
+        UblkDevices::with_idle_servers(exe, run_dir, 0)
+    }
+
+    /// The same, keeping `idle` servers started ahead of their devices (see
+    /// [`super::idle_servers`]); the pool fills in the background.
+    pub fn with_idle_servers(
+        exe: impl Into<PathBuf>,
+        run_dir: impl Into<PathBuf>,
+        idle: usize,
+    ) -> UblkDevices {
+        let exe = exe.into();
+        let run_dir = RunDir::new(run_dir.into());
+        let idle = IdleServers::new(exe.clone(), run_dir.clone(), idle);
+        idle.refill();
+        UblkDevices { exe, run_dir, idle }
+    }
+
+    /// How many idle servers wait now.
+    pub fn idle_servers(&self) -> usize {
+        self.idle.idle()
     }
 }
 
 impl DeviceControl for UblkDevices {
     fn start(&self, spec: &DeviceSpec, mode: StartMode) -> Result<DeviceRecord, BoxError> {
-        Ok(daemon::spawn(&self.exe, spec, mode, &self.run_dir)?)
+        match mode {
+            StartMode::Add => Ok(self.idle.take()?.serve(spec)?),
+            StartMode::Recover => Ok(daemon::spawn(&self.exe, spec, mode, &self.run_dir)?),
+        }
+    }
+
+    fn shutdown(&self) {
+        self.idle.close();
     }
 
     fn probe(&self, id: u32) -> DeviceProbe {

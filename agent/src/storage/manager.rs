@@ -17,6 +17,7 @@ use mesoblk_proto::mesos::v1::{
 use super::config::{ProfileConfig, ResolvedPool, StorageConfig, MIB};
 use super::error::StorageError;
 use super::host::{DeviceControl, Host, MkfsFormatter, SystemMounter, UblkDevices};
+use super::idle_servers::DEFAULT_IDLE_SERVERS;
 use super::records::{sync_dir, RecordStore, UnreadableRecord};
 use super::resources::{self, DiskClaim, PoolUsage};
 use super::volume::{
@@ -41,6 +42,8 @@ pub struct StorageOptions {
     pub target_exe: PathBuf,
     /// The mkfs programs.
     pub mkfs: MkfsFormatter,
+    /// Device servers started ahead of their devices (`--block_idle_servers`).
+    pub idle_servers: usize,
 }
 
 impl StorageOptions {
@@ -52,6 +55,7 @@ impl StorageOptions {
             run_dir: DEFAULT_RUN_DIR.into(),
             target_exe: default_target_exe(),
             mkfs: MkfsFormatter::default(),
+            idle_servers: DEFAULT_IDLE_SERVERS,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Storage {
     pub(super) volumes: BTreeMap<VolumeId, VolumeRecord>,
     pub(super) unreadable: Vec<UnreadableRecord>,
     pub(super) host: Host,
+    /// Volumes whose device is being started for a task (volume → task), outside the lock.
+    pub(super) reserved: BTreeMap<VolumeId, String>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -102,7 +108,16 @@ impl Storage {
             }
         }
         let host = Host {
-            devices: Arc::new(UblkDevices::new(&options.target_exe, &options.run_dir)),
+            devices: Arc::new(UblkDevices::with_idle_servers(
+                &options.target_exe,
+                &options.run_dir,
+                // Without pools no device is ever started (and the binary may be missing).
+                if config.pools.is_empty() {
+                    0
+                } else {
+                    options.idle_servers
+                },
+            )),
             mounter: Box::new(SystemMounter),
             formatter: Box::new(options.mkfs.clone()),
         };
@@ -132,6 +147,7 @@ impl Storage {
             volumes,
             unreadable,
             host,
+            reserved: BTreeMap::new(),
         })
     }
 
@@ -283,6 +299,7 @@ impl Storage {
             });
         }
         let profile = volume.profile.clone();
+        self.check_unreserved(&id, "destroy")?;
         self.destroy_volume(&id)?;
         Ok(vec![resources::pool_resource(&destroy.source, &profile)])
     }

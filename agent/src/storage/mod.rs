@@ -14,7 +14,8 @@
 //! - [`host`]: device servers (`ublk-target`), mounts and mkfs behind traits;
 //!   [`testing`] has fakes of them.
 //! - [`Storage`]: everything together — `create_disk`, `destroy_disk`, `attach`/`detach`,
-//!   `attach_task`/`detach_task`, `recover`, `resources`.
+//!   `attach_task`/`detach_task` (and [`attach_task_shared`], which holds the agent's storage
+//!   lock only around the books, not while device servers start), `recover`, `resources`.
 //!
 //! # A volume's life
 //!
@@ -33,6 +34,7 @@
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod idle_servers;
 pub mod records;
 pub mod resources;
 pub mod testing;
@@ -41,6 +43,7 @@ pub mod volume;
 mod attach;
 mod manager;
 mod recovery;
+mod task_disks;
 
 pub use attach::{
     task_env, AttachRequest, AttachedDevice, TaskDiskRequest, TaskDisks, ENV_BLOCK_DEVICE,
@@ -50,4 +53,5 @@ pub use config::{Filesystem, StorageConfig};
 pub use error::{error_chain, StorageError};
 pub use manager::{check_ublk, default_target_exe, Storage, StorageOptions, DEFAULT_RUN_DIR};
 pub use recovery::RecoveryReport;
+pub use task_disks::{attach_task_shared, StartedDevices, TaskReservation};
 pub use volume::{VolumeId, VolumeKind};

@@ -6,7 +6,8 @@
 //! |---|---|---|
 //! | Creating | – | removes the backing file and the record (the CREATE_DISK failed) |
 //! | Destroying | – | finishes: removes the backing file and the record |
-//! | Ready | – | nothing (reports a missing backing file) |
+//! | Ready, persistent | – | nothing (reports a missing backing file) |
+//! | Ready, ephemeral | – | destroyed (its launch, or its release, was interrupted) |
 //! | Attached(N) | N live, its record names this volume's file | nothing: still served |
 //! | Attached(N) | N quiesced (its server died) | a new server takes over (`StartMode::Recover`) |
 //! | Attached(N) | N absent (reboot), or dead | detached (Ready); an ephemeral volume is destroyed |
@@ -88,6 +89,17 @@ impl Storage {
                 Ok(()) => report
                     .removed
                     .push((id, "its destruction was finished".into())),
+                Err(e) => report.problems.push(e.message()),
+            },
+            // A task's volume is Ready only between its creation and its device's start, or
+            // between its task's end and its destruction: either way no task uses it now.
+            VolumeState::Ready if record.is_ephemeral() => match self.destroy_volume(&id) {
+                Ok(()) => report.removed.push((
+                    id,
+                    "ephemeral, and not attached to its task (a launch or a release was \
+                     interrupted)"
+                        .into(),
+                )),
                 Err(e) => report.problems.push(e.message()),
             },
             VolumeState::Ready => {

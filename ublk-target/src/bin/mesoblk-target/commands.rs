@@ -350,8 +350,23 @@ fn features(json: bool) -> Result<()> {
 }
 
 fn serve(args: ServeArgs, run_dir: &RunDir) -> Result<()> {
-    let spec: DeviceSpec =
-        serde_json::from_str(&args.spec).context("--spec is not a valid device spec")?;
+    let spec: DeviceSpec = match &args.spec {
+        Some(json) => serde_json::from_str(json).context("--spec is not a valid device spec")?,
+        None => match daemon::read_spec(&mut std::io::stdin().lock()) {
+            Ok(Some(spec)) => spec,
+            // Dismissed before it got a device: nothing to do, nothing to report.
+            Ok(None) => {
+                if let Some(log) = &args.log_file {
+                    let _ = std::fs::remove_file(log);
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                println!("error {e}");
+                return Err(e.into());
+            }
+        },
+    };
     if args.detach {
         // A new session: the caller's terminal signals and exit must not reach the server.
         nix::unistd::setsid().context("setsid")?;

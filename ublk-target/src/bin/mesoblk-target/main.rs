@@ -264,8 +264,12 @@ struct DelArgs {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// The device spec as JSON.
-    #[arg(long)]
-    spec: String,
+    #[arg(long, required_unless_present = "spec_from_stdin")]
+    spec: Option<String>,
+    /// Wait for the spec (one line of JSON) on stdin: a server started ahead of its device.
+    /// EOF instead of a spec ends it without doing anything.
+    #[arg(long, conflicts_with = "spec")]
+    spec_from_stdin: bool,
     /// Detach from the caller's session.
     #[arg(long)]
     detach: bool,
