@@ -57,7 +57,7 @@ def side(job, name):
 
 
 def fio(device, args, timed=True):
-    extra = [f"--runtime={RUNTIME}", "--time_based", "--ramp_time=1"] if timed else []
+    extra = [f"--runtime={RUNTIME}", "--time_based", "--clocksource=clock_gettime", "--ramp_time=1"] if timed else []
     out = sh("fio", "--name=bench", f"--filename={device}", "--ioengine=io_uring", "--direct=1",
              "--output-format=json", *extra, *args)
     job = json.loads(out)["jobs"][0]

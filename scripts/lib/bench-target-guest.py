@@ -46,7 +46,7 @@ def sh(*args, capture=True):
 
 def fio(device, args):
     out = sh("fio", "--name=bench", f"--filename={device}", "--ioengine=io_uring", "--direct=1",
-             f"--size={SIZE}", f"--runtime={RUNTIME}", "--time_based", "--ramp_time=1",
+             f"--size={SIZE}", f"--runtime={RUNTIME}", "--time_based", "--clocksource=clock_gettime", "--ramp_time=1",
              "--output-format=json", *args)
     job = json.loads(out)["jobs"][0]
     side = job["read"] if job["read"]["io_bytes"] else job["write"]
