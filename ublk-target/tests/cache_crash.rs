@@ -108,6 +108,21 @@ enum Step {
         after_ops: u64,
         seed: u64,
     },
+    /// The `after_ops`-th next store operation fails with `EIO` (a write may leave part of
+    /// its sectors, as `seed` decides) and the stores work again after it: the device carries
+    /// on without a restart.
+    ArmIoError {
+        after_ops: u64,
+        seed: u64,
+    },
+}
+
+/// What an armed cut turns into once it fires.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    PowerFailure,
+    Kill,
+    IoError,
 }
 
 fn range(shape: Shape) -> impl Strategy<Value = (u64, u64)> {
@@ -137,6 +152,7 @@ fn step(shape: Shape) -> impl Strategy<Value = Step> {
         2 => (any::<u64>(), any::<bool>(), prop::option::of(0..12u64))
             .prop_map(|(seed, tear, recovery_cut)| Step::Kill { seed, tear, recovery_cut }),
         2 => (0..40u64, any::<u64>()).prop_map(|(after_ops, seed)| Step::ArmKill { after_ops, seed }),
+        2 => (0..40u64, any::<u64>()).prop_map(|(after_ops, seed)| Step::ArmIoError { after_ops, seed }),
     ]
 }
 
@@ -338,6 +354,36 @@ impl Rig {
         self.reopen();
     }
 
+    /// An armed I/O error fired: the failed operation left what `seed` decides and the stores
+    /// work again. The cache must have stopped (fail-stop: it refuses even a read), and
+    /// recovering the device (a reopen replaying every record) brings back every acknowledged
+    /// write, as after a killed server.
+    fn after_io_error(&mut self, seed: u64, model: &mut Model) -> Result<(), TestCaseError> {
+        let choice = |seed| CrashChoice {
+            seed,
+            tear: seed % 3 == 0,
+        };
+        self.backing.process_crash(&choice(seed));
+        self.store
+            .process_crash(&choice(seed.rotate_left(17) ^ 0x5555));
+        prop_assert!(
+            self.cache.shared().has_failed(),
+            "a store I/O failed and the cache carries on"
+        );
+        prop_assert!(self.read(0, 1).is_none(), "a failed cache serves a read");
+        let shared = block_on(cache::open_replaying(
+            &self.backing,
+            &self.store,
+            &self.config,
+            self.clock.clone(),
+            Replay::All,
+        ))
+        .unwrap_or_else(|e| panic!("recovery after an I/O error failed: {e}"));
+        self.cache = CachedBackend::new(shared, self.backing.clone(), self.store.clone());
+        model.killed();
+        Ok(())
+    }
+
     fn reopen(&mut self) {
         self.cache = Self::open(&self.backing, &self.store, &self.config, &self.clock);
     }
@@ -416,8 +462,7 @@ fn run(mode: CacheMode, shape: Shape, steps: &[Step]) -> Result<(), TestCaseErro
     let mut rig = Rig::new(mode, shape);
     let mut model = Model::new(shape.device_blocks);
     let mut cut_seed = 0;
-    // Whether the armed cut is a killed process rather than a power failure.
-    let mut cut_kills = false;
+    let mut cut = Cut::PowerFailure;
     for step in steps {
         let ok = match *step {
             Step::Write { block, blocks, fua } => {
@@ -499,21 +544,33 @@ fn run(mode: CacheMode, shape: Shape, steps: &[Step]) -> Result<(), TestCaseErro
                 rig.check_recovered(&mut model)?;
                 true
             }
-            Step::ArmPowerCut { after_ops, seed } | Step::ArmKill { after_ops, seed } => {
+            Step::ArmPowerCut { after_ops, seed }
+            | Step::ArmKill { after_ops, seed }
+            | Step::ArmIoError { after_ops, seed } => {
                 rig.power.arm(after_ops);
                 cut_seed = seed;
-                cut_kills = matches!(step, Step::ArmKill { .. });
+                cut = match step {
+                    Step::ArmKill { .. } => Cut::Kill,
+                    Step::ArmIoError { .. } => Cut::IoError,
+                    _ => Cut::PowerFailure,
+                };
                 true
             }
         };
         if !ok {
             prop_assert!(rig.power.is_out(), "{step:?} failed with the power on");
-            if cut_kills {
-                rig.kill(cut_seed, cut_seed % 3 == 0, None);
-                model.killed();
-            } else {
-                rig.crash(cut_seed, true, None);
+            match cut {
+                Cut::Kill => {
+                    rig.kill(cut_seed, cut_seed % 3 == 0, None);
+                    model.killed();
+                }
+                Cut::PowerFailure => rig.crash(cut_seed, true, None),
+                Cut::IoError => rig.after_io_error(cut_seed, &mut model)?,
             }
+            rig.check_recovered(&mut model)?;
+        } else if cut == Cut::IoError && rig.power.is_out() {
+            // The step's last store operation failed and the step did not report it.
+            rig.after_io_error(cut_seed, &mut model)?;
             rig.check_recovered(&mut model)?;
         }
     }

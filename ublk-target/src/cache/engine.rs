@@ -529,24 +529,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     }
 }
 
-impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
-    fn size(&self) -> u64 {
-        self.shared.backing_size
-    }
-
-    /// 4 KiB blocks (the cache's unit). A volatile write cache unless both the backing store and
-    /// the cache store keep completed writes without a flush: the cache's index is committed on
-    /// FLUSH, so the kernel must send one.
-    fn capabilities(&self) -> Capabilities {
-        let backing = self.backing.capabilities();
-        Capabilities {
-            volatile_cache: backing.volatile_cache || !self.shared.volatile_store,
-            logical_block_size: CACHE_BLOCK as u32,
-            stores_data: backing.stores_data,
-        }
-    }
-
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+/// The requests themselves; [`Backend`]'s methods wrap them in the fail-stop check.
+impl<B: Backend, C: Backend> CachedBackend<B, C> {
+    async fn serve_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let (first, _) = self.blocks(Op::Read, offset, buf.len() as u64)?;
         let mut core = self.shared.core.lock().await;
         if core.closed {
@@ -571,7 +556,7 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
         result
     }
 
-    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
+    async fn serve_write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
         let (first, count) = self.blocks(Op::Write, offset, buf.len() as u64)?;
         let _writing = self.shared.writes.read().await;
         let mut core = self.shared.core.lock().await;
@@ -606,7 +591,7 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
         result
     }
 
-    async fn flush(&self) -> Result<(), IoError> {
+    async fn serve_flush(&self) -> Result<(), IoError> {
         let started = self.shared.now();
         let begun = self.shared.commits_started.load(Ordering::SeqCst);
         let mut core = self.shared.core.lock().await;
@@ -630,12 +615,63 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
         result
     }
 
-    async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
+    async fn serve_discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
         self.zero_range(Op::Discard, offset, len, None).await
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {
+    async fn serve_write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {
         self.zero_range(Op::WriteZeroes, offset, len, Some(unmap))
             .await
+    }
+}
+
+impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
+    fn size(&self) -> u64 {
+        self.shared.backing_size
+    }
+
+    /// 4 KiB blocks (the cache's unit). A volatile write cache unless both the backing store and
+    /// the cache store keep completed writes without a flush: the cache's index is committed on
+    /// FLUSH, so the kernel must send one.
+    fn capabilities(&self) -> Capabilities {
+        let backing = self.backing.capabilities();
+        Capabilities {
+            volatile_cache: backing.volatile_cache || !self.shared.volatile_store,
+            logical_block_size: CACHE_BLOCK as u32,
+            stores_data: backing.stores_data,
+        }
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let len = buf.len() as u64;
+        self.blocks(Op::Read, offset, len)?;
+        self.shared.refuse_if_failed(Op::Read, offset, len)?;
+        self.shared.fail_on(self.serve_read(offset, buf).await)
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
+        let len = buf.len() as u64;
+        self.blocks(Op::Write, offset, len)?;
+        self.shared.refuse_if_failed(Op::Write, offset, len)?;
+        self.shared
+            .fail_on(self.serve_write(offset, buf, fua).await)
+    }
+
+    async fn flush(&self) -> Result<(), IoError> {
+        self.shared.refuse_if_failed(Op::Flush, 0, 0)?;
+        self.shared.fail_on(self.serve_flush().await)
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
+        self.blocks(Op::Discard, offset, len)?;
+        self.shared.refuse_if_failed(Op::Discard, offset, len)?;
+        self.shared.fail_on(self.serve_discard(offset, len).await)
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {
+        self.blocks(Op::WriteZeroes, offset, len)?;
+        self.shared.refuse_if_failed(Op::WriteZeroes, offset, len)?;
+        self.shared
+            .fail_on(self.serve_write_zeroes(offset, len, unmap).await)
     }
 }

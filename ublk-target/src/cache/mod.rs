@@ -48,6 +48,7 @@ use thiserror::Error;
 
 use crate::backend::IoError;
 use crate::qos::Clock;
+use crate::request::Op;
 
 mod crc;
 mod engine;
@@ -246,6 +247,43 @@ impl CacheShared {
 
     fn now(&self) -> Duration {
         self.clock.now()
+    }
+
+    /// Whether an I/O error stopped the cache ([`CacheShared::fail_on`]).
+    pub fn has_failed(&self) -> bool {
+        self.stats.has_failed()
+    }
+
+    /// The error for any request once the cache has failed.
+    fn refuse_if_failed(&self, op: Op, offset: u64, len: u64) -> Result<(), IoError> {
+        match self.has_failed() {
+            true => Err(IoError {
+                op,
+                offset,
+                len,
+                errno: libc::EIO,
+            }),
+            false => Ok(()),
+        }
+    }
+
+    /// Fail-stop, as dm-writecache: after a failed store or backing-store I/O the cache's
+    /// memory may no longer match what its stores hold (a journal block half written, data
+    /// installed whose record never landed), and carrying on could make a later commit
+    /// durable over that gap. So the cache refuses every further request; `recover` rebuilds
+    /// it from the stores, which keep every acknowledged write.
+    fn fail_on<T>(&self, result: Result<T, IoError>) -> Result<T, IoError> {
+        if let Err(e) = &result {
+            if e.errno != libc::ESHUTDOWN && self.stats.fail() {
+                tracing::error!(
+                    op = ?e.op,
+                    offset = e.offset,
+                    errno = e.errno,
+                    "cache I/O failed: the cache refuses every request until the device is recovered"
+                );
+            }
+        }
+        result
     }
 
     /// The pending records; a poisoned lock means a panic elsewhere already failed the device.

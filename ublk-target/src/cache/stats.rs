@@ -33,6 +33,7 @@ pub struct CacheStats {
     dirty_blocks: AtomicU64,
     capacity_blocks: AtomicU64,
     mode: AtomicU64,
+    failed: std::sync::atomic::AtomicBool,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -82,6 +83,10 @@ pub struct CacheStatsSnapshot {
     pub dirty_bytes: u64,
     /// Capacity of the data area in bytes.
     pub capacity_bytes: u64,
+    /// A store or backing-store I/O failed: the cache refuses every request until the device
+    /// is recovered (docs/cache.md, "I/O errors").
+    #[serde(default)]
+    pub failed: bool,
 }
 
 fn mode_code(mode: CacheMode) -> u64 {
@@ -170,6 +175,15 @@ impl CacheStats {
         self.capacity_blocks.store(capacity, Ordering::Relaxed);
     }
 
+    /// Marks the cache failed; true the first time.
+    pub(crate) fn fail(&self) -> bool {
+        !self.failed.swap(true, Ordering::SeqCst)
+    }
+
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn set_mode(&self, mode: CacheMode) {
         self.mode.store(mode_code(mode), Ordering::Relaxed);
     }
@@ -198,6 +212,7 @@ impl CacheStats {
             cached_bytes: load(&self.cached_blocks) * block,
             dirty_bytes: load(&self.dirty_blocks) * block,
             capacity_bytes: load(&self.capacity_blocks) * block,
+            failed: self.has_failed(),
         }
     }
 }

@@ -79,6 +79,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// One step of background writeback at the clock's current time: writes back what the
     /// watermarks, the maximum dirty age and the rate limit allow now (possibly nothing).
     pub async fn writeback_step(&self) -> Result<WritebackReport, IoError> {
+        self.shared.refuse_if_failed(Op::Write, 0, 0)?;
+        self.shared.fail_on(self.writeback_step_unchecked().await)
+    }
+
+    async fn writeback_step_unchecked(&self) -> Result<WritebackReport, IoError> {
         let mut core = self.shared.core.lock().await;
         if core.closed {
             return Err(shut_down(Op::Write, 0, 0));
@@ -108,6 +113,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// requests run between batches), ignoring the rate limit, then commits. When it returns,
     /// that data is on the flushed backing store.
     pub async fn drain(&self) -> Result<DrainReport, IoError> {
+        self.shared.refuse_if_failed(Op::Flush, 0, 0)?;
+        self.shared.fail_on(self.drain_unchecked().await)
+    }
+
+    async fn drain_unchecked(&self) -> Result<DrainReport, IoError> {
         let started = self.shared.now();
         let mut report = DrainReport::default();
         loop {
@@ -180,6 +190,11 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// cleanly shut down, so the next open keeps its clean blocks. Dirty data stays in the
     /// cache (durably). Every later request fails with `ESHUTDOWN`.
     pub async fn shutdown(&self) -> Result<(), IoError> {
+        self.shared.refuse_if_failed(Op::Flush, 0, 0)?;
+        self.shared.fail_on(self.shutdown_unchecked().await)
+    }
+
+    async fn shutdown_unchecked(&self) -> Result<(), IoError> {
         // No write is running outside the lock while the store is sealed.
         let _no_writes = self.shared.writes.write().await;
         let mut core = self.shared.core.lock().await;
