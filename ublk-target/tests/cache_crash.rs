@@ -354,32 +354,18 @@ impl Rig {
         self.reopen();
     }
 
-    /// An armed I/O error fired: the failed operation left what `seed` decides and the stores
-    /// work again. The cache must have stopped (fail-stop: it refuses even a read), and
-    /// recovering the device (a reopen replaying every record) brings back every acknowledged
-    /// write, as after a killed server.
+    /// An armed I/O error fired and the stores work again. The cache must have stopped
+    /// (fail-stop: it refuses even a read); recovering the device as after a killed server
+    /// (the failed write leaves what `seed` decides, every record is replayed) brings back
+    /// every acknowledged write.
     fn after_io_error(&mut self, seed: u64, model: &mut Model) -> Result<(), TestCaseError> {
-        let choice = |seed| CrashChoice {
-            seed,
-            tear: seed % 3 == 0,
-        };
-        self.backing.process_crash(&choice(seed));
-        self.store
-            .process_crash(&choice(seed.rotate_left(17) ^ 0x5555));
+        self.power.disarm();
         prop_assert!(
             self.cache.shared().has_failed(),
             "a store I/O failed and the cache carries on"
         );
         prop_assert!(self.read(0, 1).is_none(), "a failed cache serves a read");
-        let shared = block_on(cache::open_replaying(
-            &self.backing,
-            &self.store,
-            &self.config,
-            self.clock.clone(),
-            Replay::All,
-        ))
-        .unwrap_or_else(|e| panic!("recovery after an I/O error failed: {e}"));
-        self.cache = CachedBackend::new(shared, self.backing.clone(), self.store.clone());
+        prop_assert!(self.kill(seed, seed % 3 == 0, None));
         model.killed();
         Ok(())
     }
