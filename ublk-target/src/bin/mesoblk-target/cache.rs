@@ -55,8 +55,13 @@ fn status(id: u32, json: bool, run_dir: &RunDir) -> Result<()> {
 
 fn print_status(report: &CacheReport) {
     let s = &report.stats;
-    let rows: [(&str, String); 16] = [
+    let state = match s.failed {
+        true => "failed: an I/O error stopped the cache (kill the server, then recover)",
+        false => "serving",
+    };
+    let rows: [(&str, String); 17] = [
         ("store", report.store.clone()),
+        ("state", state.to_owned()),
         ("mode", s.mode.name().to_owned()),
         ("read hits", s.read_hits.to_string()),
         ("read misses", s.read_misses.to_string()),
