@@ -13,7 +13,7 @@ mod cluster_common;
 
 use cluster_common::pool::{
     agent_with_cached_profile, agent_with_pool, cache_pool_dir, disk_resources, offer_where,
-    scratch, source_type, task_end, POOL_MB,
+    open_gate_and_finish, scratch, source_type, task_end, POOL_MB,
 };
 use cluster_common::{Master, Scheduler};
 use serde_json::{json, Value};
@@ -212,14 +212,7 @@ async fn a_task_keeps_its_device_across_a_kill_9_of_the_agent() {
         "the same volume, still attached"
     );
 
-    std::fs::write(&gate, b"").unwrap();
-    let end = task_end(&mut scheduler, "steady").await;
-    assert_eq!(
-        end["state"],
-        "TASK_FINISHED",
-        "{end}\nagent log:\n{}",
-        agent.log_text()
-    );
+    open_gate_and_finish(&gate, &mut scheduler, "steady", &agent).await;
     agent
         .wait_state("the ephemeral volume gone", |s| {
             s["pools"][0]["volumes"] == 0
@@ -261,9 +254,7 @@ async fn a_busy_device_reports_its_figures_to_the_master() {
     assert_eq!(device["errors"], 0, "{device:#}");
     assert_eq!(device["profile"], "fast");
 
-    std::fs::write(&gate, b"").unwrap();
-    let end = task_end(&mut scheduler, "busy").await;
-    assert_eq!(end["state"], "TASK_FINISHED", "{end}");
+    open_gate_and_finish(&gate, &mut scheduler, "busy", &agent).await;
     scheduler.stop().await;
 }
 
@@ -315,14 +306,7 @@ async fn a_cached_profile_serves_a_block_disk_and_its_cache_figures_reach_the_ma
         "the never-written MiB was read from the cache: {device:#}"
     );
 
-    std::fs::write(&gate, b"").unwrap();
-    let end = task_end(&mut scheduler, "cached").await;
-    assert_eq!(
-        end["state"],
-        "TASK_FINISHED",
-        "{end}\nagent log:\n{}",
-        agent.log_text()
-    );
+    open_gate_and_finish(&gate, &mut scheduler, "cached", &agent).await;
     // The ephemeral volume is destroyed with the task, its cache store with it.
     agent
         .wait_state("the ephemeral volume gone", |s| {

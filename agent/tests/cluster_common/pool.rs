@@ -145,3 +145,21 @@ pub async fn task_end(scheduler: &mut Scheduler, task: &str) -> Value {
         })
         .await
 }
+
+/// Creates `gate`, the file the task's command loops until, and checks that the task then
+/// ends TASK_FINISHED (with the agent's log if it does not).
+pub async fn open_gate_and_finish(
+    gate: &Path,
+    scheduler: &mut Scheduler,
+    task: &str,
+    agent: &Agent,
+) {
+    std::fs::write(gate, b"").unwrap();
+    let end = task_end(scheduler, task).await;
+    assert_eq!(
+        end["state"],
+        "TASK_FINISHED",
+        "{end}\nagent log:\n{}",
+        agent.log_text()
+    );
+}

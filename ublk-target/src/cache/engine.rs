@@ -203,14 +203,16 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
 
     /// DISCARD (`unmap: None`) and WRITE_ZEROES: the cached copies are invalidated and the
     /// backing store does the zeroing.
+    /// DISCARD (`unmap` None) or WRITE_ZEROES of blocks `first..first + count`, the range
+    /// `offset`, `len` checked by the caller.
     async fn zero_range(
         &self,
         op: Op,
+        (first, count): (u64, u64),
         offset: u64,
         len: u64,
         unmap: Option<bool>,
     ) -> Result<(), IoError> {
-        let (first, count) = self.blocks(op, offset, len)?;
         let mut core = self.shared.core.lock().await;
         if core.closed {
             return Err(shut_down(op, offset, len));
@@ -529,10 +531,24 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     }
 }
 
-/// The requests themselves; [`Backend`]'s methods wrap them in the fail-stop check.
+/// The requests themselves; [`Backend`]'s methods check the range and wrap them in the
+/// fail-stop check.
 impl<B: Backend, C: Backend> CachedBackend<B, C> {
-    async fn serve_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let (first, _) = self.blocks(Op::Read, offset, buf.len() as u64)?;
+    async fn zero_checked(
+        &self,
+        op: Op,
+        offset: u64,
+        len: u64,
+        unmap: Option<bool>,
+    ) -> Result<(), IoError> {
+        let blocks = self.blocks(op, offset, len)?;
+        self.shared.refuse_if_failed(op, offset, len)?;
+        self.shared
+            .fail_on(self.zero_range(op, blocks, offset, len, unmap).await)
+    }
+
+    /// A read of `buf.len()` bytes at `offset`, from block `first` (checked by the caller).
+    async fn serve_read(&self, first: u64, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let mut core = self.shared.core.lock().await;
         if core.closed {
             return Err(shut_down(Op::Read, offset, buf.len() as u64));
@@ -556,8 +572,14 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         result
     }
 
-    async fn serve_write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
-        let (first, count) = self.blocks(Op::Write, offset, buf.len() as u64)?;
+    /// A write of `buf` at `offset`, blocks `first..first + count` (checked by the caller).
+    async fn serve_write(
+        &self,
+        (first, count): (u64, u64),
+        offset: u64,
+        buf: &[u8],
+        fua: bool,
+    ) -> Result<(), IoError> {
         let _writing = self.shared.writes.read().await;
         let mut core = self.shared.core.lock().await;
         if core.closed {
@@ -614,15 +636,6 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         }
         result
     }
-
-    async fn serve_discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.zero_range(Op::Discard, offset, len, None).await
-    }
-
-    async fn serve_write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {
-        self.zero_range(Op::WriteZeroes, offset, len, Some(unmap))
-            .await
-    }
 }
 
 impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
@@ -644,17 +657,18 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let len = buf.len() as u64;
-        self.blocks(Op::Read, offset, len)?;
+        let (first, _) = self.blocks(Op::Read, offset, len)?;
         self.shared.refuse_if_failed(Op::Read, offset, len)?;
-        self.shared.fail_on(self.serve_read(offset, buf).await)
+        self.shared
+            .fail_on(self.serve_read(first, offset, buf).await)
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
         let len = buf.len() as u64;
-        self.blocks(Op::Write, offset, len)?;
+        let blocks = self.blocks(Op::Write, offset, len)?;
         self.shared.refuse_if_failed(Op::Write, offset, len)?;
         self.shared
-            .fail_on(self.serve_write(offset, buf, fua).await)
+            .fail_on(self.serve_write(blocks, offset, buf, fua).await)
     }
 
     async fn flush(&self) -> Result<(), IoError> {
@@ -663,15 +677,11 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.blocks(Op::Discard, offset, len)?;
-        self.shared.refuse_if_failed(Op::Discard, offset, len)?;
-        self.shared.fail_on(self.serve_discard(offset, len).await)
+        self.zero_checked(Op::Discard, offset, len, None).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {
-        self.blocks(Op::WriteZeroes, offset, len)?;
-        self.shared.refuse_if_failed(Op::WriteZeroes, offset, len)?;
-        self.shared
-            .fail_on(self.serve_write_zeroes(offset, len, unmap).await)
+        self.zero_checked(Op::WriteZeroes, offset, len, Some(unmap))
+            .await
     }
 }
