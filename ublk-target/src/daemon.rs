@@ -363,6 +363,7 @@ impl<W: Write> Announcer<W> {
             Err(e) => format!("error {e}"),
         };
         tracing::info!(id = record.id, path = %record.block_path.display(), "device live");
+        tracing::debug!(target: crate::PROVISIONING, id = record.id, "record and admin socket published");
         report_once(&self.report, &line);
     }
 }
@@ -387,8 +388,10 @@ pub fn serve(
     report: impl Write + Send + Sync + 'static,
 ) -> Result<(), DaemonError> {
     let report = Arc::new(Mutex::new(Some(report)));
+    tracing::debug!(target: crate::PROVISIONING, "spec received");
     let prepared =
         prepare(spec, mode).and_then(|store| Ok((store, Arc::new(limiter_for(spec, run_dir)?))));
+    tracing::debug!(target: crate::PROVISIONING, "store opened");
     let (store, limiter) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {

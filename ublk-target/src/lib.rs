@@ -32,3 +32,7 @@ pub mod spec;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
+
+/// The `tracing` target of a device start's milestones (debug events, timed by the log's
+/// timestamps; `RUST_LOG=info,mesoblk::provisioning=debug`), the same target the agent uses.
+pub const PROVISIONING: &str = "mesoblk::provisioning";

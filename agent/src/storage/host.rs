@@ -21,7 +21,7 @@ use ublk_target::sys::device::StartMode;
 
 use super::config::Filesystem;
 use super::error::BoxError;
-use super::idle_servers::IdleServers;
+use super::idle_servers::{IdleServers, REFILL_DELAY};
 
 /// How long stopping a device waits for its server to exit.
 const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,7 +127,11 @@ impl UblkDevices {
 impl DeviceControl for UblkDevices {
     fn start(&self, spec: &DeviceSpec, mode: StartMode) -> Result<DeviceRecord, BoxError> {
         match mode {
-            StartMode::Add => Ok(self.idle.take()?.serve(spec)?),
+            StartMode::Add => {
+                let started = self.idle.take().and_then(|server| server.serve(spec));
+                self.idle.refill_after(REFILL_DELAY);
+                Ok(started?)
+            }
             StartMode::Recover => Ok(daemon::spawn(&self.exe, spec, mode, &self.run_dir)?),
         }
     }

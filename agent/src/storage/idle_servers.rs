@@ -3,8 +3,9 @@
 //! Exec'ing and loading the device server is a large part of a device's start on a busy or
 //! emulated machine (docs/benchmarks.md), and none of it depends on the device. So the agent
 //! keeps `--block_idle_servers` servers waiting for their spec on a pipe
-//! ([`IdleServer`]); a device start takes one (or spawns one when none is left) and a
-//! background thread tops the pool up again.
+//! ([`IdleServer`]); a device start takes one (or spawns one when none is left) and, a little
+//! after its device is live, a background thread tops the pool up again
+//! ([`IdleServers::refill_after`]).
 //!
 //! Nothing leaks: an idle server that sees EOF instead of a spec exits without touching
 //! anything, and EOF is what it sees when the pool dismisses it (agent shutdown, drop) or when
@@ -13,12 +14,15 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use ublk_target::daemon::{DaemonError, IdleServer, RunDir};
 use ublk_target::sys::device::StartMode;
 
 /// Idle servers kept by default (`--block_idle_servers`).
 pub const DEFAULT_IDLE_SERVERS: usize = 2;
+/// How long after a device start the pool is topped up ([`IdleServers::refill_after`]).
+pub const REFILL_DELAY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Default)]
 struct State {
@@ -58,9 +62,9 @@ impl IdleServers {
         self.lock().servers.len()
     }
 
-    /// A waiting server for a new device: one of the pool's (which is then topped up in the
-    /// background), or a fresh one.
-    pub fn take(self: &Arc<Self>) -> Result<IdleServer, DaemonError> {
+    /// A waiting server for a new device: one of the pool's, or a fresh one. The pool is not
+    /// topped up until its taker calls [`IdleServers::refill`].
+    pub fn take(&self) -> Result<IdleServer, DaemonError> {
         let taken = {
             let mut state = self.lock();
             let mut found = None;
@@ -74,7 +78,6 @@ impl IdleServers {
             }
             found
         };
-        self.refill();
         match taken {
             Some(server) => Ok(server),
             None => IdleServer::spawn(&self.exe, StartMode::Add, &self.run_dir),
@@ -83,6 +86,13 @@ impl IdleServers {
 
     /// Tops the pool up to its size on a background thread (one at a time).
     pub fn refill(self: &Arc<Self>) {
+        self.refill_after(Duration::ZERO);
+    }
+
+    /// The same, once `delay` has passed: after a device start, so that the new servers' exec
+    /// and load do not compete for the CPU with the rest of the launch that started it (its
+    /// task's start), which is what the pool is there to speed up.
+    pub fn refill_after(self: &Arc<Self>, delay: Duration) {
         {
             let mut state = self.lock();
             if self.wanted == 0 || state.refilling || state.closed {
@@ -93,7 +103,10 @@ impl IdleServers {
         let pool = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("idle-servers".into())
-            .spawn(move || pool.fill());
+            .spawn(move || {
+                std::thread::sleep(delay);
+                pool.fill();
+            });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start the idle device servers' thread");
             self.lock().refilling = false;
@@ -190,6 +203,7 @@ mod tests {
         pool.refill();
         until("two idle servers", || pool.idle() == 2);
         let taken = pool.take().unwrap();
+        pool.refill();
         until("the pool topped up", || pool.idle() == 2);
         pool.close();
         assert_eq!(pool.idle(), 0);

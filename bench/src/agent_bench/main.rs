@@ -43,6 +43,10 @@ struct Args {
     /// The storage profile the devices come from.
     #[arg(long, default_value = "bench")]
     profile: String,
+    /// Task ids are `<prefix>-0001`, ...: phases of one run that use different prefixes can be
+    /// told apart in the master's and agent's logs.
+    #[arg(long, default_value = "bench")]
+    task_prefix: String,
     /// Tasks (and devices).
     #[arg(long, default_value_t = 50)]
     tasks: usize,
@@ -257,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
     let driver = SchedulerDriver::new(framework, SchedulerConfig::new(&args.master))?;
     let book: SharedBook = Arc::new(Mutex::new(Book::default()));
     let plan = Plan {
+        task_prefix: args.task_prefix.clone(),
         tasks: args.tasks,
         size_mb: args.size_mb,
         profile: args.profile.clone(),

@@ -25,6 +25,7 @@ const REFUSE_SECS: f64 = 0.05;
 /// What each task is given and how many run at once.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
+    pub(crate) task_prefix: String,
     pub(crate) tasks: usize,
     pub(crate) size_mb: f64,
     pub(crate) profile: String,
@@ -156,7 +157,7 @@ impl Provisioner {
             block::raw_slices(offer, &self.plan.profile, self.plan.size_mb, left.min(room));
         let mut tasks = Vec::new();
         for slice in slices {
-            let id = format!("bench-{:04}", book.launches.len() + 1);
+            let id = format!("{}-{:04}", self.plan.task_prefix, book.launches.len() + 1);
             tasks.push(self.task(offer, &slice, id.clone()));
             let launch = Launch {
                 accepted: SystemTime::now(),

@@ -150,6 +150,7 @@ pub fn serve(
             action: "add",
             source,
         })?;
+    tracing::debug!(target: crate::PROVISIONING, "device added");
     let params = device_params(&geometry, caps.volatile_cache);
     let backing_fd = store.backing_fd();
     let init = move |dev: &mut UblkDev| {
@@ -184,11 +185,16 @@ pub fn serve(
     };
     let started = move |ctrl: &UblkCtrl| {
         let id = ctrl.dev_info().dev_id;
-        bypass_io_scheduler(id);
+        tracing::debug!(target: crate::PROVISIONING, id, "device started");
         on_started(StartedDevice {
             id,
             block_path: PathBuf::from(ctrl.get_bdev_path()),
         });
+        // After the device is announced: the switch freezes the queue and waits for RCU grace
+        // periods (tens of milliseconds on a busy machine), and the device serves correctly
+        // under any scheduler, so its user need not wait for it.
+        bypass_io_scheduler(id);
+        tracing::debug!(target: crate::PROVISIONING, id, "scheduler switched");
     };
     ctrl.run_target(init, queue, started)
         .map_err(|source| DeviceError::Control {
@@ -206,6 +212,11 @@ pub fn serve(
 /// operator (or a udev rule) may pick another scheduler afterwards.
 fn bypass_io_scheduler(id: u32) {
     let path = format!("/sys/block/ublkb{id}/queue/scheduler");
+    // Devices with several queues get `none` by default; writing it again would still freeze
+    // the queue.
+    if std::fs::read_to_string(&path).is_ok_and(|current| current.contains("[none]")) {
+        return;
+    }
     if let Err(error) = std::fs::write(&path, "none") {
         tracing::warn!(path, %error, "cannot switch the I/O scheduler to none");
     }
@@ -273,7 +284,10 @@ fn serve_queue(
     geometry: Geometry,
 ) {
     let queue = match UblkQueue::new(qid, dev) {
-        Ok(queue) => Rc::new(queue),
+        Ok(queue) => {
+            tracing::debug!(target: crate::PROVISIONING, qid, "queue set up");
+            Rc::new(queue)
+        }
         Err(e) => {
             tracing::error!(qid, error = %e, "cannot set up queue");
             return;
