@@ -93,3 +93,36 @@ fn deleting_a_mounted_device_is_refused_until_unmounted() {
     drop(mount);
     device.delete();
 }
+
+/// The server switches its device's I/O scheduler to `none` once the device is live (after
+/// announcing it, so `add` may return first); a device with several queues has `none` already.
+#[test]
+fn a_live_device_runs_without_an_io_scheduler() {
+    kernel::require_ublk();
+    let work = tempfile::tempdir().expect("tempdir");
+    for queues in ["1", "2"] {
+        let device = Device::add(
+            work.path(),
+            &["--backend", "ram", "--size", "16M", "--queues", queues],
+        );
+        let path = format!("/sys/block/ublkb{}/queue/scheduler", device.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut current = String::new();
+        while std::time::Instant::now() < deadline {
+            current = std::fs::read_to_string(&path).expect("read the scheduler");
+            if current.contains("[none]") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            current.contains("[none]"),
+            "{queues} queue(s): scheduler still {current:?}"
+        );
+        // Reads and writes go through after the switch.
+        let data = pattern(1 << 20, 7);
+        std::fs::write(device.path(), &data).expect("write the device");
+        assert!(std::fs::read(device.path()).expect("read the device")[..data.len()] == data);
+        device.delete();
+    }
+}
