@@ -18,6 +18,7 @@ provisioning-breakdown.py).
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -152,9 +153,16 @@ def latency_phase(master_port, agent_url):
                             "--size-mb", str(SIZE_MB), "--in-flight", str(IN_FLIGHT))
     finish(process, "latency")
     wait_for("the pool empty after the latency phase", lambda: pool_empty(agent_url))
+    # The device servers' logs, before the memory phase's servers reuse their ids.
+    servers = f"{RESULTS}/servers"
+    os.makedirs(servers, exist_ok=True)
+    for folder, _, files in os.walk(f"{WORK}/run"):
+        for name in files:
+            if name.endswith(".log") and name[:-4].isdigit():
+                shutil.copy(os.path.join(folder, name), servers)
     sh("python3", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                "provisioning-breakdown.py"),
-       report, f"{RESULTS}/master.log", f"{RESULTS}/agent.log",
+       report, f"{RESULTS}/master.log", f"{RESULTS}/agent.log", "--server-logs", servers,
        "--json", f"{RESULTS}/breakdown.json", "--md", f"{RESULTS}/breakdown.md")
     return json.load(open(report))
 

@@ -5,7 +5,11 @@ of target `mesoblk::provisioning`, logged with RUST_LOG=info,mesoblk::provisioni
 prints the phases of the critical path (PHASES) and, per milestone, its time since the ACCEPT and
 since the milestone before it, p50/p99/max over the tasks (nearest rank).
 
-    provisioning-breakdown.py REPORT.json MASTER.log AGENT.log [--json OUT.json] [--md OUT.md]
+    provisioning-breakdown.py REPORT.json MASTER.log AGENT.log [--server-logs DIR]
+                              [--json OUT.json] [--md OUT.md]
+
+With --server-logs, the device servers' own milestones (their logs, `<id>.log`) split the
+device start.
 
 All three come from one host (the guest), so their clocks agree. Milestones a task does not reach
 (or that its log lacks) are left out of that task's figures.
@@ -28,6 +32,12 @@ MILESTONES = [
     ("agent", "launch started"),
     ("agent", "storage lock taken"),
     ("agent", "volume created"),
+    ("server", "spec received"),
+    ("server", "store opened"),
+    ("server", "device added"),
+    ("server", "queue set up"),
+    ("server", "device started"),
+    ("server", "record and admin socket published"),
     ("agent", "device live"),
     ("agent", "storage lock taken again"),
     ("agent", "attachment recorded"),
@@ -63,6 +73,19 @@ PHASES = [
      ("agent", "storage lock taken"), ("agent", "volume created")),
     ("device server started, device live",
      ("agent", "volume created"), ("agent", "device live")),
+    ("  of which: the spec reaches the idle server",
+     ("agent", "volume created"), ("server", "spec received")),
+    ("  of which: store opened (backing file, QoS limiter)",
+     ("server", "spec received"), ("server", "store opened")),
+    ("  of which: ADD_DEV", ("server", "store opened"), ("server", "device added")),
+    ("  of which: queue thread and ring set up",
+     ("server", "device added"), ("server", "queue set up")),
+    ("  of which: FETCHes, SET_PARAMS, START_DEV (add_disk, partition scan)",
+     ("server", "queue set up"), ("server", "device started")),
+    ("  of which: record and admin socket published, ready reported",
+     ("server", "device started"), ("server", "record and admin socket published")),
+    ("  of which: the agent reads the ready line",
+     ("server", "record and admin socket published"), ("agent", "device live")),
     ("attachment recorded, node chowned/chmodded",
      ("agent", "device live"), ("agent", "device handed over")),
     ("launcher branch: launch started to the launcher spawned (sandbox, checkpoints, exec)",
@@ -123,10 +146,36 @@ def quantiles(samples):
     return {"n": len(samples), "p50_ms": rank(0.5), "p99_ms": rank(0.99), "max_ms": samples[-1]}
 
 
-def breakdown(report, master_log, agent_log):
+def read_server_traces(agent_log, server_logs, events):
+    """Adds each task's device server milestones: the agent's "device live" names the device,
+    whose server logged to `<server_logs>/<id>.log` (a device id is reused once its device is
+    gone: only the events after the task's "volume created" count)."""
+    devices = {}
+    for line in open(agent_log, errors="replace"):
+        match = LINE.match(line.rstrip("\n"))
+        if match and FIELD.sub("", match.group(2)).strip() == "device live":
+            fields = dict(FIELD.findall(match.group(2)))
+            devices.setdefault(fields.get("task"), fields.get("device"))
+    for task, device in devices.items():
+        since = events.get(task, {}).get(("agent", "volume created"))
+        try:
+            lines = open(f"{server_logs}/{device}.log", errors="replace").readlines()
+        except OSError:
+            continue
+        for line in lines:
+            match = LINE.match(line.rstrip("\n"))
+            if not match or since is None or stamp(match.group(1)) < since:
+                continue
+            message = FIELD.sub("", match.group(2)).strip()
+            events[task].setdefault(("server", message), stamp(match.group(1)))
+
+
+def breakdown(report, master_log, agent_log, server_logs=None):
     events = {}
     read_trace(master_log, "master", events)
     read_trace(agent_log, "agent", events)
+    if server_logs:
+        read_server_traces(agent_log, server_logs, events)
     accepted = {}
     for launch in report["launches"]:
         task = launch["task"]
@@ -183,10 +232,13 @@ def main():
     parser.add_argument("report")
     parser.add_argument("master_log")
     parser.add_argument("agent_log")
+    parser.add_argument("--server-logs", help="the device servers' logs (<id>.log), "
+                        "for the device start's own milestones")
     parser.add_argument("--json")
     parser.add_argument("--md")
     args = parser.parse_args()
-    figures = breakdown(json.load(open(args.report)), args.master_log, args.agent_log)
+    figures = breakdown(json.load(open(args.report)), args.master_log, args.agent_log,
+                        args.server_logs)
     table = render(figures)
     if args.json:
         json.dump(figures, open(args.json, "w"), indent=2)
