@@ -21,7 +21,7 @@ use ublk_target::sys::device::StartMode;
 
 use super::config::Filesystem;
 use super::error::BoxError;
-use super::idle_servers::{IdleServers, REFILL_DELAY};
+use super::idle_servers::IdleServers;
 
 /// How long stopping a device waits for its server to exit.
 const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,7 +129,9 @@ impl DeviceControl for UblkDevices {
         match mode {
             StartMode::Add => {
                 let started = self.idle.take().and_then(|server| server.serve(spec));
-                self.idle.refill_after(REFILL_DELAY);
+                // Topped up only now, so the next server's exec does not compete with this
+                // start for the CPU.
+                self.idle.refill();
                 Ok(started?)
             }
             StartMode::Recover => Ok(daemon::spawn(&self.exe, spec, mode, &self.run_dir)?),

@@ -3,9 +3,9 @@
 //! Exec'ing and loading the device server is a large part of a device's start on a busy or
 //! emulated machine (docs/benchmarks.md), and none of it depends on the device. So the agent
 //! keeps `--block_idle_servers` servers waiting for their spec on a pipe
-//! ([`IdleServer`]); a device start takes one (or spawns one when none is left) and, a little
-//! after its device is live, a background thread tops the pool up again
-//! ([`IdleServers::refill_after`]).
+//! ([`IdleServer`]); a device start takes one (or spawns one when none is left) and, once its
+//! device is live (so the next server's exec does not compete with this start for the CPU),
+//! has a background thread top the pool up again ([`IdleServers::refill`]).
 //!
 //! Nothing leaks: an idle server that sees EOF instead of a spec exits without touching
 //! anything, and EOF is what it sees when the pool dismisses it (agent shutdown, drop) or when
@@ -14,15 +14,12 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use ublk_target::daemon::{DaemonError, IdleServer, RunDir};
 use ublk_target::sys::device::StartMode;
 
 /// Idle servers kept by default (`--block_idle_servers`).
 pub const DEFAULT_IDLE_SERVERS: usize = 2;
-/// How long after a device start the pool is topped up ([`IdleServers::refill_after`]).
-pub const REFILL_DELAY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Default)]
 struct State {
@@ -86,13 +83,6 @@ impl IdleServers {
 
     /// Tops the pool up to its size on a background thread (one at a time).
     pub fn refill(self: &Arc<Self>) {
-        self.refill_after(Duration::ZERO);
-    }
-
-    /// The same, once `delay` has passed: after a device start, so that the new servers' exec
-    /// and load do not compete for the CPU with the rest of the launch that started it (its
-    /// task's start), which is what the pool is there to speed up.
-    pub fn refill_after(self: &Arc<Self>, delay: Duration) {
         {
             let mut state = self.lock();
             if self.wanted == 0 || state.refilling || state.closed {
@@ -103,10 +93,7 @@ impl IdleServers {
         let pool = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("idle-servers".into())
-            .spawn(move || {
-                std::thread::sleep(delay);
-                pool.fill();
-            });
+            .spawn(move || pool.fill());
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start the idle device servers' thread");
             self.lock().refilling = false;
