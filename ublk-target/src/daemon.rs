@@ -391,9 +391,11 @@ pub fn serve(
     tracing::debug!(target: crate::PROVISIONING, "spec received");
     let prepared =
         prepare(spec, mode).and_then(|store| Ok((store, Arc::new(limiter_for(spec, run_dir)?))));
-    tracing::debug!(target: crate::PROVISIONING, "store opened");
     let (store, limiter) = match prepared {
-        Ok(prepared) => prepared,
+        Ok(prepared) => {
+            tracing::debug!(target: crate::PROVISIONING, "store opened");
+            prepared
+        }
         Err(e) => {
             report_once(&report, &format!("error {e}"));
             return Err(e);
