@@ -51,6 +51,12 @@ pub trait Submitter {
     fn backing_slot(&self) -> Option<u32> {
         None
     }
+
+    /// The ring's registered (fixed) buffer covering `len` bytes from `addr`, if any: a
+    /// `READ_FIXED`/`WRITE_FIXED` into it spares the kernel pinning the pages per operation.
+    fn fixed_buffer(&self, _addr: *const u8, _len: usize) -> Option<u16> {
+        None
+    }
 }
 
 /// Builds an SQE against the backing store, as a registered file when the ring has one.
@@ -409,9 +415,14 @@ impl<S: Submitter> Backend for FileBackend<S> {
             // until the transfer completes.
             let ptr = base.wrapping_add(done);
             let len = (total - done) as u32;
-            on_store!(self, |fd| opcode::Read::new(fd, ptr, len)
-                .offset(offset + done as u64)
-                .build())
+            match self.ring.fixed_buffer(ptr, len as usize) {
+                Some(index) => on_store!(self, |fd| opcode::ReadFixed::new(fd, ptr, len, index)
+                    .offset(offset + done as u64)
+                    .build()),
+                None => on_store!(self, |fd| opcode::Read::new(fd, ptr, len)
+                    .offset(offset + done as u64)
+                    .build()),
+            }
         })
         .await
     }
@@ -423,10 +434,16 @@ impl<S: Submitter> Backend for FileBackend<S> {
         self.transfer(Op::Write, offset, total, |done| {
             let ptr = base.wrapping_add(done);
             let len = (total - done) as u32;
-            on_store!(self, |fd| opcode::Write::new(fd, ptr, len)
-                .offset(offset + done as u64)
-                .rw_flags(rw_flags)
-                .build())
+            match self.ring.fixed_buffer(ptr, len as usize) {
+                Some(index) => on_store!(self, |fd| opcode::WriteFixed::new(fd, ptr, len, index)
+                    .offset(offset + done as u64)
+                    .rw_flags(rw_flags)
+                    .build()),
+                None => on_store!(self, |fd| opcode::Write::new(fd, ptr, len)
+                    .offset(offset + done as u64)
+                    .rw_flags(rw_flags)
+                    .build()),
+            }
         })
         .await
     }

@@ -30,6 +30,11 @@ impl<S: Submitter> Submitter for Unregistered<S> {
     fn backing_slot(&self) -> Option<u32> {
         None
     }
+
+    fn fixed_buffer(&self, addr: *const u8, len: usize) -> Option<u16> {
+        // Registered buffers belong to the ring, not to a file: any store on it may use them.
+        self.0.fixed_buffer(addr, len)
+    }
 }
 
 /// A cache store served through one ring.

@@ -18,6 +18,7 @@ use libublk::io::{UblkDev, UblkQueue};
 use libublk::{sys as ublk_sys, BufDesc, UblkError, UblkFlags, UblkUringData};
 use thiserror::Error;
 
+use super::fixed::FixedBuffers;
 use crate::backend::{AnyBackend, SharedStore, Submitter};
 use crate::datapath::RequestPath;
 use crate::qos::{CachedClock, Limiter, MonotonicClock, QueueLimiter};
@@ -89,10 +90,12 @@ pub enum DeviceError {
 
 /// Submits a backend's SQEs on the current queue thread's ublk ring (libublk keeps that ring in
 /// a thread-local), so backend I/O and ublk commands complete on one ring.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct QueueRing {
     /// Whether the backing store is registered at [`BACKING_SLOT`].
     backing_registered: bool,
+    /// The queue's tag buffers registered with the ring.
+    fixed: FixedBuffers,
 }
 
 /// libublk registers `tgt.fds` as the queue ring's fixed files; slot 0 is `/dev/ublkcN`.
@@ -101,6 +104,10 @@ const BACKING_SLOT: u32 = 1;
 impl Submitter for QueueRing {
     fn backing_slot(&self) -> Option<u32> {
         self.backing_registered.then_some(BACKING_SLOT)
+    }
+
+    fn fixed_buffer(&self, addr: *const u8, len: usize) -> Option<u16> {
+        self.fixed.lookup(addr, len)
     }
 
     async fn submit(&self, sqe: squeue::Entry) -> i32 {
@@ -279,10 +286,23 @@ fn serve_queue(
             return;
         }
     };
+    // The tag buffers outlive the executor (declared first, dropped last) and are unregistered
+    // from the ring only after every tag task has finished.
+    let mut bufs: Vec<IoBuf<u8>> = queue
+        .tags()
+        .map(|_| IoBuf::<u8>::new(geometry.max_io_bytes as usize))
+        .collect();
+    // Only stores read and written through the ring gain from fixed buffers; the others would
+    // just pin memory.
+    let fixed = match store.backing_fd() {
+        Some(_) => FixedBuffers::register(&bufs),
+        None => FixedBuffers::default(),
+    };
     let context = Rc::new(TagContext {
         path: RequestPath::new(
             store.for_queue(QueueRing {
                 backing_registered: store.backing_fd().is_some(),
+                fixed: fixed.clone(),
             }),
             QueueLimiter::new(Arc::clone(shared.limiter)),
             shared.stats,
@@ -293,10 +313,11 @@ fn serve_queue(
     let executor = Rc::new(smol::LocalExecutor::new());
     let tasks: Vec<_> = queue
         .tags()
-        .map(|tag| {
+        .zip(bufs.iter_mut())
+        .map(|(tag, buf)| {
             let (queue, context) = (Rc::clone(&queue), Rc::clone(&context));
             executor.spawn(async move {
-                match serve_tag(&queue, &context, tag).await {
+                match serve_tag(&queue, &context, tag, buf).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(e) => tracing::error!(qid, tag, error = %e, "tag loop failed"),
                 }
@@ -321,6 +342,8 @@ fn serve_queue(
             tracing::error!(qid, error = %e, "queue event loop failed");
         }
     }));
+    drop(executor);
+    fixed.unregister();
 }
 
 /// A cached device's worker task (background writeback, admin jobs), run beside the tag tasks
@@ -356,6 +379,7 @@ async fn sleep_on_ring(delay: Duration) {
     // `timespec` lives in this future's frame, which stays pinned until the timeout completes.
     let ring = QueueRing {
         backing_registered: false,
+        fixed: FixedBuffers::default(),
     };
     let result = ring.submit(opcode::Timeout::new(&timespec).build()).await;
     debug_assert!(
@@ -365,12 +389,16 @@ async fn sleep_on_ring(delay: Duration) {
 }
 
 /// Fetches, executes and commits requests for one tag until the queue goes down.
-async fn serve_tag(queue: &UblkQueue<'_>, context: &TagContext, tag: u16) -> Result<(), UblkError> {
-    // The buffer outlives every command that refers to it: it is dropped only when this
-    // function returns, after the queue is down and no FETCH/COMMIT for this tag is pending.
-    let mut buf = IoBuf::<u8>::new(context.geometry.max_io_bytes as usize);
+async fn serve_tag(
+    queue: &UblkQueue<'_>,
+    context: &TagContext,
+    tag: u16,
+    buf: &mut IoBuf<u8>,
+) -> Result<(), UblkError> {
+    // The buffer outlives every command that refers to it: the queue thread owns it and frees
+    // it only after this task has returned, when no FETCH/COMMIT for this tag is pending.
     queue
-        .submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+        .submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(buf))
         .await?;
     loop {
         let iod = queue.get_iod(tag);

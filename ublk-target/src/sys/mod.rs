@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod device;
+pub mod fixed;
 pub mod probe;
 pub mod ring;
 pub mod shm;
