@@ -9,7 +9,10 @@ Targets, in order:
   null+qos  the same with QoS limits set far above what it can do (the limiter's own cost)
   loop-file kernel loop (--direct-io=on) over a file on ext4 on the disk
   file      mesoblk-target file backend over the same file
-Workloads: 4k randread and randwrite at depth 32, 128k sequential read and write.
+  blockdev-base  blockdev again, served by the mesoblk-target at MESOBLK_BENCH_BASE_BIN (another
+            build, e.g. of main): an A/B of two builds within one boot, interleaved by round
+Workloads: 4k randread and randwrite at depth 32, 128k sequential read and write;
+MESOBLK_BENCH_WORKLOADS (comma-separated label prefixes, e.g. "4k") runs a subset.
 MESOBLK_BENCH_ONLY (comma-separated target names) runs a subset, MESOBLK_BENCH_RUNTIME sets the
 seconds per fio job (default 8), MESOBLK_BENCH_ROUNDS repeats every target that many times,
 interleaved (default 1); the table then shows the median round and every round's IOPS.
@@ -36,7 +39,11 @@ WORKLOADS = [
     ("128k seq write", ["--rw=write", "--bs=128k", "--iodepth=32"]),
 ]
 RUN_DIR = "/run/mesoblk-bench"
-TARGETS = ["raw", "loop", "blockdev", "null", "null+qos", "loop-file", "file"]
+WORKLOADS = [w for w in WORKLOADS
+             if not os.environ.get("MESOBLK_BENCH_WORKLOADS")
+             or any(w[0].startswith(p) for p in os.environ["MESOBLK_BENCH_WORKLOADS"].split(","))]
+BASE_BIN = os.environ.get("MESOBLK_BENCH_BASE_BIN", "")
+TARGETS = ["raw", "loop", "blockdev", "blockdev-base", "null", "null+qos", "loop-file", "file"]
 
 
 def sh(*args, capture=True):
@@ -44,7 +51,32 @@ def sh(*args, capture=True):
     return res.stdout.strip() if capture else ""
 
 
-def fio(device, args):
+def busy_seconds(pid=None):
+    """CPU seconds spent so far: by process `pid` (all its threads), or by the whole guest
+    (every CPU's time outside idle and iowait)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    if pid is not None:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / hz  # utime, stime
+    cpu = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    return (sum(cpu) - cpu[3] - cpu[4]) / hz
+
+
+def fio(device, args, server_pid=None):
+    """One fio job; with the CPU time per I/O (µs) of the guest and of the server, counted over
+    the ramp too, hence divided by the I/Os of ramp and runtime at the job's rate."""
+    guest0 = busy_seconds()
+    server0 = busy_seconds(server_pid) if server_pid else 0
+    result = fio_job(device, args)
+    ios = result["iops"] * (float(RUNTIME) + 1)
+    if ios:
+        result["guest_cpu_us_per_io"] = (busy_seconds() - guest0) * 1e6 / ios
+        if server_pid:
+            result["server_cpu_us_per_io"] = (busy_seconds(server_pid) - server0) * 1e6 / ios
+    return result
+
+
+def fio_job(device, args):
     out = sh("fio", "--name=bench", f"--filename={device}", "--ioengine=io_uring", "--direct=1",
              f"--size={SIZE}", f"--runtime={RUNTIME}", "--time_based", "--clocksource=clock_gettime", "--ramp_time=1",
              "--output-format=json", *args)
@@ -54,16 +86,19 @@ def fio(device, args):
             "lat_p99_us": side["clat_ns"]["percentile"].get("99.000000", 0) / 1000}
 
 
+def server_pid(device_id):
+    return json.load(open(f"{RUN_DIR}/{device_id}.json"))["pid"]
+
+
 def server_rss_kib(device_id):
-    record = json.load(open(f"{RUN_DIR}/{device_id}.json"))
-    for line in open(f"/proc/{record['pid']}/status"):
+    for line in open(f"/proc/{server_pid(device_id)}/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
 
 
-def add(*args):
-    out = sh(BIN, "--run-dir", RUN_DIR, "add", *args)
+def add(*args, binary=BIN):
+    out = sh(binary, "--run-dir", RUN_DIR, "add", *args)
     dev_id, path = out.split("\t")
     return int(dev_id), path
 
@@ -76,8 +111,9 @@ def measure(name, device, results, rss_of=None):
     """Appends one round of every workload on `device` to results[name][label]."""
     print(f"bench: {name} ({device})", flush=True)
     target = results.setdefault(name, {})
+    pid = server_pid(rss_of) if rss_of is not None else None
     for label, args in WORKLOADS:
-        target.setdefault(label, []).append(fio(device, args))
+        target.setdefault(label, []).append(fio(device, args, pid))
     if rss_of is not None:
         rss = server_rss_kib(rss_of)
         target["server_peak_rss_kib"] = max(rss, target.get("server_peak_rss_kib", 0))
@@ -102,8 +138,8 @@ def bench_loop(results, name, backing):
         sh("losetup", "-d", loop)
 
 
-def bench_server(results, name, *add_args):
-    dev_id, path = add(*add_args)
+def bench_server(results, name, *add_args, binary=BIN):
+    dev_id, path = add(*add_args, binary=binary)
     try:
         measure(name, path, results, rss_of=dev_id)
     finally:
@@ -123,6 +159,9 @@ def bench_disk_round(results, wanted):
     if "blockdev" in wanted:
         bench_server(results, "blockdev", "--backend", "blockdev", "--path", DISK, "--size", "2G",
                      "--depth", "128")
+    if "blockdev-base" in wanted:
+        bench_server(results, "blockdev-base", "--backend", "blockdev", "--path", DISK, "--size",
+                     "2G", "--depth", "128", binary=BASE_BIN)
     if "null" in wanted:
         bench_server(results, "null", "--backend", "null", "--size", "2G", "--depth", "128")
     if "null+qos" in wanted:
@@ -156,6 +195,8 @@ def main():
     only = os.environ.get("MESOBLK_BENCH_ONLY", "")
     wanted = set(only.split(",")) if only else set(TARGETS)
     unknown = wanted - set(TARGETS)
+    if "blockdev-base" in wanted and not BASE_BIN:
+        sys.exit("bench-target: blockdev-base needs MESOBLK_BENCH_BASE_BIN (a mesoblk-target)")
     if unknown:
         sys.exit(f"bench-target: unknown MESOBLK_BENCH_ONLY targets {sorted(unknown)}; "
                  f"known: {','.join(TARGETS)}")
@@ -170,10 +211,12 @@ def main():
 
 
 def render(results):
-    refs = {"raw": "loop", "loop": "loop", "blockdev": "loop", "null": "loop", "null+qos": "null",
+    refs = {"raw": "loop", "loop": "loop", "blockdev": "loop", "blockdev-base": "loop",
+            "null": "loop", "null+qos": "null",
             "loop-file": "loop-file", "file": "loop-file"}
-    lines = ["| target | workload | IOPS | MiB/s | p99 µs | ratio to reference |",
-             "|---|---|---:|---:|---:|---|"]
+    lines = ["| target | workload | IOPS | MiB/s | p99 µs | ratio to reference "
+             "| guest CPU µs/IO | server CPU µs/IO |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]
     for name, by_workload in results.items():
         ref = results.get(refs[name])
         for label, _ in WORKLOADS:
@@ -186,8 +229,10 @@ def render(results):
                     ratio = f"{statistics.median(pairs):.2f} × {refs[name]}"
             rounds = "" if len(r["rounds_iops"]) < 2 else " ({})".format(
                 " ".join(str(i) for i in r["rounds_iops"]))
+            cpu = " | ".join(f"{r[k]:.1f}" if k in r else "-"
+                             for k in ("guest_cpu_us_per_io", "server_cpu_us_per_io"))
             lines.append(f"| {name} | {label} | {r['iops']:.0f}{rounds} | {r['bw_mib']:.1f} | "
-                         f"{r['lat_p99_us']:.0f} | {ratio} |")
+                         f"{r['lat_p99_us']:.0f} | {ratio} | {cpu} |")
     rss = [f"{n}: {v['server_peak_rss_kib'] / 1024:.1f} MiB" for n, v in results.items()
            if "server_peak_rss_kib" in v]
     lines.append("")
