@@ -279,6 +279,10 @@ fn serve_queue(
     shared: QueueShared<'_>,
     geometry: Geometry,
 ) {
+    if let Err(e) = super::taskrun::init_queue_ring(dev) {
+        tracing::error!(qid, error = %e, "cannot set up the queue ring");
+        return;
+    }
     let queue = match UblkQueue::new(qid, dev) {
         Ok(queue) => Rc::new(queue),
         Err(e) => {
@@ -329,6 +333,10 @@ fn serve_queue(
     smol::block_on(executor.run(async move {
         // Called after each turn's completions are reaped: one clock read per turn.
         let run_ready = || {
+            if queue.is_stopping() {
+                // libublk's loop no longer asks for completions: run deferred work here.
+                super::taskrun::run_deferred();
+            }
             context.clock.refresh(&MonotonicClock);
             while exe.try_tick() {}
         };

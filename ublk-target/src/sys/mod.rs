@@ -11,3 +11,4 @@ pub mod fixed;
 pub mod probe;
 pub mod ring;
 pub mod shm;
+pub mod taskrun;
