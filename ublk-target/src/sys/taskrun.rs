@@ -7,9 +7,9 @@
 //! the kernel asking for completions, in one batch. The queue loop does that anyway on every
 //! turn, so the work is the same, minus the notifications.
 //!
-//! The catch, and why an earlier attempt left servers running after their device was stopped:
-//! once a queue is stopping, libublk's loop enters the kernel without asking for completions,
-//! and deferred work - the aborted fetches among it - would then never run. [`run_deferred`]
+//! The catch (and most likely why an earlier attempt left servers running after their device
+//! was stopped): once a queue is stopping, libublk's loop enters the kernel without asking for
+//! completions, and deferred work - the aborted fetches among it - would then never run. [`run_deferred`]
 //! runs it; the queue loop calls it each turn while stopping.
 
 use std::cell::RefCell;
