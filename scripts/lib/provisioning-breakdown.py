@@ -119,8 +119,9 @@ def stamp(text):
     return int(seconds) * 10**9 + int((frac + "000000000")[:9])
 
 
-def read_trace(path, side, events):
-    """Adds each task's first time at each milestone of `side` to events[task]."""
+def read_trace(path, side, events, devices=None):
+    """Adds each task's first time at each milestone of `side` to events[task]; with `devices`,
+    also each task's first device id (its "device live" event) to devices[task]."""
     counts = {}
     for line in open(path, errors="replace"):
         match = LINE.match(line.rstrip("\n"))
@@ -132,6 +133,8 @@ def read_trace(path, side, events):
         task = fields.get("task")
         if not task:
             continue
+        if devices is not None and message == "device live":
+            devices.setdefault(task, fields.get("device"))
         if "state" in fields:
             message += " " + fields["state"].strip('"')
         if message in COUNTED:
@@ -146,36 +149,31 @@ def quantiles(samples):
     return {"n": len(samples), "p50_ms": rank(0.5), "p99_ms": rank(0.99), "max_ms": samples[-1]}
 
 
-def read_server_traces(agent_log, server_logs, events):
-    """Adds each task's device server milestones: the agent's "device live" names the device,
-    whose server logged to `<server_logs>/<id>.log` (a device id is reused once its device is
-    gone: only the events after the task's "volume created" count)."""
-    devices = {}
-    for line in open(agent_log, errors="replace"):
-        match = LINE.match(line.rstrip("\n"))
-        if match and FIELD.sub("", match.group(2)).strip() == "device live":
-            fields = dict(FIELD.findall(match.group(2)))
-            devices.setdefault(fields.get("task"), fields.get("device"))
+def read_server_traces(server_logs, devices, events):
+    """Adds each task's device server milestones: its device's server logged to
+    `<server_logs>/<id>.log` (a device id is reused once its device is gone: only the events
+    after the task's "volume created" count)."""
     for task, device in devices.items():
-        since = events.get(task, {}).get(("agent", "volume created"))
+        since = events[task].get(("agent", "volume created"))
         try:
-            lines = open(f"{server_logs}/{device}.log", errors="replace").readlines()
+            lines = [] if since is None else open(f"{server_logs}/{device}.log",
+                                                  errors="replace").readlines()
         except OSError:
             continue
         for line in lines:
             match = LINE.match(line.rstrip("\n"))
-            if not match or since is None or stamp(match.group(1)) < since:
-                continue
-            message = FIELD.sub("", match.group(2)).strip()
-            events[task].setdefault(("server", message), stamp(match.group(1)))
+            if match and stamp(match.group(1)) >= since:
+                message = FIELD.sub("", match.group(2)).strip()
+                events[task].setdefault(("server", message), stamp(match.group(1)))
 
 
 def breakdown(report, master_log, agent_log, server_logs=None):
     events = {}
     read_trace(master_log, "master", events)
-    read_trace(agent_log, "agent", events)
+    devices = {}
+    read_trace(agent_log, "agent", events, devices)
     if server_logs:
-        read_server_traces(agent_log, server_logs, events)
+        read_server_traces(server_logs, devices, events)
     accepted = {}
     for launch in report["launches"]:
         task = launch["task"]

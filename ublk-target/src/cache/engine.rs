@@ -201,10 +201,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         Ok(())
     }
 
-    /// DISCARD (`unmap: None`) and WRITE_ZEROES: the cached copies are invalidated and the
+    /// DISCARD (`unmap: None`) or WRITE_ZEROES of blocks `first..first + count` (the range
+    /// `offset`, `len` checked by the caller): the cached copies are invalidated and the
     /// backing store does the zeroing.
-    /// DISCARD (`unmap` None) or WRITE_ZEROES of blocks `first..first + count`, the range
-    /// `offset`, `len` checked by the caller.
     async fn zero_range(
         &self,
         op: Op,
@@ -531,8 +530,8 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     }
 }
 
-/// The requests themselves; [`Backend`]'s methods check the range and wrap them in the
-/// fail-stop check.
+/// The requests themselves; [`Backend`]'s methods check the range and run them through
+/// [`CacheShared::fail_stop`].
 impl<B: Backend, C: Backend> CachedBackend<B, C> {
     async fn zero_checked(
         &self,
@@ -542,9 +541,12 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         unmap: Option<bool>,
     ) -> Result<(), IoError> {
         let blocks = self.blocks(op, offset, len)?;
-        self.shared.refuse_if_failed(op, offset, len)?;
         self.shared
-            .fail_on(self.zero_range(op, blocks, offset, len, unmap).await)
+            .fail_stop(
+                (op, offset, len),
+                self.zero_range(op, blocks, offset, len, unmap),
+            )
+            .await
     }
 
     /// A read of `buf.len()` bytes at `offset`, from block `first` (checked by the caller).
@@ -658,22 +660,26 @@ impl<B: Backend, C: Backend> Backend for CachedBackend<B, C> {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let len = buf.len() as u64;
         let (first, _) = self.blocks(Op::Read, offset, len)?;
-        self.shared.refuse_if_failed(Op::Read, offset, len)?;
         self.shared
-            .fail_on(self.serve_read(first, offset, buf).await)
+            .fail_stop((Op::Read, offset, len), self.serve_read(first, offset, buf))
+            .await
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
         let len = buf.len() as u64;
         let blocks = self.blocks(Op::Write, offset, len)?;
-        self.shared.refuse_if_failed(Op::Write, offset, len)?;
         self.shared
-            .fail_on(self.serve_write(blocks, offset, buf, fua).await)
+            .fail_stop(
+                (Op::Write, offset, len),
+                self.serve_write(blocks, offset, buf, fua),
+            )
+            .await
     }
 
     async fn flush(&self) -> Result<(), IoError> {
-        self.shared.refuse_if_failed(Op::Flush, 0, 0)?;
-        self.shared.fail_on(self.serve_flush().await)
+        self.shared
+            .fail_stop((Op::Flush, 0, 0), self.serve_flush())
+            .await
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {

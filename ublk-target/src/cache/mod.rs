@@ -249,30 +249,33 @@ impl CacheShared {
         self.clock.now()
     }
 
-    /// Whether an I/O error stopped the cache ([`CacheShared::fail_on`]).
+    /// Whether an I/O error stopped the cache (docs/cache.md, "I/O errors (fail-stop)").
     pub fn has_failed(&self) -> bool {
         self.stats.has_failed()
     }
 
-    /// The error for any request once the cache has failed.
-    fn refuse_if_failed(&self, op: Op, offset: u64, len: u64) -> Result<(), IoError> {
-        match self.has_failed() {
-            true => Err(IoError {
-                op,
-                offset,
-                len,
-                errno: libc::EIO,
-            }),
-            false => Ok(()),
-        }
-    }
-
+    /// Runs `work` (request `op` of `len` bytes at `offset`), or answers `EIO` without running
+    /// it once the cache has failed; a failure of `work` stops the cache.
+    ///
     /// Fail-stop, as dm-writecache: after a failed store or backing-store I/O the cache's
     /// memory may no longer match what its stores hold (a journal block half written, data
     /// installed whose record never landed), and carrying on could make a later commit
     /// durable over that gap. So the cache refuses every further request; `recover` rebuilds
     /// it from the stores, which keep every acknowledged write.
-    fn fail_on<T>(&self, result: Result<T, IoError>) -> Result<T, IoError> {
+    async fn fail_stop<T>(
+        &self,
+        (op, offset, len): (Op, u64, u64),
+        work: impl std::future::Future<Output = Result<T, IoError>>,
+    ) -> Result<T, IoError> {
+        if self.has_failed() {
+            return Err(IoError {
+                op,
+                offset,
+                len,
+                errno: libc::EIO,
+            });
+        }
+        let result = work.await;
         if let Err(e) = &result {
             if e.errno != libc::ESHUTDOWN && self.stats.fail() {
                 tracing::error!(

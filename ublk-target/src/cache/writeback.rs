@@ -79,8 +79,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// One step of background writeback at the clock's current time: writes back what the
     /// watermarks, the maximum dirty age and the rate limit allow now (possibly nothing).
     pub async fn writeback_step(&self) -> Result<WritebackReport, IoError> {
-        self.shared.refuse_if_failed(Op::Write, 0, 0)?;
-        self.shared.fail_on(self.writeback_step_unchecked().await)
+        self.shared
+            .fail_stop((Op::Write, 0, 0), self.writeback_step_unchecked())
+            .await
     }
 
     async fn writeback_step_unchecked(&self) -> Result<WritebackReport, IoError> {
@@ -113,8 +114,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// requests run between batches), ignoring the rate limit, then commits. When it returns,
     /// that data is on the flushed backing store.
     pub async fn drain(&self) -> Result<DrainReport, IoError> {
-        self.shared.refuse_if_failed(Op::Flush, 0, 0)?;
-        self.shared.fail_on(self.drain_unchecked().await)
+        self.shared
+            .fail_stop((Op::Flush, 0, 0), self.drain_unchecked())
+            .await
     }
 
     async fn drain_unchecked(&self) -> Result<DrainReport, IoError> {
@@ -190,8 +192,9 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
     /// cleanly shut down, so the next open keeps its clean blocks. Dirty data stays in the
     /// cache (durably). Every later request fails with `ESHUTDOWN`.
     pub async fn shutdown(&self) -> Result<(), IoError> {
-        self.shared.refuse_if_failed(Op::Flush, 0, 0)?;
-        self.shared.fail_on(self.shutdown_unchecked().await)
+        self.shared
+            .fail_stop((Op::Flush, 0, 0), self.shutdown_unchecked())
+            .await
     }
 
     async fn shutdown_unchecked(&self) -> Result<(), IoError> {

@@ -55,9 +55,10 @@ fn status(id: u32, json: bool, run_dir: &RunDir) -> Result<()> {
 
 fn print_status(report: &CacheReport) {
     let s = &report.stats;
-    let state = match s.failed {
-        true => "failed: an I/O error stopped the cache (kill the server, then recover)",
-        false => "serving",
+    let state = if s.failed {
+        "failed: an I/O error stopped the cache (kill the server, then recover)"
+    } else {
+        "serving"
     };
     let rows: [(&str, String); 17] = [
         ("store", report.store.clone()),
