@@ -1,7 +1,8 @@
 //! Kernel tier: the agent's storage on real ublk devices (root, `ublk_drv`; run in the qemu
 //! guest by `scripts/test`). BLOCK and MOUNT volumes keep their data across detach and attach,
 //! device nodes belong to the task's user only, ephemeral disks and failed requests leave
-//! nothing, and a restarted agent finds its devices (recovering one whose server died).
+//! nothing, a spare device started ahead serves its task like a fresh one, and a restarted agent
+//! finds its devices (recovering one whose server died) and stops its spares.
 //!
 //! Needs the `mesoblk-target` binary: `$MESOBLK_TARGET_BIN`, or `target/<profile>/mesoblk-target`
 //! next to this test's `deps/` folder (`cargo build -p ublk-target`). Fails, never skips,
@@ -20,7 +21,8 @@ use mesoblk_agent::storage::host::MkfsFormatter;
 use mesoblk_agent::storage::resources::raw_disk;
 use mesoblk_agent::storage::volume::{VolumeId, VolumeState};
 use mesoblk_agent::storage::{
-    AttachRequest, AttachedDevice, Storage, StorageConfig, StorageOptions, TaskDiskRequest,
+    make_spares, AttachRequest, AttachedDevice, Spare, Storage, StorageConfig, StorageOptions,
+    TaskDiskRequest,
 };
 use mesoblk_proto::mesos::v1::offer::operation::{CreateDisk, DestroyDisk};
 use mesoblk_proto::mesos::v1::resource::disk_info::source;
@@ -91,7 +93,8 @@ impl Agent {
             r#"{{"pools": [{{"name": "local", "dir": "{}", "size": "{POOL_MB}M"}}],
                 "profiles": [
                     {{"name": "fast", "pool": "local", "filesystem": "ext4", "depth": 64,
-                      "qos": {{"total_ops": {{"ops_per_sec": 20000}}}}}}
+                      "qos": {{"total_ops": {{"ops_per_sec": 20000}}}},
+                      "spares": [{{"size": "256M"}}]}}
                 ]}}"#,
             self.root.path().join("pools/local").display()
         ))
@@ -120,6 +123,16 @@ impl Agent {
         let report = storage.recover();
         self.storage = Some(storage);
         report
+    }
+
+    /// Makes the profile's spare devices, as the agent's spares thread does.
+    fn make_spares(&mut self) -> Vec<Spare> {
+        let shared = std::sync::Mutex::new(self.storage.take().expect("storage is open"));
+        make_spares(&shared);
+        let storage = shared.into_inner().expect("not poisoned");
+        let spares = storage.spares();
+        self.storage = Some(storage);
+        spares
     }
 
     fn storage(&mut self) -> &mut Storage {
@@ -524,4 +537,72 @@ fn a_restarted_agent_finds_its_devices_and_recovers_a_dead_server() {
 
     agent.detach(&id);
     assert_device_gone(&device);
+}
+
+#[test]
+fn a_spare_device_serves_its_task_like_a_fresh_one_and_a_restart_stops_the_spares() {
+    let mut agent = Agent::start();
+    let spares = agent.make_spares();
+    assert_eq!(spares.len(), 1);
+    let spare = spares[0].clone();
+    assert_eq!(
+        control::status(spare.device_id).map(|s| s.state).ok(),
+        Some(DeviceState::Live),
+        "started ahead"
+    );
+    assert_eq!(agent.pool_files(), 1);
+
+    let provider = agent.storage().provider_id().to_owned();
+    let sandbox = agent.sandbox("t1");
+    let resources = [raw_disk(&provider, "fast", 256)];
+    let disks = agent
+        .storage()
+        .attach_task(&TaskDiskRequest {
+            task_id: "t1",
+            resources: &resources,
+            uid: TASK_UID,
+            gid: TASK_GID,
+            sandbox: &sandbox,
+        })
+        .unwrap_or_else(|e| panic!("attach_task: {}", e.message()));
+    let device = disks.devices[0].clone();
+    assert_eq!(
+        (device.device_id, &device.volume_id),
+        (spare.device_id, &spare.volume_id)
+    );
+    let meta = std::fs::metadata(&device.block_path).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (TASK_UID, 0o600));
+    let mut first = vec![0xffu8; 64 * 1024];
+    File::open(&device.block_path)
+        .and_then(|mut f| f.read_exact(&mut first))
+        .expect("read the fresh device");
+    assert!(first.iter().all(|b| *b == 0), "a spare starts out zeroed");
+    write_patterns(&device.block_path);
+    check_patterns(&device.block_path);
+
+    // The next spare is made; then the agent dies and restarts: the spare's record and device
+    // are gone, the task's device keeps serving.
+    let next = agent.make_spares();
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].device_id, device.device_id);
+    let report = agent.restart();
+    assert_eq!(
+        report.still_attached,
+        vec![(device.volume_id.clone(), device.device_id)]
+    );
+    assert_eq!(
+        report.stopped_devices,
+        vec![next[0].device_id],
+        "{report:?}"
+    );
+    assert!(!control::device_ids().contains(&next[0].device_id));
+    assert!(agent.storage().spares().is_empty());
+    check_patterns(&device.block_path);
+
+    agent
+        .storage()
+        .detach_task("t1")
+        .unwrap_or_else(|e| panic!("detach_task: {}", e.message()));
+    assert_device_gone(&device);
+    assert_eq!(agent.pool_files(), 0);
 }

@@ -89,7 +89,7 @@ pub(super) async fn snapshot(State(node): State<Arc<Node>>) -> Json<Value> {
         let percent = if total > 0.0 { used / total } else { 0.0 };
         m.insert(format!("slave/{name}_percent"), json!(percent));
     }
-    let (pools, volumes, attached) = {
+    let (pools, volumes, attached, spares) = {
         let storage = node.storage.lock().unwrap_or_else(|p| p.into_inner());
         let attached = storage
             .volumes()
@@ -97,8 +97,9 @@ pub(super) async fn snapshot(State(node): State<Arc<Node>>) -> Json<Value> {
             .count();
         (
             storage.pool_usage().len(),
-            storage.volumes().count(),
+            storage.volumes().filter(|v| !v.is_spare()).count(),
             attached,
+            storage.spares().len(),
         )
     };
     m.insert(
@@ -112,5 +113,6 @@ pub(super) async fn snapshot(State(node): State<Arc<Node>>) -> Json<Value> {
     m.insert("mesoblk/pools".into(), json!(pools));
     m.insert("mesoblk/volumes".into(), json!(volumes));
     m.insert("mesoblk/devices_attached".into(), json!(attached));
+    m.insert("mesoblk/spare_devices".into(), json!(spares));
     Json(json!(m))
 }

@@ -1,5 +1,6 @@
 //! `GET /state`: the agent as Mesos's agent `/state` shows it (`id`, `hostname`, `resources`,
-//! `frameworks[].executors[].tasks[]`, ...), plus mesoblk's `volumes` and `pools`. Command
+//! `frameworks[].executors[].tasks[]`, ...), plus mesoblk's `volumes`, `spares` (spare devices
+//! ready for a task; their volumes are not in `volumes`) and `pools`. Command
 //! tasks each have their command executor; custom executors list their tasks, queued ones in
 //! `queued_tasks`.
 
@@ -204,14 +205,16 @@ pub(super) async fn state(State(node): State<Arc<Node>>) -> Json<Value> {
         })
         .collect();
     let link = node.link_status();
-    let (volumes, pools) = {
+    let (volumes, spares, pools) = {
         let storage = node.storage.lock().unwrap_or_else(|p| p.into_inner());
         let volumes: Vec<Value> = storage
             .volumes()
+            .filter(|v| !v.is_spare())
             .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
             .collect();
+        let spares = serde_json::to_value(storage.spares()).unwrap_or(Value::Null);
         let pools = serde_json::to_value(storage.pool_usage()).unwrap_or(Value::Null);
-        (volumes, pools)
+        (volumes, spares, pools)
     };
     let started = node
         .started
@@ -232,6 +235,7 @@ pub(super) async fn state(State(node): State<Arc<Node>>) -> Json<Value> {
         "frameworks": frameworks,
         "completed_frameworks": completed_frameworks,
         "volumes": volumes,
+        "spares": spares,
         "pools": pools,
         "flags": {
             "work_dir": node.config.work_dir.display().to_string(),

@@ -476,6 +476,7 @@ pub async fn run(
         tracing::info!(agent = %id, "recovering the agent's checkpoints");
         node.start_runtime(&id)?;
     }
+    start_spares_thread(&node);
     let app = crate::http::router(Arc::clone(&node));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     tokio::spawn(tasks::watch_ended(Arc::clone(&node), ended_rx));
@@ -500,8 +501,35 @@ pub async fn run(
             Err(e) => Err(NodeError::Server(std::io::Error::other(e.to_string()))),
         },
     };
-    // Devices keep serving their tasks; servers waiting for a device have nothing to serve.
-    let devices = lock(&node.storage).device_control();
+    // Devices keep serving their tasks; spares and servers waiting for a device serve no one.
+    let devices = {
+        let mut storage = lock(&node.storage);
+        storage.close_spares();
+        storage.device_control()
+    };
     devices.shutdown();
     outcome
+}
+
+/// Starts the thread that makes the storage's spare devices (`storage::spares`) whenever the
+/// storage asks, and asks once now. It ends with the node.
+fn start_spares_thread(node: &Arc<Node>) {
+    let (signal, wakes) = std::sync::mpsc::channel::<()>();
+    let weak = Arc::downgrade(node);
+    let spawned = std::thread::Builder::new()
+        .name("spares".into())
+        .spawn(move || {
+            while wakes.recv().is_ok() {
+                while wakes.try_recv().is_ok() {}
+                let Some(node) = weak.upgrade() else { break };
+                crate::storage::make_spares(&node.storage);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the spare devices' thread: no spares");
+        return;
+    }
+    let mut storage = lock(&node.storage);
+    storage.set_spares_signal(signal);
+    storage.request_spares();
 }

@@ -139,6 +139,8 @@ pub(super) struct PendingAttach {
     pub(super) request: AttachRequest,
     pub(super) mount_path: Option<PathBuf>,
     pub(super) spec: DeviceSpec,
+    /// The device, when it already serves the volume (a claimed spare).
+    pub(super) started: Option<DeviceRecord>,
 }
 
 impl Storage {
@@ -181,6 +183,7 @@ impl Storage {
             request: request.clone(),
             mount_path,
             spec,
+            started: None,
         })
     }
 
@@ -543,6 +546,9 @@ pub(super) fn start_device(
     devices: &dyn DeviceControl,
     pending: &PendingAttach,
 ) -> Result<DeviceRecord, StorageError> {
+    if let Some(device) = &pending.started {
+        return Ok(device.clone());
+    }
     let started = Instant::now();
     let device = devices
         .start(&pending.spec, StartMode::Add)

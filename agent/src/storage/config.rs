@@ -47,6 +47,8 @@ pub const DEFAULT_QUEUES: u16 = 1;
 pub const DEFAULT_DEPTH: u16 = 128;
 /// Largest I/O unless a profile says otherwise (as `mesoblk-target add`).
 pub const DEFAULT_MAX_IO_BYTES: u64 = 256 << 10;
+/// Most spare devices of one size a profile may keep: each is a running server.
+pub const SPARES_MAX: u32 = 16;
 
 /// The whole storage configuration: pools and the profiles carved from them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -115,6 +117,21 @@ pub struct ProfileConfig {
     /// Direct-I/O policy for the backing file (`required`, `optional`, `disabled`).
     #[serde(default)]
     pub direct_io: DirectIo,
+    /// Devices kept started ahead of their tasks, per size (see `storage::spares`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spares: Vec<SpareConfig>,
+}
+
+/// Spare devices of one size: `{"size": "1G", "count": 2}`. A task launched on a slice of the
+/// profile's RAW pool of exactly this size, as a BLOCK disk, gets one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpareConfig {
+    /// The devices' size: a whole number of MiB.
+    pub size: ByteSize,
+    /// How many to keep (1 to [`SPARES_MAX`]; default 1).
+    #[serde(default = "default_spare_count")]
+    pub count: u32,
 }
 
 /// File systems a MOUNT disk can be formatted with.
@@ -177,6 +194,9 @@ fn default_depth() -> u16 {
 }
 fn default_max_io() -> ByteSize {
     ByteSize(DEFAULT_MAX_IO_BYTES)
+}
+fn default_spare_count() -> u32 {
+    1
 }
 
 /// Why a storage configuration was refused.
@@ -268,6 +288,14 @@ pub enum ConfigError {
     /// The cache settings are incomplete or invalid.
     #[error("profile {profile:?}: {problem}")]
     BadCache {
+        /// The profile.
+        profile: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A spare size or count is out of range, or a size is listed twice.
+    #[error("profile {profile:?}: spares: {problem}")]
+    BadSpares {
         /// The profile.
         profile: String,
         /// What is wrong.
@@ -590,6 +618,7 @@ fn validate_cache(profile: &ProfileConfig) -> Result<(), ConfigError> {
 
 fn validate_profile(profile: &ProfileConfig) -> Result<(), ConfigError> {
     validate_cache(profile)?;
+    validate_spares(profile)?;
     let bad_device = |source| ConfigError::BadDevice {
         profile: profile.name.clone(),
         source,
@@ -606,6 +635,32 @@ fn validate_profile(profile: &ProfileConfig) -> Result<(), ConfigError> {
     let mut spec = profile.device_spec(Path::new("/"), MIB, Some(cache));
     spec.max_io_bytes = max_io;
     spec.check_limits().map_err(bad_device)
+}
+
+fn validate_spares(profile: &ProfileConfig) -> Result<(), ConfigError> {
+    let bad = |problem: String| ConfigError::BadSpares {
+        profile: profile.name.clone(),
+        problem,
+    };
+    let mut sizes = BTreeSet::new();
+    for spare in &profile.spares {
+        let size = spare.size.0;
+        if size == 0 || size % MIB != 0 || size / MIB > super::resources::DISK_MB_MAX {
+            return Err(bad(format!(
+                "size {size} bytes is not a whole number of MiB"
+            )));
+        }
+        if !(1..=SPARES_MAX).contains(&spare.count) {
+            return Err(bad(format!(
+                "count {} must be between 1 and {SPARES_MAX}",
+                spare.count
+            )));
+        }
+        if !sizes.insert(size) {
+            return Err(bad(format!("size {size} bytes is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 fn resolve_pool_dir(pool: &PoolConfig, allowed: &[PathBuf]) -> Result<PathBuf, ConfigError> {
@@ -715,6 +770,15 @@ mod tests {
         assert_eq!(c.pools[0].size, ByteSize(1 << 30));
         assert_eq!(c.profiles[0].max_io_size, ByteSize(512 << 10));
         assert_eq!(capacity_bytes(c.pools[0].size.0, 2.5), 2560 << 20);
+        let spares = config(
+            POOL,
+            r#"{"name": "f", "pool": "p", "spares": [{"size": "1G"}]}"#,
+        );
+        let spare = SpareConfig {
+            size: ByteSize(1 << 30),
+            count: 1,
+        };
+        assert_eq!(spares.unwrap().profiles[0].spares, [spare]);
         let bad = config(r#"{"name": "p", "dir": "/srv/p", "size": "10Q"}"#, PROFILE);
         let message = error_text(bad.unwrap_err());
         assert!(message.contains("unknown unit"), "{message}");
@@ -727,6 +791,21 @@ mod tests {
     #[test]
     fn each_mistake_has_its_own_message() {
         let cases: &[(&str, &str, &str)] = &[
+            (
+                POOL,
+                r#"{"name": "f", "pool": "p", "spares": [{"size": "1000K"}]}"#,
+                "profile \"f\": spares: size 1024000 bytes is not a whole number of MiB",
+            ),
+            (
+                POOL,
+                r#"{"name": "f", "pool": "p", "spares": [{"size": "1G", "count": 0}]}"#,
+                "count 0 must be between 1 and 16",
+            ),
+            (
+                POOL,
+                r#"{"name": "f", "pool": "p", "spares": [{"size": "1G"}, {"size": 1073741824}]}"#,
+                "size 1073741824 bytes is listed twice",
+            ),
             (
                 r#"{"name": "p", "device": "/dev/sdb", "size": "1G"}"#,
                 PROFILE,

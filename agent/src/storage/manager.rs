@@ -23,6 +23,7 @@ use super::resources::{self, DiskClaim, PoolUsage};
 use super::volume::{
     Lifetime, VolumeEvent, VolumeId, VolumeKind, VolumeRecord, VolumeState, RECORD_FORMAT,
 };
+use ublk_target::daemon::DeviceRecord;
 
 /// Default folder for the agent's device records and server logs (separate from
 /// `mesoblk-target`'s own default, so the agent only ever touches devices it started).
@@ -82,6 +83,12 @@ pub struct Storage {
     pub(super) host: Host,
     /// Volumes whose device is being started for a task (volume → task), outside the lock.
     pub(super) reserved: BTreeMap<VolumeId, String>,
+    /// Spare devices ready for a task (see [`super::spares`]), by volume.
+    pub(super) spares: BTreeMap<VolumeId, DeviceRecord>,
+    /// Wakes the agent's spares thread.
+    pub(super) spares_signal: Option<std::sync::mpsc::Sender<()>>,
+    /// Set at shutdown: no spare is made or kept any more.
+    pub(super) spares_closed: bool,
 }
 
 impl std::fmt::Debug for Storage {
@@ -148,6 +155,9 @@ impl Storage {
             unreadable,
             host,
             reserved: BTreeMap::new(),
+            spares: BTreeMap::new(),
+            spares_signal: None,
+            spares_closed: false,
         })
     }
 
@@ -398,9 +408,11 @@ impl Storage {
         kind: VolumeKind,
         mb: u64,
     ) -> Result<&VolumeRecord, StorageError> {
+        // A spare is nobody's volume until a launch claims it.
         let volume = self
             .volumes
             .get(id)
+            .filter(|v| !v.is_spare())
             .ok_or_else(|| StorageError::UnknownVolume { id: id.to_string() })?;
         let mismatch = |reason: String| StorageError::VolumeMismatch {
             id: id.clone(),
@@ -421,7 +433,7 @@ impl Storage {
         Ok(volume)
     }
 
-    fn fresh_id(&self, profile: &ProfileConfig) -> VolumeId {
+    pub(super) fn fresh_id(&self, profile: &ProfileConfig) -> VolumeId {
         let dir = self.pool(&profile.pool).map(|p| p.dir.clone());
         loop {
             let id = VolumeId::generate();

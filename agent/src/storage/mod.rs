@@ -43,6 +43,7 @@ pub mod volume;
 mod attach;
 mod manager;
 mod recovery;
+mod spares;
 mod task_disks;
 
 pub use attach::{
@@ -53,5 +54,6 @@ pub use config::{Filesystem, StorageConfig};
 pub use error::{error_chain, StorageError};
 pub use manager::{check_ublk, default_target_exe, Storage, StorageOptions, DEFAULT_RUN_DIR};
 pub use recovery::RecoveryReport;
+pub use spares::{make_spares, Spare};
 pub use task_disks::{attach_task_shared, StartedDevices, TaskReservation};
 pub use volume::{VolumeId, VolumeKind};

@@ -8,6 +8,7 @@
 //! | Destroying | – | finishes: removes the backing file and the record |
 //! | Ready, persistent | – | nothing (reports a missing backing file) |
 //! | Ready, ephemeral | – | destroyed (its launch, or its release, was interrupted) |
+//! | Ready, spare | – | destroyed (its device, if it was made, is stopped as an orphan) |
 //! | Attached(N) | N live, its record names this volume's file | nothing: still served |
 //! | Attached(N) | N quiesced (its server died) | a new server takes over (`StartMode::Recover`) |
 //! | Attached(N) | N absent (reboot), or dead | detached (Ready); an ephemeral volume is destroyed |

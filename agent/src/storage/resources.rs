@@ -21,6 +21,10 @@
 //! an ephemeral disk is refused when it does not fit in `capacity − all volumes`
 //! ([`PoolUsage::available_mb`]).
 //!
+//! Spare devices (`storage::spares`) are the exception: nobody holds them yet, so they count
+//! nowhere. A spare is made only while its size is available, and claiming it checks the
+//! capacity again as a new ephemeral disk would.
+//!
 //! What is *offered* is `capacity − persistent volumes` ([`PoolUsage::offered_mb`]): a task
 //! running on a slice of the RAW pool (an ephemeral volume) holds that slice as part of its own
 //! resources, which the master already subtracts, so the agent keeps it in the pool's total.
@@ -354,8 +358,10 @@ pub struct PoolUsage {
     pub persistent_bytes: u64,
     /// Bytes held by ephemeral volumes (tasks on a slice of the RAW pool).
     pub ephemeral_bytes: u64,
-    /// Volumes in the pool.
+    /// Volumes in the pool, spares not counted.
     pub volumes: usize,
+    /// Spare devices' volumes in the pool (counted in no figure above).
+    pub spares: usize,
 }
 
 impl PoolUsage {
@@ -373,8 +379,13 @@ impl PoolUsage {
             persistent_bytes: 0,
             ephemeral_bytes: 0,
             volumes: 0,
+            spares: 0,
         };
         for volume in volumes.into_iter().filter(|v| v.pool == usage.pool) {
+            if volume.is_spare() {
+                usage.spares += 1;
+                continue;
+            }
             usage.volumes += 1;
             if volume.is_ephemeral() {
                 usage.ephemeral_bytes += volume.size_bytes;

@@ -29,7 +29,7 @@ use super::error::StorageError;
 use super::host::DeviceControl;
 use super::manager::Storage;
 use super::resources;
-use super::volume::{Lifetime, VolumeId};
+use super::volume::{Lifetime, VolumeId, VolumeKind};
 use crate::PROVISIONING;
 
 /// A task's disks between [`Storage::reserve_task`] and [`Storage::finish_task`]: volumes
@@ -110,7 +110,12 @@ impl Storage {
             match self.reserve_planned(request, disk) {
                 Ok(pending) => disks.push((disk.resource_index, pending)),
                 Err(e) => {
-                    self.release_reserved(request.task_id, &disks, Vec::new());
+                    // Claimed spares are already live.
+                    let live = disks
+                        .iter()
+                        .filter_map(|(_, p)| p.started.clone())
+                        .collect();
+                    self.release_reserved(request.task_id, &disks, live);
                     return Err(e);
                 }
             }
@@ -129,9 +134,21 @@ impl Storage {
         request: &TaskDiskRequest<'_>,
         disk: &PlannedDisk,
     ) -> Result<PendingAttach, StorageError> {
+        let attach = AttachRequest {
+            task_id: request.task_id.to_owned(),
+            uid: request.uid,
+            gid: request.gid,
+            mount_path: disk.mount_path.clone(),
+            read_only: disk.read_only,
+        };
         let id = match &disk.target {
             Target::Existing(id) => id.clone(),
             Target::Ephemeral { profile, mb, kind } => {
+                if *kind == VolumeKind::Block {
+                    if let Some(pending) = self.claim_spare(&attach, profile, *mb)? {
+                        return Ok(pending);
+                    }
+                }
                 let profile = self.profile(profile)?.clone();
                 let lifetime = Lifetime::Ephemeral {
                     task_id: request.task_id.to_owned(),
@@ -143,16 +160,7 @@ impl Storage {
                 id
             }
         };
-        self.begin_attach(
-            &id,
-            &AttachRequest {
-                task_id: request.task_id.to_owned(),
-                uid: request.uid,
-                gid: request.gid,
-                mount_path: disk.mount_path.clone(),
-                read_only: disk.read_only,
-            },
-        )
+        self.begin_attach(&id, &attach)
     }
 
     /// Step 3: records the attachments of the devices started in step 2 and hands them over.
@@ -280,5 +288,8 @@ pub fn attach_task_shared(
     let started = reservation.start_devices();
     let mut storage = lock(storage);
     tracing::debug!(target: PROVISIONING, task = %request.task_id, "storage lock taken again");
-    storage.finish_task(reservation, started)
+    let disks = storage.finish_task(reservation, started);
+    // Replaces a spare this launch claimed, now that its device no longer competes with it.
+    storage.request_spares();
+    disks
 }

@@ -112,6 +112,9 @@ pub enum Lifetime {
         /// The task.
         task_id: String,
     },
+    /// Made ahead of any task as one of its profile's spare devices (`storage::spares`); it
+    /// becomes `Ephemeral` when a task claims it.
+    Spare,
 }
 
 /// A volume served to a task.
@@ -295,9 +298,14 @@ impl VolumeRecord {
         }
     }
 
-    /// Whether it is an ephemeral volume.
+    /// Whether it is an ephemeral volume: one of a task's, or a spare, which no one may keep.
     pub fn is_ephemeral(&self) -> bool {
-        matches!(self.lifetime, Lifetime::Ephemeral { .. })
+        matches!(self.lifetime, Lifetime::Ephemeral { .. } | Lifetime::Spare)
+    }
+
+    /// Whether it is a spare that no task has claimed yet.
+    pub fn is_spare(&self) -> bool {
+        self.lifetime == Lifetime::Spare
     }
 
     /// Its size in whole MiB (Mesos MB).
