@@ -551,6 +551,15 @@ fn a_spare_device_serves_its_task_like_a_fresh_one_and_a_restart_stops_the_spare
         "started ahead"
     );
     assert_eq!(agent.pool_files(), 1);
+    let pid = ublk_target::daemon::RunDir::new(agent.root.path().join("run"))
+        .read(spare.device_id)
+        .expect("the spare's record")
+        .pid;
+    assert_eq!(
+        nice_values(pid),
+        [19],
+        "a spare's server yields the CPU to launches"
+    );
 
     let provider = agent.storage().provider_id().to_owned();
     let sandbox = agent.sandbox("t1");
@@ -572,6 +581,11 @@ fn a_spare_device_serves_its_task_like_a_fresh_one_and_a_restart_stops_the_spare
     );
     let meta = std::fs::metadata(&device.block_path).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (TASK_UID, 0o600));
+    assert_eq!(
+        nice_values(pid),
+        [0],
+        "a claimed spare serves at the normal priority"
+    );
     let mut first = vec![0xffu8; 64 * 1024];
     File::open(&device.block_path)
         .and_then(|mut f| f.read_exact(&mut first))
@@ -605,4 +619,26 @@ fn a_spare_device_serves_its_task_like_a_fresh_one_and_a_restart_stops_the_spare
         .unwrap_or_else(|e| panic!("detach_task: {}", e.message()));
     assert_device_gone(&device);
     assert_eq!(agent.pool_files(), 0);
+}
+
+/// The distinct nice values of a process's threads (field 19 of `/proc/<pid>/task/<tid>/stat`).
+fn nice_values(pid: u32) -> Vec<i64> {
+    let mut values: Vec<i64> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the server runs")
+        .flatten()
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).expect("stat");
+            // After the command name's closing parenthesis: state is field 3, nice field 19.
+            let after = &stat[stat.rfind(')').expect("comm") + 2..];
+            after
+                .split(' ')
+                .nth(16)
+                .expect("nice")
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    values
 }

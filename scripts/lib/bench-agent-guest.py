@@ -2,17 +2,20 @@
 """The guest half of scripts/bench-agent: a real master and agent, and mesoblk-agent-bench.
 
 The agent's one pool lives on the scratch virtio disk (formatted here): sparse files, with
-overcommit, so 50 x 1 GiB devices fit on a disk that holds far less. A warm-up launch first (one
-task, reported apart: the agent's first launch), then two phases:
-  latency  MESOBLK_BENCH_TASKS (50) tasks with MESOBLK_BENCH_SIZE_MB (1024) MB BLOCK devices,
-           MESOBLK_BENCH_IN_FLIGHT (1) provisioned at a time: ACCEPT -> TASK_RUNNING and the
-           task's first 4k direct read, p50/p99 (measured by mesoblk-agent-bench);
+overcommit, so 50 x 1 GiB devices fit on a disk that holds far less. Two profiles share it:
+`bench` starts each task's device at its launch (cold), `spare` keeps MESOBLK_BENCH_SPARES (2)
+devices of the latency phases' size started ahead (the profile's "spares"). A warm-up launch first
+(one task, reported apart: the agent's first launch), then three phases:
+  latency  twice, `cold` (profile bench) then `spares` (profile spare): MESOBLK_BENCH_TASKS (50)
+           tasks with MESOBLK_BENCH_SIZE_MB (1024) MB BLOCK devices, MESOBLK_BENCH_IN_FLIGHT (1)
+           provisioned at a time: ACCEPT -> TASK_RUNNING and the task's first 4k direct read,
+           p50/p99 (measured by mesoblk-agent-bench);
   memory   MESOBLK_BENCH_DEVICES (100) tasks holding a MESOBLK_BENCH_SMALL_MB (16) MB device
            each, all at once: the agent's VmHWM/VmRSS and the device servers' (mesoblk-target
            serve) total VmRSS, read from /proc.
 After each phase the tasks are killed and the agent's /state must show the pool empty again.
 Writes bench-agent.json and bench-agent.md into the results folder; agent.log and master.log too,
-and the latency phase's per-milestone breakdown (breakdown.md, breakdown.json; see
+and each latency phase's per-milestone breakdown (breakdown-<phase>.md and .json; see
 provisioning-breakdown.py).
 """
 
@@ -33,6 +36,7 @@ SIZE_MB = int(os.environ.get("MESOBLK_BENCH_SIZE_MB", "1024"))
 IN_FLIGHT = int(os.environ.get("MESOBLK_BENCH_IN_FLIGHT", "1"))
 DEVICES = int(os.environ.get("MESOBLK_BENCH_DEVICES", "100"))
 SMALL_MB = int(os.environ.get("MESOBLK_BENCH_SMALL_MB", "16"))
+SPARES = int(os.environ.get("MESOBLK_BENCH_SPARES", "2"))
 WORK = "/tmp/bench-agent"
 POOL_SIZE = "8G"
 OVERCOMMIT = 16.0
@@ -96,7 +100,9 @@ def start_cluster():
     config = f"{WORK}/storage.json"
     json.dump({"pools": [{"name": "bench", "dir": f"{scratch}/pool", "size": POOL_SIZE,
                           "overcommit": OVERCOMMIT}],
-               "profiles": [{"name": "bench", "pool": "bench", "filesystem": "ext4"}]},
+               "profiles": [{"name": "bench", "pool": "bench", "filesystem": "ext4"},
+                            {"name": "spare", "pool": "bench", "filesystem": "ext4",
+                             "spares": [{"size": f"{SIZE_MB}M", "count": SPARES}]}]},
               open(config, "w"))
     master_port, agent_port = free_port(), free_port()
     # The provisioning milestones too: provisioning-breakdown.py reads them from the logs.
@@ -148,22 +154,30 @@ def warmup_phase(master_port, agent_url):
     return json.load(open(report))
 
 
-def latency_phase(master_port, agent_url):
-    process, report = bench(master_port, "latency", "--tasks", str(TASKS),
-                            "--size-mb", str(SIZE_MB), "--in-flight", str(IN_FLIGHT))
-    finish(process, "latency")
-    wait_for("the pool empty after the latency phase", lambda: pool_empty(agent_url))
-    # The device servers' logs, before the memory phase's servers reuse their ids.
-    servers = f"{RESULTS}/servers"
+def spares_ready(agent_url):
+    return len(get_json(f"{agent_url}/state")["spares"]) >= SPARES
+
+
+def latency_phase(master_port, agent_url, phase, profile):
+    """MESOBLK_BENCH_TASKS launches of `profile`; its report is latency-<phase>.json."""
+    name = f"latency-{phase}"
+    process, report = bench(master_port, name, "--profile", profile, "--task-prefix", phase,
+                            "--tasks", str(TASKS), "--size-mb", str(SIZE_MB),
+                            "--in-flight", str(IN_FLIGHT))
+    finish(process, name)
+    wait_for(f"the pool empty after the {name} phase", lambda: pool_empty(agent_url))
+    # The device servers' logs, before later servers reuse their ids (the spares phase's
+    # devices were started before their launches: their logs say nothing of the launch).
+    servers = f"{RESULTS}/servers-{phase}"
     os.makedirs(servers, exist_ok=True)
     for folder, _, files in os.walk(f"{WORK}/run"):
-        for name in files:
-            if name.endswith(".log") and name[:-4].isdigit():
-                shutil.copy(os.path.join(folder, name), servers)
+        for file in files:
+            if file.endswith(".log") and file[:-4].isdigit():
+                shutil.copy(os.path.join(folder, file), servers)
     sh("python3", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                "provisioning-breakdown.py"),
        report, f"{RESULTS}/master.log", f"{RESULTS}/agent.log", "--server-logs", servers,
-       "--json", f"{RESULTS}/breakdown.json", "--md", f"{RESULTS}/breakdown.md")
+       "--json", f"{RESULTS}/breakdown-{phase}.json", "--md", f"{RESULTS}/breakdown-{phase}.md")
     return json.load(open(report))
 
 
@@ -186,6 +200,7 @@ def memory_phase(master_port, agent, agent_url):
         "agent_rss_kib": status_kib(agent.pid, "VmRSS"),
         "agent_hwm_kib": status_kib(agent.pid, "VmHWM"),
         "device_servers": len(servers),
+        "spares": len(get_json(f"{agent_url}/state")["spares"]),
         "device_servers_rss_kib": sum(status_kib(pid, "VmRSS") for pid in servers),
         "launch": json.load(open(report)),
     }
@@ -196,27 +211,35 @@ def memory_phase(master_port, agent, agent_url):
     return figures
 
 
-def render(warmup, latency, memory):
+def latency_rows(phase, latency):
+    return [
+        (f"{phase}: ACCEPT -> TASK_RUNNING p50 / p99 ({latency['tasks']} x {SIZE_MB} MB)",
+         "%.1f / %.1f ms" % (latency["accept_to_running"]["p50_ms"],
+                             latency["accept_to_running"]["p99_ms"])),
+        (f"{phase}: ACCEPT -> first 4k direct read p50 / p99",
+         "%.1f / %.1f ms" % (latency["accept_to_first_read"]["p50_ms"],
+                             latency["accept_to_first_read"]["p99_ms"])),
+        (f"{phase}: ACCEPT -> usable p50 / p99 / max (target p99 < 500 ms)",
+         "%.1f / %.1f / %.1f ms (%s)" % (
+             latency["accept_to_usable"]["p50_ms"], latency["accept_to_usable"]["p99_ms"],
+             latency["accept_to_usable"]["max_ms"],
+             "met" if latency["target_met"] else "MISSED")),
+    ]
+
+
+def render(warmup, cold, spares, memory):
     mib = lambda kib: f"{kib / 1024:.1f} MiB"
     rows = [
         ("figure", "value"),
         ("warm-up: the agent's first launch, ACCEPT -> usable (not in the figures below)",
          "%.1f ms" % warmup["accept_to_usable"]["max_ms"]),
-        (f"ACCEPT -> TASK_RUNNING p50 / p99 ({latency['tasks']} x {SIZE_MB} MB)",
-         "%.1f / %.1f ms" % (latency["accept_to_running"]["p50_ms"],
-                             latency["accept_to_running"]["p99_ms"])),
-        ("ACCEPT -> first 4k direct read p50 / p99",
-         "%.1f / %.1f ms" % (latency["accept_to_first_read"]["p50_ms"],
-                             latency["accept_to_first_read"]["p99_ms"])),
-        ("ACCEPT -> usable p50 / p99 / max (target p99 < 500 ms)",
-         "%.1f / %.1f / %.1f ms (%s)" % (
-             latency["accept_to_usable"]["p50_ms"], latency["accept_to_usable"]["p99_ms"],
-             latency["accept_to_usable"]["max_ms"],
-             "met" if latency["target_met"] else "MISSED")),
+        *latency_rows("cold (device started at the launch)", cold),
+        *latency_rows(f"spares ({SPARES} devices started ahead)", spares),
         ("agent VmRSS idle", mib(memory["agent_idle_rss_kib"])),
         (f"agent VmRSS / VmHWM, {memory['attached']} devices attached",
          f"{mib(memory['agent_rss_kib'])} / {mib(memory['agent_hwm_kib'])}"),
-        (f"device servers' total VmRSS ({memory['device_servers']} processes)",
+        (f"device servers' total VmRSS ({memory['device_servers']} processes, "
+         f"{memory['spares']} of them spares)",
          mib(memory["device_servers_rss_kib"])),
         ("agent VmHWM after the whole run", mib(memory["agent_hwm_after_kib"])),
     ]
@@ -230,14 +253,17 @@ def main():
     master, master_port, agent, agent_url = start_cluster()
     try:
         warmup = warmup_phase(master_port, agent_url)
-        latency = latency_phase(master_port, agent_url)
+        cold = latency_phase(master_port, agent_url, "cold", "bench")
+        wait_for("the spares made", lambda: spares_ready(agent_url))
+        spares = latency_phase(master_port, agent_url, "spares", "spare")
         memory = memory_phase(master_port, agent, agent_url)
     finally:
         agent.terminate()
         master.terminate()
-    json.dump({"warmup": warmup, "latency": latency, "memory": memory},
+    json.dump({"warmup": warmup, "latency_cold": cold, "latency_spares": spares,
+               "memory": memory},
               open(f"{RESULTS}/bench-agent.json", "w"), indent=2)
-    table = render(warmup, latency, memory)
+    table = render(warmup, cold, spares, memory)
     open(f"{RESULTS}/bench-agent.md", "w").write(table)
     print(table)
 

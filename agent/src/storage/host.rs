@@ -25,6 +25,8 @@ use super::idle_servers::IdleServers;
 
 /// How long stopping a device waits for its server to exit.
 const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The nice value of a spare device's server until a task claims it: the lowest priority.
+const SPARE_NICE: i32 = 19;
 /// How many lines of mkfs's output go into an error message.
 const MKFS_OUTPUT_LINES_MAX: usize = 5;
 
@@ -55,6 +57,16 @@ pub trait DeviceControl: Send + Sync {
     }
     /// Lets go of whatever is kept ahead of devices (idle servers), at agent shutdown.
     fn shutdown(&self) {}
+    /// Starts a spare device (`storage::spares`): as [`DeviceControl::start`] with
+    /// [`StartMode::Add`], but its server runs at the lowest CPU priority until
+    /// [`DeviceControl::promote`], so making spares does not slow the launches beside it.
+    fn start_spare(&self, spec: &DeviceSpec) -> Result<DeviceRecord, BoxError> {
+        self.start(spec, StartMode::Add)
+    }
+    /// Gives a claimed spare's server the normal CPU priority back.
+    fn promote(&self, _device: &DeviceRecord) -> Result<(), BoxError> {
+        Ok(())
+    }
 }
 
 /// Mounting file systems.
@@ -140,6 +152,28 @@ impl DeviceControl for UblkDevices {
 
     fn shutdown(&self) {
         self.idle.close();
+    }
+
+    fn start_spare(&self, spec: &DeviceSpec) -> Result<DeviceRecord, BoxError> {
+        // Threads inherit their creator's nice value: the idle server has only its main thread
+        // until it reads the spec, so its queue threads start at SPARE_NICE too.
+        let started = self.idle.take().and_then(|server| {
+            if let Err(e) = renice(server.pid(), SPARE_NICE) {
+                tracing::warn!(pid = server.pid(), error = %e, "cannot lower a spare server's priority");
+            }
+            server.serve(spec)
+        });
+        self.idle.refill();
+        Ok(started?)
+    }
+
+    fn promote(&self, device: &DeviceRecord) -> Result<(), BoxError> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", device.pid))?;
+        for task in tasks {
+            let tid = task?.file_name().to_string_lossy().parse::<u32>()?;
+            renice(tid, 0)?;
+        }
+        Ok(())
     }
 
     fn probe(&self, id: u32) -> DeviceProbe {
@@ -447,4 +481,13 @@ bogus line
         assert!(process_alive(std::process::id()));
         assert!(!process_alive(u32::MAX));
     }
+}
+
+/// Sets the nice value of one thread (`setpriority(PRIO_PROCESS, tid)` acts on a thread).
+fn renice(tid: u32, nice: i32) -> std::io::Result<()> {
+    let pid = i32::try_from(tid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("bad thread id {tid}")))?;
+    rustix::process::setpriority_process(Some(pid), nice).map_err(std::io::Error::from)
 }

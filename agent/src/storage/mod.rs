@@ -16,6 +16,8 @@
 //! - [`Storage`]: everything together — `create_disk`, `destroy_disk`, `attach`/`detach`,
 //!   `attach_task`/`detach_task` (and [`attach_task_shared`], which holds the agent's storage
 //!   lock only around the books, not while device servers start), `recover`, `resources`.
+//! - `spares`: devices started ahead of their tasks for the sizes a profile names
+//!   ([`make_spares`]); a matching launch claims one instead of starting a device.
 //!
 //! # A volume's life
 //!

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use ublk_target::daemon::DeviceRecord;
 use ublk_target::sys::control::DeviceState;
 
-use super::attach::{start_device, AttachRequest, PendingAttach};
+use super::attach::{AttachRequest, PendingAttach};
 use super::error::StorageError;
 use super::manager::Storage;
 use super::resources::PoolUsage;
@@ -106,6 +106,11 @@ impl Storage {
             if PoolUsage::of(pool, self.volumes.values()).available_mb() < mb {
                 self.spares.insert(id, device);
                 return Ok(None);
+            }
+            if let Err(e) = self.host.devices.promote(&device) {
+                tracing::warn!(volume = %id, device = device.id, error = %e, "cannot give a spare's server its priority back; destroying it");
+                self.destroy_spare(&id, device.id);
+                continue;
             }
             record.lifetime = Lifetime::Ephemeral {
                 task_id: request.task_id.clone(),
@@ -241,7 +246,13 @@ pub fn make_spares(storage: &Mutex<Storage>) {
             }
         };
         let devices = lock(storage).device_control();
-        let started = start_device(devices.as_ref(), &pending);
+        let started = devices
+            .start_spare(&pending.spec)
+            .map_err(|source| StorageError::Device {
+                volume: pending.id.clone(),
+                action: "start",
+                source,
+            });
         if let Err(e) = lock(storage).keep_spare(&pending, started) {
             tracing::warn!(volume = %pending.id, error = %e.message(), "cannot start a spare device");
             return;
