@@ -428,6 +428,15 @@ impl Formatter for MkfsFormatter {
     }
 }
 
+/// Sets the nice value of one thread (`setpriority(PRIO_PROCESS, tid)` acts on a thread).
+fn renice(tid: u32, nice: i32) -> std::io::Result<()> {
+    let pid = i32::try_from(tid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("bad thread id {tid}")))?;
+    rustix::process::setpriority_process(Some(pid), nice).map_err(std::io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,13 +490,4 @@ bogus line
         assert!(process_alive(std::process::id()));
         assert!(!process_alive(u32::MAX));
     }
-}
-
-/// Sets the nice value of one thread (`setpriority(PRIO_PROCESS, tid)` acts on a thread).
-fn renice(tid: u32, nice: i32) -> std::io::Result<()> {
-    let pid = i32::try_from(tid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| std::io::Error::other(format!("bad thread id {tid}")))?;
-    rustix::process::setpriority_process(Some(pid), nice).map_err(std::io::Error::from)
 }
