@@ -11,7 +11,7 @@ PATH=/bin:/sbin
 export PATH
 HOST=/host             # the host's root filesystem, shared read-only
 SHARE=/mnt/results     # the results share, as init sees it
-VMDIR=$SHARE/.vm-run   # vm-run's files in the share: config, cmd.sh, status
+VMDIR=$SHARE/.vm-run   # vm-run's files in the share: config, cmd.sh, began, status
 HAVE_SHARE=0
 
 log() { echo "mesoblk-init: $*"; }
@@ -151,6 +151,18 @@ mount -o bind "$SHARE" "$HOST$R" || fatal "cannot mount the results share on $R"
 BOOT_SECONDS=$(cut -d' ' -f1 /proc/uptime)
 budget=$((MESOBLK_VM_TIMEOUT - ${BOOT_SECONDS%.*} - 8))
 [ "$budget" -ge 1 ] || budget=1
+
+# Test hook (docs/vm-harness.md, "Boot retry"): vm-run sets this for a first boot when
+# MESOBLK_VM_TEST_CRASH_BEFORE_CMD=1, to crash the kernel where the rare TCG oops strikes.
+if [ "${MESOBLK_VM_CRASH_BEFORE_CMD:-0}" = 1 ]; then
+    log "test hook: crashing the kernel before the command begins"
+    echo c >/proc/sysrq-trigger
+fi
+# The marker vm-run reads when the guest stops without a status: without it the command
+# certainly never ran (nothing after this line runs before the file exists on the host, 9p
+# writes being synchronous), so vm-run may boot again. The serial log is no such proof: bytes
+# still queued in the console driver die with the kernel.
+: >"$VMDIR/began" || fatal "cannot write $VMDIR/began in the results share"
 
 # Boot ran with loglevel=4 (its warnings are only in dmesg.log); while the command runs,
 # kernel warnings (level 4) and worse go to the console and so to the serial log.
