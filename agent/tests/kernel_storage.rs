@@ -128,7 +128,7 @@ impl Agent {
     /// Makes the profile's spare devices, as the agent's spares thread does.
     fn make_spares(&mut self) -> Vec<Spare> {
         let shared = std::sync::Mutex::new(self.storage.take().expect("storage is open"));
-        make_spares(&shared);
+        make_spares(&shared, || ());
         let storage = shared.into_inner().expect("not poisoned");
         let spares = storage.spares();
         self.storage = Some(storage);

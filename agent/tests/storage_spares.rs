@@ -69,7 +69,7 @@ fn adds(fx: &Fixture) -> usize {
 fn a_matching_block_launch_gets_a_spare_without_a_device_start_and_the_spare_is_made_again() {
     let fx = Fixture::new();
     let storage = shared(&fx, r#"[{"size": "64M", "count": 2}]"#);
-    make_spares(&storage);
+    make_spares(&storage, || ());
     let spares = spare_devices(&storage);
     assert_eq!(spares.len(), 2);
     assert_eq!(adds(&fx), 2);
@@ -107,7 +107,7 @@ fn a_matching_block_launch_gets_a_spare_without_a_device_start_and_the_spare_is_
     }
 
     // Made again (by the agent's spares thread, which the launch woke).
-    make_spares(&storage);
+    make_spares(&storage, || ());
     assert_eq!(spare_devices(&storage).len(), 2);
     assert_eq!(adds(&fx), 3);
 
@@ -127,7 +127,7 @@ fn a_matching_block_launch_gets_a_spare_without_a_device_start_and_the_spare_is_
 fn a_spare_whose_server_died_is_destroyed_and_the_launch_starts_its_own_device() {
     let fx = Fixture::new();
     let storage = shared(&fx, r#"[{"size": "64M"}]"#);
-    make_spares(&storage);
+    make_spares(&storage, || ());
     let dead = storage.lock().unwrap().spares()[0].clone();
     fx.fakes.devices.kill_server(dead.device_id);
     let disks = launch(&fx, &storage, "t1", &[raw_of(&storage, 64)]);
@@ -147,7 +147,7 @@ fn a_spare_whose_server_died_is_destroyed_and_the_launch_starts_its_own_device()
 fn spares_are_claimed_only_within_the_pools_capacity() {
     let fx = Fixture::new();
     let storage = shared(&fx, r#"[{"size": "1G", "count": 2}]"#);
-    make_spares(&storage);
+    make_spares(&storage, || ());
     assert_eq!(spare_devices(&storage).len(), 2);
     // A persistent volume takes the whole pool: spares were never counted, so it fits.
     {
@@ -169,7 +169,7 @@ fn spares_are_claimed_only_within_the_pools_capacity() {
         storage.close_spares();
         assert!(storage.volume(&spare.volume_id).is_none());
     }
-    make_spares(&storage);
+    make_spares(&storage, || ());
     assert_eq!(adds(&fx), before);
 }
 
@@ -177,7 +177,7 @@ fn spares_are_claimed_only_within_the_pools_capacity() {
 fn a_failed_launch_stops_the_spare_it_claimed() {
     let fx = Fixture::new();
     let storage = shared(&fx, r#"[{"size": "64M"}]"#);
-    make_spares(&storage);
+    make_spares(&storage, || ());
     // The second disk does not fit: the whole launch fails after the first claimed the spare.
     let disks = [raw_of(&storage, 64), raw_of(&storage, CAPACITY_MB)];
     let e = try_launch(&fx, &storage, "t1", &disks).unwrap_err();
@@ -190,9 +190,9 @@ fn a_spare_that_does_not_start_leaves_nothing() {
     let fx = Fixture::new();
     let storage = shared(&fx, r#"[{"size": "64M"}]"#);
     fx.fakes.devices.fail_next_start("no ublk today");
-    make_spares(&storage);
+    make_spares(&storage, || ());
     fx.assert_nothing_left(0);
-    make_spares(&storage);
+    make_spares(&storage, || ());
     assert_eq!(
         spare_devices(&storage).len(),
         1,
@@ -205,7 +205,7 @@ fn a_restart_or_a_shutdown_leaves_no_spare_behind() {
     let fx = Fixture::new();
     let spares = r#"[{"size": "64M", "count": 2}, {"size": "16M"}]"#;
     let storage = shared(&fx, spares);
-    make_spares(&storage);
+    make_spares(&storage, || ());
     assert_eq!(spare_devices(&storage).len(), 3);
     // The agent dies: its spares' devices keep running and their records stay.
     drop(storage);
@@ -217,10 +217,10 @@ fn a_restart_or_a_shutdown_leaves_no_spare_behind() {
     fx.assert_nothing_left(0);
 
     let storage = Mutex::new(restarted);
-    make_spares(&storage);
+    make_spares(&storage, || ());
     assert_eq!(spare_devices(&storage).len(), 3);
     storage.lock().unwrap().close_spares();
     fx.assert_nothing_left(0);
-    make_spares(&storage);
+    make_spares(&storage, || ());
     fx.assert_nothing_left(0);
 }

@@ -511,6 +511,22 @@ pub async fn run(
     outcome
 }
 
+impl Node {
+    /// Waits until no command task is being launched (RUN_TASK to TASK_RUNNING stored), at
+    /// most [`SPARES_YIELD_MAX`]: a spare's start, however low its priority, slows a launch
+    /// it overlaps on a small machine (docs/benchmarks.md).
+    fn wait_for_no_launch(&self) {
+        let deadline = std::time::Instant::now() + SPARES_YIELD_MAX;
+        while !lock(&self.launching).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Longest a spare's start waits for launches to finish (so a stream of launches cannot starve
+/// the spares).
+const SPARES_YIELD_MAX: Duration = Duration::from_secs(2);
+
 /// Starts the thread that makes the storage's spare devices (`storage::spares`) whenever the
 /// storage asks, and asks once now. It ends with the node.
 fn start_spares_thread(node: &Arc<Node>) {
@@ -522,7 +538,7 @@ fn start_spares_thread(node: &Arc<Node>) {
             while wakes.recv().is_ok() {
                 while wakes.try_recv().is_ok() {}
                 let Some(node) = weak.upgrade() else { break };
-                crate::storage::make_spares(&node.storage);
+                crate::storage::make_spares(&node.storage, || node.wait_for_no_launch());
             }
         });
     if let Err(e) = spawned {

@@ -233,10 +233,12 @@ fn lock(storage: &Mutex<Storage>) -> std::sync::MutexGuard<'_, Storage> {
 }
 
 /// Makes the spares the profiles want, one at a time, each device started without the storage
-/// lock. Stops at the first failure (logged): the next [`Storage::request_spares`] tries again.
+/// lock and after `yield_to_launches` returns (the agent waits there until no launch is under
+/// way). Stops at the first failure (logged): the next [`Storage::request_spares`] tries again.
 /// Call it from one thread only.
-pub fn make_spares(storage: &Mutex<Storage>) {
+pub fn make_spares(storage: &Mutex<Storage>, yield_to_launches: impl Fn()) {
     loop {
+        yield_to_launches();
         let pending = match lock(storage).next_spare() {
             None => return,
             Some(Ok(pending)) => pending,
