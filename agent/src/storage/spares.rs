@@ -6,7 +6,8 @@
 //! name sizes to keep spares of (`"spares": [{"size": "1G", "count": 2}]`, see
 //! [`SpareConfig`](super::config::SpareConfig)): a task launched on a slice of that profile's RAW
 //! pool of exactly such a size, as a BLOCK disk, gets a spare's device as it is, and the agent
-//! makes another one once the launch is done ([`make_spares`], on the agent's spares thread).
+//! makes another one once no launch is under way ([`make_spares`], on the agent's spares
+//! thread). A spare's server runs at the lowest CPU priority until it is claimed.
 //!
 //! A spare is a volume record with lifetime `Spare` (counted nowhere in the pool's capacity: it
 //! is empty and no one holds it) whose device serves a fresh sparse file, so what a task gets
