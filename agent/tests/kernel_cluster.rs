@@ -4,7 +4,9 @@
 //! RAW pool) and runs fio with verification; a CREATE_DISK MOUNT volume passes fio with
 //! verification and keeps what one task wrote for the next, DESTROY_DISK gives the capacity back, and a disk the offer does not hold
 //! is refused with TASK_ERROR. A BLOCK disk of a writeback-cached profile serves a task that
-//! verifies what it wrote, and its cache figures reach the master.
+//! verifies what it wrote, and its cache figures reach the master. A profile's spare device
+//! serves a BLOCK task that verifies what it wrote, is made again, and is gone once the agent
+//! stops.
 //!
 //! Needs `mesoblk-target` next to the agent binary (scripts/test builds it) and the scratch disk
 //! `$MESOBLK_TEST_DISK` (formatted here). Fails, never skips, without them.
@@ -12,8 +14,8 @@
 mod cluster_common;
 
 use cluster_common::pool::{
-    agent_with_cached_profile, agent_with_pool, cache_pool_dir, disk_resources, offer_where,
-    open_gate_and_finish, scratch, source_type, task_end, POOL_MB,
+    agent_with_cached_profile, agent_with_pool, agent_with_spares, cache_pool_dir, disk_resources,
+    offer_where, open_gate_and_finish, scratch, source_type, task_end, POOL_MB,
 };
 use cluster_common::{Master, Scheduler};
 use serde_json::{json, Value};
@@ -318,6 +320,74 @@ async fn a_cached_profile_serves_a_block_disk_and_its_cache_figures_reach_the_ma
         .unwrap_or_default();
     assert!(stores.is_empty(), "cache stores left behind: {stores:?}");
     scheduler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_device_serves_a_block_task_is_made_again_and_goes_with_the_agent() {
+    let scratch = scratch();
+    let master = Master::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent_with_spares(&master, dir.path(), &scratch, 64);
+    let state = agent
+        .wait_state("a spare device made", |s| {
+            s["spares"].as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+    let spare = state["spares"][0]["device_id"].as_u64().unwrap();
+    assert_eq!(state["pools"][0]["spares"], 1, "{state:#}");
+    assert_eq!(
+        state["pools"][0]["volumes"], 0,
+        "spares are not volumes: {state:#}"
+    );
+    let mut scheduler = Scheduler::start(&master.address());
+    offer_where(&mut scheduler, "the RAW pool offered whole", |o| {
+        disk_resources(o)
+            .iter()
+            .any(|d| source_type(d) == "RAW" && d["scalar"]["value"] == POOL_MB as f64)
+    })
+    .await;
+
+    let verify = "set -e; test -b \"$MESOBLK_BLOCK_DEVICE\"; \
+                  cmp -n 1048576 /dev/zero \"$MESOBLK_BLOCK_DEVICE\"; \
+                  head -c 1048576 /dev/urandom > data; \
+                  dd if=data of=\"$MESOBLK_BLOCK_DEVICE\" bs=64k oflag=direct conv=fsync status=none; \
+                  dd if=\"$MESOBLK_BLOCK_DEVICE\" of=back bs=64k count=16 iflag=direct status=none; \
+                  cmp data back";
+    scheduler
+        .launch_specs(vec![json!({"id": "on-spare", "command": verify,
+                                  "disk": {"mb": 64, "profile": "fast"}})])
+        .await;
+    let end = task_end(&mut scheduler, "on-spare").await;
+    assert_eq!(
+        end["state"],
+        "TASK_FINISHED",
+        "{end}\nagent log:\n{}",
+        agent.log_text()
+    );
+    let attached = format!("device=/dev/ublkb{spare}");
+    assert!(
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("disk attached task=on-spare") && l.contains(&attached)),
+        "the task got the spare's device {spare}:\n{}",
+        agent.log_text()
+    );
+    agent
+        .wait_state("the spare made again, the task's volume gone", |s| {
+            s["spares"].as_array().is_some_and(|a| a.len() == 1) && s["pools"][0]["volumes"] == 0
+        })
+        .await;
+    scheduler.stop().await;
+
+    // A stopping agent stops its spares and removes their files.
+    assert!(agent.terminate().success(), "{}", agent.log_text());
+    let left: Vec<_> = std::fs::read_dir(scratch.mount.join("pool"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "files left in the pool: {left:?}");
 }
 
 /// The first device entry in the master's `/master/state` that satisfies `check`, polled until

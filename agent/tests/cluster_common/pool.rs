@@ -66,6 +66,16 @@ pub fn agent_with_pool(master: &Master, dir: &Path, scratch: &Scratch) -> Agent 
     agent_with_storage(master, dir, scratch, &storage)
 }
 
+/// [`agent_with_pool`]'s agent whose profile keeps one spare device of `spare_mb` MB.
+pub fn agent_with_spares(master: &Master, dir: &Path, scratch: &Scratch, spare_mb: u64) -> Agent {
+    let storage = json!({
+        "pools": [{"name": "local", "dir": scratch.mount.join("pool"), "size": format!("{POOL_MB}M")}],
+        "profiles": [{"name": "fast", "pool": "local", "filesystem": "ext4",
+                      "spares": [{"size": format!("{spare_mb}M")}]}],
+    });
+    agent_with_storage(master, dir, scratch, &storage)
+}
+
 /// The cache pool of [`agent_with_cached_profile`], on the scratch disk too.
 pub fn cache_pool_dir(scratch: &Scratch) -> PathBuf {
     scratch.mount.join("nvme")
