@@ -22,7 +22,7 @@ use mesoblk_agent::storage::resources::raw_disk;
 use mesoblk_agent::storage::volume::{VolumeId, VolumeState};
 use mesoblk_agent::storage::{
     make_spares, AttachRequest, AttachedDevice, Spare, Storage, StorageConfig, StorageOptions,
-    TaskDiskRequest,
+    TaskDiskRequest, TaskDisks,
 };
 use mesoblk_proto::mesos::v1::offer::operation::{CreateDisk, DestroyDisk};
 use mesoblk_proto::mesos::v1::resource::disk_info::source;
@@ -178,6 +178,31 @@ impl Agent {
                 },
             )
             .unwrap_or_else(|e| panic!("attach: {}", e.message()))
+    }
+
+    /// Attaches a task with one `mb` MB slice of the RAW pool.
+    fn attach_raw(&mut self, task: &str, mb: u64) -> TaskDisks {
+        let provider = self.storage().provider_id().to_owned();
+        let sandbox = self.sandbox(task);
+        let resources = [raw_disk(&provider, "fast", mb)];
+        self.storage()
+            .attach_task(&TaskDiskRequest {
+                task_id: task,
+                resources: &resources,
+                uid: TASK_UID,
+                gid: TASK_GID,
+                sandbox: &sandbox,
+            })
+            .unwrap_or_else(|e| panic!("attach_task: {}", e.message()))
+    }
+
+    /// Ends task `task`'s use of its disks and checks `device` and every pool file are gone.
+    fn detach_task_gone(&mut self, task: &str, device: &AttachedDevice) {
+        self.storage()
+            .detach_task(task)
+            .unwrap_or_else(|e| panic!("detach_task: {}", e.message()));
+        assert_device_gone(device);
+        assert_eq!(self.pool_files(), 0);
     }
 
     fn detach(&mut self, id: &VolumeId) {
@@ -380,19 +405,7 @@ fn a_mount_volume_is_formatted_once_and_keeps_its_files() {
 #[test]
 fn an_ephemeral_disk_lives_as_long_as_its_task() {
     let mut agent = Agent::start();
-    let provider = agent.storage().provider_id().to_owned();
-    let sandbox = agent.sandbox("t1");
-    let resources = [raw_disk(&provider, "fast", 256)];
-    let disks = agent
-        .storage()
-        .attach_task(&TaskDiskRequest {
-            task_id: "t1",
-            resources: &resources,
-            uid: TASK_UID,
-            gid: TASK_GID,
-            sandbox: &sandbox,
-        })
-        .unwrap_or_else(|e| panic!("attach_task: {}", e.message()));
+    let disks = agent.attach_raw("t1", 256);
     let device = disks.devices[0].clone();
     assert!(device.ephemeral);
     assert!(disks.env.contains(&(
@@ -401,12 +414,7 @@ fn an_ephemeral_disk_lives_as_long_as_its_task() {
     )));
     write_patterns(&device.block_path);
     assert_eq!(agent.pool_files(), 1);
-    agent
-        .storage()
-        .detach_task("t1")
-        .unwrap_or_else(|e| panic!("detach_task: {}", e.message()));
-    assert_device_gone(&device);
-    assert_eq!(agent.pool_files(), 0);
+    agent.detach_task_gone("t1", &device);
     assert_eq!(agent.storage().volumes().count(), 0);
 }
 
@@ -561,19 +569,7 @@ fn a_spare_device_serves_its_task_like_a_fresh_one_and_a_restart_stops_the_spare
         "a spare's server yields the CPU to launches"
     );
 
-    let provider = agent.storage().provider_id().to_owned();
-    let sandbox = agent.sandbox("t1");
-    let resources = [raw_disk(&provider, "fast", 256)];
-    let disks = agent
-        .storage()
-        .attach_task(&TaskDiskRequest {
-            task_id: "t1",
-            resources: &resources,
-            uid: TASK_UID,
-            gid: TASK_GID,
-            sandbox: &sandbox,
-        })
-        .unwrap_or_else(|e| panic!("attach_task: {}", e.message()));
+    let disks = agent.attach_raw("t1", 256);
     let device = disks.devices[0].clone();
     assert_eq!(
         (device.device_id, &device.volume_id),
@@ -613,12 +609,7 @@ fn a_spare_device_serves_its_task_like_a_fresh_one_and_a_restart_stops_the_spare
     assert!(agent.storage().spares().is_empty());
     check_patterns(&device.block_path);
 
-    agent
-        .storage()
-        .detach_task("t1")
-        .unwrap_or_else(|e| panic!("detach_task: {}", e.message()));
-    assert_device_gone(&device);
-    assert_eq!(agent.pool_files(), 0);
+    agent.detach_task_gone("t1", &device);
 }
 
 /// The distinct nice values of a process's threads (field 19 of `/proc/<pid>/task/<tid>/stat`).

@@ -193,21 +193,10 @@ impl Agent {
 
     /// SIGTERM: the agent shuts down by itself (bounded wait); its tasks keep running.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
+        let child = self.child.take().expect("running");
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the agent") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the agent did not stop on SIGTERM:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(child, "stop on SIGTERM")
     }
 
     /// Starts the agent again with the same flags.
@@ -220,7 +209,12 @@ impl Agent {
     pub fn restart_until_exit(&mut self) -> std::process::ExitStatus {
         assert!(self.child.is_none(), "killed first");
         self.spawn_unchecked();
-        let mut child = self.child.take().expect("spawned");
+        let child = self.child.take().expect("spawned");
+        self.wait_exit(child, "exit in time")
+    }
+
+    /// Waits, bounded, for the agent process to exit; kills it and fails when it does not.
+    fn wait_exit(&self, mut child: std::process::Child, what: &str) -> std::process::ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = child.try_wait().expect("wait for the agent") {
@@ -229,7 +223,7 @@ impl Agent {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("the agent did not exit in time:\n{}", self.log_text());
+                panic!("the agent did not {what}:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
