@@ -13,6 +13,7 @@ use mesoblk_proto::mesos::v1::{
     OperationId, OperationState, OperationStatus, Resource, ResourceProviderId,
     ResourceProviderInfo,
 };
+use ublk_target::daemon::DeviceRecord;
 
 use super::config::{ProfileConfig, ResolvedPool, StorageConfig, MIB};
 use super::error::StorageError;
@@ -23,7 +24,6 @@ use super::resources::{self, DiskClaim, PoolUsage};
 use super::volume::{
     Lifetime, VolumeEvent, VolumeId, VolumeKind, VolumeRecord, VolumeState, RECORD_FORMAT,
 };
-use ublk_target::daemon::DeviceRecord;
 
 /// Default folder for the agent's device records and server logs (separate from
 /// `mesoblk-target`'s own default, so the agent only ever touches devices it started).

@@ -77,8 +77,8 @@ impl Storage {
         }
     }
 
-    /// A spare of `profile` and `mb` MB for `task_id`, if there is one: its record becomes the
-    /// task's ephemeral volume, reserved for the task, its device already live. `None` sends the
+    /// A spare of `profile` and `mb` MB for `request`'s task, if there is one: its record
+    /// becomes the task's ephemeral volume, reserved for the task, its device already live. `None` sends the
     /// launch down the usual way (no spare, not enough capacity, or only dead ones).
     pub(super) fn claim_spare(
         &mut self,
