@@ -193,7 +193,9 @@ def bench_on_file(results, wanted):
 
 def main():
     only = os.environ.get("MESOBLK_BENCH_ONLY", "")
-    wanted = set(only.split(",")) if only else set(TARGETS)
+    # blockdev-base runs by default only when there is a base build to serve it.
+    default = set(TARGETS) if BASE_BIN else set(TARGETS) - {"blockdev-base"}
+    wanted = set(only.split(",")) if only else default
     unknown = wanted - set(TARGETS)
     if "blockdev-base" in wanted and not BASE_BIN:
         sys.exit("bench-target: blockdev-base needs MESOBLK_BENCH_BASE_BIN (a mesoblk-target)")

@@ -647,7 +647,8 @@ fn validate_spares(profile: &ProfileConfig) -> Result<(), ConfigError> {
         let size = spare.size.0;
         if size == 0 || size % MIB != 0 || size / MIB > super::resources::DISK_MB_MAX {
             return Err(bad(format!(
-                "size {size} bytes is not a whole number of MiB"
+                "size {size} bytes must be a whole number of MiB, from 1 MiB to {} MiB",
+                super::resources::DISK_MB_MAX
             )));
         }
         if !(1..=SPARES_MAX).contains(&spare.count) {
@@ -794,7 +795,7 @@ mod tests {
             (
                 POOL,
                 r#"{"name": "f", "pool": "p", "spares": [{"size": "1000K"}]}"#,
-                "profile \"f\": spares: size 1024000 bytes is not a whole number of MiB",
+                "profile \"f\": spares: size 1024000 bytes must be a whole number of MiB",
             ),
             (
                 POOL,
