@@ -124,6 +124,17 @@ fn a_matching_block_launch_gets_a_spare_without_a_device_start_and_the_spare_is_
 }
 
 #[test]
+fn each_spare_start_first_yields_to_launches() {
+    let fx = Fixture::new();
+    let storage = shared(&fx, r#"[{"size": "64M", "count": 2}]"#);
+    // The devices started when each yield happened: one yield before each start, and a last
+    // one before finding nothing more to make.
+    let seen = Mutex::new(Vec::new());
+    make_spares(&storage, || seen.lock().unwrap().push(adds(&fx)));
+    assert_eq!(seen.into_inner().unwrap(), [0, 1, 2]);
+}
+
+#[test]
 fn a_spare_whose_server_died_is_destroyed_and_the_launch_starts_its_own_device() {
     let fx = Fixture::new();
     let storage = shared(&fx, r#"[{"size": "64M"}]"#);

@@ -134,18 +134,35 @@ impl UblkDevices {
     pub fn idle_servers(&self) -> usize {
         self.idle.idle()
     }
+
+    /// Hands `spec` to an idle server (at `nice`, when given) and returns once the device is
+    /// live; then has the pool topped up.
+    fn serve_on_idle(
+        &self,
+        spec: &DeviceSpec,
+        nice: Option<i32>,
+    ) -> Result<DeviceRecord, BoxError> {
+        let started = self.idle.take().and_then(|server| {
+            // Threads inherit their creator's nice value: the idle server has only its main
+            // thread until it reads the spec, so its queue threads start at `nice` too.
+            if let Some(nice) = nice {
+                if let Err(e) = renice(server.pid(), nice) {
+                    tracing::warn!(pid = server.pid(), error = %e, "cannot lower a device server's priority");
+                }
+            }
+            server.serve(spec)
+        });
+        // Topped up only now, so the next server's exec does not compete with this start for
+        // the CPU.
+        self.idle.refill();
+        Ok(started?)
+    }
 }
 
 impl DeviceControl for UblkDevices {
     fn start(&self, spec: &DeviceSpec, mode: StartMode) -> Result<DeviceRecord, BoxError> {
         match mode {
-            StartMode::Add => {
-                let started = self.idle.take().and_then(|server| server.serve(spec));
-                // Topped up only now, so the next server's exec does not compete with this
-                // start for the CPU.
-                self.idle.refill();
-                Ok(started?)
-            }
+            StartMode::Add => self.serve_on_idle(spec, None),
             StartMode::Recover => Ok(daemon::spawn(&self.exe, spec, mode, &self.run_dir)?),
         }
     }
@@ -155,16 +172,7 @@ impl DeviceControl for UblkDevices {
     }
 
     fn start_spare(&self, spec: &DeviceSpec) -> Result<DeviceRecord, BoxError> {
-        // Threads inherit their creator's nice value: the idle server has only its main thread
-        // until it reads the spec, so its queue threads start at SPARE_NICE too.
-        let started = self.idle.take().and_then(|server| {
-            if let Err(e) = renice(server.pid(), SPARE_NICE) {
-                tracing::warn!(pid = server.pid(), error = %e, "cannot lower a spare server's priority");
-            }
-            server.serve(spec)
-        });
-        self.idle.refill();
-        Ok(started?)
+        self.serve_on_idle(spec, Some(SPARE_NICE))
     }
 
     fn promote(&self, device: &DeviceRecord) -> Result<(), BoxError> {
