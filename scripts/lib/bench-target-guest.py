@@ -10,12 +10,22 @@ Targets, in order:
   loop-file kernel loop (--direct-io=on) over a file on ext4 on the disk
   file      mesoblk-target file backend over the same file
   blockdev-base  blockdev again, served by the mesoblk-target at MESOBLK_BENCH_BASE_BIN (another
-            build, e.g. of main): an A/B of two builds within one boot, interleaved by round
+            build, e.g. of main) and/or with MESOBLK_BENCH_BASE_ARGS added to its `add` (e.g.
+            "--queues 2"): an A/B within one boot, interleaved by round
 Workloads: 4k randread and randwrite at depth 32, 128k sequential read and write;
 MESOBLK_BENCH_WORKLOADS (comma-separated label prefixes, e.g. "4k") runs a subset.
 MESOBLK_BENCH_ONLY (comma-separated target names) runs a subset, MESOBLK_BENCH_RUNTIME sets the
 seconds per fio job (default 8), MESOBLK_BENCH_ROUNDS repeats every target that many times,
 interleaved (default 1); the table then shows the median round and every round's IOPS.
+
+Then the paired phase, for ratios the host's swings in capacity cannot hide: both sides of a
+comparison stay set up and MESOBLK_BENCH_PAIRS (default 10) pairs of short 4k jobs
+(MESOBLK_BENCH_PAIR_RUNTIME seconds, default 3) alternate between them, the order flipping
+every pair; each pair gives one ratio. In real time: blockdev / loop (both over the disk at
+once), and blockdev-base / blockdev when there is a base. In a guest whose clock counts
+instructions (MESOBLK_VM_ACCEL=icount, scripts/bench-target's second boot): null with QoS
+limits far above its reach / the same device without limits. 0 pairs skips the phase.
+
 Writes a JSON result file and a Markdown table into the results folder.
 """
 
@@ -43,6 +53,14 @@ WORKLOADS = [w for w in WORKLOADS
              if not os.environ.get("MESOBLK_BENCH_WORKLOADS")
              or any(w[0].startswith(p) for p in os.environ["MESOBLK_BENCH_WORKLOADS"].split(","))]
 BASE_BIN = os.environ.get("MESOBLK_BENCH_BASE_BIN", "")
+BASE_ARGS = os.environ.get("MESOBLK_BENCH_BASE_ARGS", "").split()
+PAIRS = int(os.environ.get("MESOBLK_BENCH_PAIRS", "10"))
+PAIR_RUNTIME = os.environ.get("MESOBLK_BENCH_PAIR_RUNTIME", "3")
+PAIR_WORKLOADS = [w for w in WORKLOADS if w[0].startswith("4k")]
+ICOUNT = os.environ.get("MESOBLK_VM_ACCEL") == "icount"
+# Limits far above what a null device reaches: the limiter's own cost.
+UNREACHED_QOS = ["--iops-total", "100000000", "--bps-total", "100G"]
+BLOCKDEV = ["--backend", "blockdev", "--path", DISK, "--size", "2G", "--depth", "128"]
 TARGETS = ["raw", "loop", "blockdev", "blockdev-base", "null", "null+qos", "loop-file", "file"]
 
 
@@ -62,10 +80,28 @@ def busy_seconds(pid=None):
     return (sum(cpu) - cpu[3] - cpu[4]) / hz
 
 
+def wakeup_counts():
+    """The guest's context switches, interrupts, and inter-processor interrupts (rescheduling
+    and function calls) so far: what each I/O costs in wake-ups, which an emulated CPU pays
+    dearly for."""
+    counts = {}
+    for line in open("/proc/stat"):
+        key, *values = line.split()
+        if key in ("ctxt", "intr"):
+            counts[key] = int(values[0])
+    counts["ipi"] = 0
+    for line in open("/proc/interrupts"):
+        name, _, rest = line.partition(":")
+        if name.strip() in ("RES", "CAL"):
+            counts["ipi"] += sum(int(v) for v in rest.split() if v.isdigit())
+    return counts
+
+
 def fio(device, args, server_pid=None):
-    """One fio job; with the CPU time per I/O (µs) of the guest and of the server, counted over
-    the ramp too, hence divided by the I/Os of ramp and runtime at the job's rate."""
-    guest0 = busy_seconds()
+    """One fio job; with the CPU time per I/O (µs) of the guest and of the server, and the
+    guest's wake-ups per I/O, counted over the ramp too, hence divided by the I/Os of ramp and
+    runtime at the job's rate."""
+    guest0, wakeups0 = busy_seconds(), wakeup_counts()
     server0 = busy_seconds(server_pid) if server_pid else 0
     result = fio_job(device, args)
     ios = result["iops"] * (float(RUNTIME) + 1)
@@ -73,13 +109,15 @@ def fio(device, args, server_pid=None):
         result["guest_cpu_us_per_io"] = (busy_seconds() - guest0) * 1e6 / ios
         if server_pid:
             result["server_cpu_us_per_io"] = (busy_seconds(server_pid) - server0) * 1e6 / ios
+        for key, value in wakeup_counts().items():
+            result[f"{key}_per_io"] = (value - wakeups0[key]) / ios
     return result
 
 
-def fio_job(device, args):
+def fio_job(device, args, runtime=RUNTIME):
     out = sh("fio", "--name=bench", f"--filename={device}", "--ioengine=io_uring", "--direct=1",
-             f"--size={SIZE}", f"--runtime={RUNTIME}", "--time_based", "--clocksource=clock_gettime", "--ramp_time=1",
-             "--output-format=json", *args)
+             f"--size={SIZE}", f"--runtime={runtime}", "--time_based",
+             "--clocksource=clock_gettime", "--ramp_time=1", "--output-format=json", *args)
     job = json.loads(out)["jobs"][0]
     side = job["read"] if job["read"]["io_bytes"] else job["write"]
     return {"iops": side["iops"], "bw_mib": side["bw_bytes"] / (1 << 20),
@@ -105,6 +143,10 @@ def add(*args, binary=BIN):
 
 def delete(dev_id):
     sh(BIN, "--run-dir", RUN_DIR, "del", "--id", str(dev_id))
+
+
+def set_qos(dev_id, limits):
+    sh(BIN, "--run-dir", RUN_DIR, "set-qos", "--id", str(dev_id), *(limits or ["--unlimited"]))
 
 
 def measure(name, device, results, rss_of=None):
@@ -157,17 +199,81 @@ def bench_disk_round(results, wanted):
     if "loop" in wanted:
         bench_loop(results, "loop", DISK)
     if "blockdev" in wanted:
-        bench_server(results, "blockdev", "--backend", "blockdev", "--path", DISK, "--size", "2G",
-                     "--depth", "128")
+        bench_server(results, "blockdev", *BLOCKDEV)
     if "blockdev-base" in wanted:
-        bench_server(results, "blockdev-base", "--backend", "blockdev", "--path", DISK, "--size",
-                     "2G", "--depth", "128", binary=BASE_BIN)
+        bench_server(results, "blockdev-base", *BLOCKDEV, *BASE_ARGS, binary=BASE_BIN or BIN)
     if "null" in wanted:
         bench_server(results, "null", "--backend", "null", "--size", "2G", "--depth", "128")
     if "null+qos" in wanted:
-        # QoS configured far above what the device can do: the cost of the limiter itself.
         bench_server(results, "null+qos", "--backend", "null", "--size", "2G", "--depth", "128",
-                     "--iops-total", "100000000", "--bps-total", "100G")
+                     *UNREACHED_QOS)
+
+
+def bench_pairs(wanted):
+    """The paired phase (see the module's doc): {comparison: {workload: [ratio per pair]}}.
+    Under icount only the comparison without disk I/O means something (the guest's time counts
+    its instructions, and a disk's latency is not in them); in real time only those with disk
+    I/O stand out of the host's swings."""
+    pairs = {}
+    if PAIRS <= 0:
+        return pairs
+    if ICOUNT:
+        if wanted >= {"null", "null+qos"}:
+            pairs["null+qos / null"] = qos_pairs()
+        return pairs
+    if wanted >= {"blockdev", "loop"}:
+        loop = sh("losetup", "--direct-io=on", "--show", "-f", DISK)
+        dev_id, path = add(*BLOCKDEV)
+        try:
+            pairs["blockdev / loop"] = alternate(lambda: path, lambda: loop)
+        finally:
+            delete(dev_id)
+            sh("losetup", "-d", loop)
+    if wanted >= {"blockdev", "blockdev-base"}:
+        base_id, base_path = add(*BLOCKDEV, *BASE_ARGS, binary=BASE_BIN or BIN)
+        dev_id, path = add(*BLOCKDEV)
+        try:
+            pairs["blockdev-base / blockdev"] = alternate(lambda: base_path, lambda: path)
+        finally:
+            delete(dev_id)
+            delete(base_id)
+    return pairs
+
+
+def qos_pairs():
+    """QoS limits far above what a null device reaches against none, on one device, switched
+    with set-qos between the two jobs of a pair: the same server, device and memory."""
+    dev_id, path = add("--backend", "null", "--size", "2G", "--depth", "128")
+
+    def limited():
+        set_qos(dev_id, UNREACHED_QOS)
+        return path
+
+    def unlimited():
+        set_qos(dev_id, [])
+        return path
+    try:
+        return alternate(limited, unlimited)
+    finally:
+        delete(dev_id)
+
+
+def alternate(prepare_a, prepare_b):
+    """Per 4k workload, the ratios a / b of PAIRS pairs of jobs; a pair's order flips each time
+    so a drift in the host's capacity favours neither side. `prepare_*` returns the device to
+    run on after putting it in its state."""
+    ratios = {}
+    for label, args in PAIR_WORKLOADS:
+        print(f"bench: pairs {label}", flush=True)
+        ratios[label] = []
+        for i in range(PAIRS):
+            iops = {}
+            for side in ("ab" if i % 2 == 0 else "ba"):
+                device = (prepare_a if side == "a" else prepare_b)()
+                iops[side] = fio_job(device, args, PAIR_RUNTIME)["iops"]
+            if iops["b"]:
+                ratios[label].append(iops["a"] / iops["b"])
+    return ratios
 
 
 def bench_on_file(results, wanted):
@@ -193,21 +299,24 @@ def bench_on_file(results, wanted):
 
 def main():
     only = os.environ.get("MESOBLK_BENCH_ONLY", "")
-    # blockdev-base runs by default only when there is a base build to serve it.
-    default = set(TARGETS) if BASE_BIN else set(TARGETS) - {"blockdev-base"}
+    # blockdev-base runs by default only when there is a base to compare with.
+    default = set(TARGETS) if BASE_BIN or BASE_ARGS else set(TARGETS) - {"blockdev-base"}
     wanted = set(only.split(",")) if only else default
     unknown = wanted - set(TARGETS)
-    if "blockdev-base" in wanted and not BASE_BIN:
-        sys.exit("bench-target: blockdev-base needs MESOBLK_BENCH_BASE_BIN (a mesoblk-target)")
+    if "blockdev-base" in wanted and not (BASE_BIN or BASE_ARGS):
+        sys.exit("bench-target: blockdev-base needs MESOBLK_BENCH_BASE_BIN (a mesoblk-target) "
+                 "or MESOBLK_BENCH_BASE_ARGS")
     if unknown:
         sys.exit(f"bench-target: unknown MESOBLK_BENCH_ONLY targets {sorted(unknown)}; "
                  f"known: {','.join(TARGETS)}")
     results = {}
     bench_on_disk(results, wanted)
     bench_on_file(results, wanted)
+    pairs = bench_pairs(wanted)
     summarize(results)
-    json.dump(results, open(os.path.join(RESULTS, "bench-target.json"), "w"), indent=2)
-    table = render(results)
+    json.dump({"targets": results, "pairs": pairs},
+              open(os.path.join(RESULTS, "bench-target.json"), "w"), indent=2)
+    table = render(results) + render_pairs(pairs)
     open(os.path.join(RESULTS, "bench-target.md"), "w").write(table)
     print(table)
 
@@ -217,8 +326,8 @@ def render(results):
             "null": "loop", "null+qos": "null",
             "loop-file": "loop-file", "file": "loop-file"}
     lines = ["| target | workload | IOPS | MiB/s | p99 µs | ratio to reference "
-             "| guest CPU µs/IO | server CPU µs/IO |",
-             "|---|---|---:|---:|---:|---|---:|---:|"]
+             "| guest CPU µs/IO | server CPU µs/IO | switches / irqs / IPIs per IO |",
+             "|---|---|---:|---:|---:|---|---:|---:|---|"]
     for name, by_workload in results.items():
         ref = results.get(refs[name])
         for label, _ in WORKLOADS:
@@ -233,12 +342,32 @@ def render(results):
                 " ".join(str(i) for i in r["rounds_iops"]))
             cpu = " | ".join(f"{r[k]:.1f}" if k in r else "-"
                              for k in ("guest_cpu_us_per_io", "server_cpu_us_per_io"))
+            wakeups = " / ".join(f"{r[k]:.2f}" if k in r else "-"
+                                 for k in ("ctxt_per_io", "intr_per_io", "ipi_per_io"))
             lines.append(f"| {name} | {label} | {r['iops']:.0f}{rounds} | {r['bw_mib']:.1f} | "
-                         f"{r['lat_p99_us']:.0f} | {ratio} | {cpu} |")
+                         f"{r['lat_p99_us']:.0f} | {ratio} | {cpu} | {wakeups} |")
     rss = [f"{n}: {v['server_peak_rss_kib'] / 1024:.1f} MiB" for n, v in results.items()
            if "server_peak_rss_kib" in v]
     lines.append("")
     lines.append("Peak RSS of the device server (depth 128): " + ", ".join(rss))
+    return "\n".join(lines) + "\n"
+
+
+def render_pairs(pairs):
+    if not pairs:
+        return ""
+    clock = ", guest time counting instructions (icount)" if ICOUNT else ""
+    lines = ["", f"Paired ({PAIRS} pairs of {PAIR_RUNTIME} s jobs, order alternating{clock}):", "",
+             "| comparison | workload | median ratio | middle half | every pair |",
+             "|---|---|---:|---|---|"]
+    for name, by_workload in pairs.items():
+        for label, ratios in by_workload.items():
+            if not ratios:
+                continue
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            every = " ".join(f"{r:.2f}" for r in ratios)
+            lines.append(f"| {name} | {label} | {statistics.median(ratios):.3f} | "
+                         f"{quartiles[0]:.3f}–{quartiles[2]:.3f} | {every} |")
     return "\n".join(lines) + "\n"
 
 
