@@ -29,6 +29,7 @@ limits far above its reach / the same device without limits. 0 pairs skips the p
 Writes a JSON result file and a Markdown table into the results folder.
 """
 
+import contextlib
 import json
 import os
 import statistics
@@ -61,6 +62,7 @@ ICOUNT = os.environ.get("MESOBLK_VM_ACCEL") == "icount"
 # Limits far above what a null device reaches: the limiter's own cost.
 UNREACHED_QOS = ["--iops-total", "100000000", "--bps-total", "100G"]
 BLOCKDEV = ["--backend", "blockdev", "--path", DISK, "--size", "2G", "--depth", "128"]
+NULL = ["--backend", "null", "--size", "2G", "--depth", "128"]
 TARGETS = ["raw", "loop", "blockdev", "blockdev-base", "null", "null+qos", "loop-file", "file"]
 
 
@@ -135,14 +137,24 @@ def server_rss_kib(device_id):
     return 0
 
 
-def add(*args, binary=BIN):
-    out = sh(binary, "--run-dir", RUN_DIR, "add", *args)
-    dev_id, path = out.split("\t")
-    return int(dev_id), path
+@contextlib.contextmanager
+def served(*add_args, binary=BIN):
+    """A mesoblk-target device for the `with` block: (its id, its /dev/ublkbN)."""
+    dev_id, path = sh(binary, "--run-dir", RUN_DIR, "add", *add_args).split("\t")
+    try:
+        yield int(dev_id), path
+    finally:
+        sh(BIN, "--run-dir", RUN_DIR, "del", "--id", dev_id)
 
 
-def delete(dev_id):
-    sh(BIN, "--run-dir", RUN_DIR, "del", "--id", str(dev_id))
+@contextlib.contextmanager
+def loop_device(backing):
+    """A kernel loop device with direct I/O over `backing` for the `with` block."""
+    loop = sh("losetup", "--direct-io=on", "--show", "-f", backing)
+    try:
+        yield loop
+    finally:
+        sh("losetup", "-d", loop)
 
 
 def set_qos(dev_id, limits):
@@ -173,19 +185,13 @@ def summarize(results):
 
 
 def bench_loop(results, name, backing):
-    loop = sh("losetup", "--direct-io=on", "--show", "-f", backing)
-    try:
+    with loop_device(backing) as loop:
         measure(name, loop, results)
-    finally:
-        sh("losetup", "-d", loop)
 
 
 def bench_server(results, name, *add_args, binary=BIN):
-    dev_id, path = add(*add_args, binary=binary)
-    try:
+    with served(*add_args, binary=binary) as (dev_id, path):
         measure(name, path, results, rss_of=dev_id)
-    finally:
-        delete(dev_id)
 
 
 def bench_on_disk(results, wanted):
@@ -203,10 +209,9 @@ def bench_disk_round(results, wanted):
     if "blockdev-base" in wanted:
         bench_server(results, "blockdev-base", *BLOCKDEV, *BASE_ARGS, binary=BASE_BIN or BIN)
     if "null" in wanted:
-        bench_server(results, "null", "--backend", "null", "--size", "2G", "--depth", "128")
+        bench_server(results, "null", *NULL)
     if "null+qos" in wanted:
-        bench_server(results, "null+qos", "--backend", "null", "--size", "2G", "--depth", "128",
-                     *UNREACHED_QOS)
+        bench_server(results, "null+qos", *NULL, *UNREACHED_QOS)
 
 
 def bench_pairs(wanted):
@@ -222,40 +227,27 @@ def bench_pairs(wanted):
             pairs["null+qos / null"] = qos_pairs()
         return pairs
     if wanted >= {"blockdev", "loop"}:
-        loop = sh("losetup", "--direct-io=on", "--show", "-f", DISK)
-        dev_id, path = add(*BLOCKDEV)
-        try:
+        with loop_device(DISK) as loop, served(*BLOCKDEV) as (_, path):
             pairs["blockdev / loop"] = alternate(lambda: path, lambda: loop)
-        finally:
-            delete(dev_id)
-            sh("losetup", "-d", loop)
     if wanted >= {"blockdev", "blockdev-base"}:
-        base_id, base_path = add(*BLOCKDEV, *BASE_ARGS, binary=BASE_BIN or BIN)
-        dev_id, path = add(*BLOCKDEV)
-        try:
+        with served(*BLOCKDEV, *BASE_ARGS, binary=BASE_BIN or BIN) as (_, base_path), \
+                served(*BLOCKDEV) as (_, path):
             pairs["blockdev-base / blockdev"] = alternate(lambda: base_path, lambda: path)
-        finally:
-            delete(dev_id)
-            delete(base_id)
     return pairs
 
 
 def qos_pairs():
     """QoS limits far above what a null device reaches against none, on one device, switched
     with set-qos between the two jobs of a pair: the same server, device and memory."""
-    dev_id, path = add("--backend", "null", "--size", "2G", "--depth", "128")
+    with served(*NULL) as (dev_id, path):
+        def limited():
+            set_qos(dev_id, UNREACHED_QOS)
+            return path
 
-    def limited():
-        set_qos(dev_id, UNREACHED_QOS)
-        return path
-
-    def unlimited():
-        set_qos(dev_id, [])
-        return path
-    try:
+        def unlimited():
+            set_qos(dev_id, [])
+            return path
         return alternate(limited, unlimited)
-    finally:
-        delete(dev_id)
 
 
 def alternate(prepare_a, prepare_b):
