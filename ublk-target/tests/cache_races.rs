@@ -430,3 +430,88 @@ fn a_drain_waits_for_a_write_replacing_a_dirty_block_then_writes_the_new_data_ba
     assert_eq!(read(&backing, 7), new, "the new data went back");
     assert_eq!(cache.shared().stats().dirty_bytes, 0);
 }
+
+/// A cache whose backing store can be parked, over a fresh store; `cutoff`: the sequential
+/// cutoff in bytes (0: none).
+fn rig_gated_backing(
+    mode: CacheMode,
+    cutoff: u64,
+) -> (
+    Gated<RamBackend>,
+    CachedBackend<Gated<RamBackend>, RamBackend>,
+) {
+    let backing = Gated::new(RamBackend::new(DEVICE_BYTES));
+    let store = RamBackend::new(STORE_BLOCKS * BLOCK as u64);
+    block_on(cache::format(&store, DEVICE_BYTES, Some(JOURNAL_BLOCKS))).expect("format");
+    let config = CacheConfig {
+        sequential_cutoff: cutoff,
+        ..config(mode)
+    };
+    let clock = Arc::new(ManualClock::new());
+    let shared = block_on(cache::open(&backing, &store, &config, clock)).expect("open");
+    let cache = CachedBackend::new(shared, backing.clone(), store);
+    (backing, cache)
+}
+
+fn block_range(block: u64) -> std::ops::Range<u64> {
+    block * BLOCK as u64..(block + 1) * BLOCK as u64
+}
+
+#[test]
+fn a_write_around_the_cache_holds_up_no_other_request_and_leaves_no_stale_copy() {
+    let (backing, cache) = rig_gated_backing(CacheMode::Writearound, 0);
+    write(&cache, 3, 1);
+    let gate = backing.trap(Kind::Write, block_range(3));
+    let new = tagged(2);
+    let mut writing = Box::pin(cache.write(3 * BLOCK as u64, &new, false));
+    assert!(block_on(poll_once(&mut writing)).is_none());
+    assert!(gate.parked(), "parked in its backing write");
+
+    let other = tagged(5);
+    let wrote = block_on(poll_once(cache.write(4 * BLOCK as u64, &other, false)));
+    wrote.expect("a write elsewhere waited").expect("write");
+    let mut buf = vec![0; BLOCK];
+    let miss = block_on(poll_once(cache.read(4 * BLOCK as u64, &mut buf)));
+    miss.expect("a read elsewhere waited").expect("read");
+    assert_eq!(buf, other);
+    // A miss on the block being written reads the old data, and must not cache it.
+    let miss = block_on(poll_once(cache.read(3 * BLOCK as u64, &mut buf)));
+    miss.expect("a read of the block waited").expect("read");
+    assert_eq!(buf, tagged(1));
+
+    gate.open();
+    block_on(writing).expect("write");
+    assert_eq!(read(&cache, 3), new, "a stale copy was promoted");
+    assert_eq!(read(&cache, 4), other);
+}
+
+#[test]
+fn a_writethrough_copy_cached_while_a_bypassing_write_ran_is_dropped_when_it_ends() {
+    // Cutoff one block: a write continuing a sequential stream bypasses the cache.
+    let (backing, cache) = rig_gated_backing(CacheMode::Writethrough, BLOCK as u64);
+    // Fill every slot with clean blocks (stride 2: no stream), so the next cached write takes
+    // the path that holds the cache across its backing write.
+    let slots = cache.shared().stats().capacity_bytes / BLOCK as u64;
+    for n in 0..slots {
+        write(&cache, 100 + 2 * n, 1);
+    }
+    block_on(cache.flush()).expect("flush");
+    write(&cache, 0, 1);
+    let gate = backing.trap(Kind::Write, block_range(1));
+    let bypassing = tagged(2);
+    let mut around = Box::pin(cache.write(BLOCK as u64, &bypassing, false));
+    assert!(block_on(poll_once(&mut around)).is_none());
+    assert!(gate.parked(), "the bypassing write is in its backing write");
+
+    // Not a stream's continuation: cached, and it lands on the backing store first.
+    let cached = tagged(3);
+    let wrote = block_on(poll_once(cache.write(BLOCK as u64, &cached, false)));
+    wrote
+        .expect("waited for the bypassing write")
+        .expect("write");
+    gate.open();
+    block_on(around).expect("bypassing write");
+    // The backing store holds the write that landed last; the cache must agree with it.
+    assert_eq!(read(&backing, 1), bypassing);
+    assert_eq!(read(&cache, 1), bypassing, "the cache kept an older copy");
+}

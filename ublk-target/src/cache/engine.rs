@@ -242,7 +242,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
 
     /// Before a write, discard or write-zeroes completes: has its records written to the
     /// store, uncommitted, with the cache held (the slow paths).
-    async fn write_records(&self, core: &mut CacheCore) -> Result<(), IoError> {
+    pub(crate) async fn write_records(&self, core: &mut CacheCore) -> Result<(), IoError> {
         let target = self.shared.pending().appended();
         self.persist(Some(core), target).await
     }
@@ -438,13 +438,17 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                     }
                 }
             }
-            // Writearound, none, or a sequential stream past the cutoff.
+            // Writearound, none, or a sequential stream past the cutoff, over blocks with a
+            // cached copy: the cache stays held until the backing write is done, since a commit
+            // meanwhile could make the copy's invalidation durable before the data replacing it.
             _ => {
                 self.invalidate(core, first, end);
                 self.write_backing(core, offset, data, fua).await?;
             }
         }
-        if fua && self.shared.pending().len() > 0 {
+        // What this write recorded must be committed before a FUA completes, even if another
+        // write's journal write took those records (uncommitted) while this one waited on I/O.
+        if fua {
             self.commit(core).await?;
         }
         Ok(())
@@ -601,6 +605,10 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                 drop(core);
                 return self.write_reserved(reservation, buf, fua).await;
             }
+        } else if core.index.blocks_in(first, first + count).is_empty() {
+            self.begin_around(&mut core, first, first + count);
+            drop(core);
+            return self.write_around(first, buf, fua).await;
         }
         let mut result = self
             .write_locked(&mut core, first, buf, fua, bypass, now)

@@ -1,5 +1,6 @@
 //! The parts of the request path that do their data I/O without the cache's lock: cached writes
-//! (writeback, writethrough) and read hits. docs/cache.md, "Concurrency", states the rules:
+//! (writeback, writethrough), writes around the cache to blocks it holds no copy of, and read
+//! hits. docs/cache.md, "Concurrency", states the rules:
 //!
 //! - a write takes fresh slots (never one the index names, never one a reader has pinned) and
 //!   its sequence numbers under the lock, writes its data, then takes the lock again and
@@ -8,7 +9,10 @@
 //! - a read hit pins the slots it reads, so no write may be handed them until it is done: a
 //!   slot freed meanwhile still holds the data the reader saw in the index;
 //! - a read miss never promotes a block that has a write in flight (that write's data is newer
-//!   than what the backing store returned, whatever their sequence numbers say).
+//!   than what the backing store returned, whatever their sequence numbers say);
+//! - a write around the cache counts as in flight too, and when it ends no read miss that
+//!   overlapped it promotes; a writethrough write that cached the block meanwhile raced it on
+//!   the backing store, so it drops that copy before it completes.
 
 use std::time::Duration;
 
@@ -180,6 +184,27 @@ impl CacheCore {
         (contended, closed)
     }
 
+    /// Registers a write around the cache to blocks `first..end`, none of them cached.
+    fn register_around(&mut self, first: u64, end: u64) {
+        for block in first..end {
+            self.inflight.entry(block).or_default().writes += 1;
+        }
+        self.backing_unflushed = true;
+    }
+
+    /// Ends a write around the cache: returns the blocks a writethrough write cached while it
+    /// ran (their copies may be older than what the backing store ends up with).
+    fn finish_around(&mut self, first: u64, end: u64) -> Vec<u64> {
+        let raced = (first..end)
+            .filter(|&block| self.finish_inflight(block).1 && self.index.get(block).is_some())
+            .collect();
+        // A read miss that overlapped the write may have read the data from before it.
+        self.changes += 1;
+        // A commit meanwhile may have flushed the backing store before this write reached it.
+        self.backing_unflushed = true;
+        raced
+    }
+
     /// One write to `block` is done; returns the invalidation floor it must respect and whether
     /// it was contended.
     fn finish_inflight(&mut self, block: u64) -> (u64, bool) {
@@ -262,6 +287,47 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
         if result.is_ok() && !fua {
             result = self.persist(None, target).await;
         }
+        result
+    }
+
+    /// Starts a write around the cache (writearound, none, a bypassing sequential stream) to
+    /// blocks `first..end`, none of which is cached: writes to them still running outside the
+    /// lock must not install their (older) data, and no read miss may promote meanwhile.
+    pub(crate) fn begin_around(&self, core: &mut CacheCore, first: u64, end: u64) {
+        self.invalidate(core, first, end);
+        core.register_around(first, end);
+    }
+
+    /// The rest of a write begun by [`Self::begin_around`]: the backing write without the lock.
+    pub(crate) async fn write_around(
+        &self,
+        first: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<(), IoError> {
+        let offset = first * CACHE_BLOCK;
+        let end = first + (data.len() / BLOCK_BYTES) as u64;
+        let mut result = self.backing.write(offset, data, fua).await;
+        let mut core = self.shared.core.lock().await;
+        let raced = core.finish_around(first, end);
+        for &block in &raced {
+            self.invalidate(&mut core, block, block + 1);
+        }
+        if core.closed {
+            result = result.and(Err(super::engine::shut_down(
+                Op::Write,
+                offset,
+                data.len() as u64,
+            )));
+        }
+        // Only the dropped copies were recorded: they must be as durable as this write.
+        if result.is_ok() && !raced.is_empty() {
+            result = match fua {
+                true => self.commit(&mut core).await,
+                false => self.write_records(&mut core).await,
+            };
+        }
+        self.publish(&core);
         result
     }
 
