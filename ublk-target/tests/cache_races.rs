@@ -496,6 +496,7 @@ fn a_writethrough_copy_cached_while_a_bypassing_write_ran_is_dropped_when_it_end
         write(&cache, 100 + 2 * n, 1);
     }
     block_on(cache.flush()).expect("flush");
+    // Starts a stream that the write to block 1 continues, so that write bypasses the cache.
     write(&cache, 0, 1);
     let gate = backing.trap(Kind::Write, block_range(1));
     let bypassing = tagged(2);
