@@ -3,14 +3,15 @@
 //! only if nothing changed the device in between (else a stale copy would shadow a newer
 //! write).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod cache_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use cache_support::gated::{Gated, Kind};
 use smol::block_on;
-use smol::channel::{Receiver, Sender};
 use smol::future::poll_once;
-use ublk_target::backend::{Backend, Capabilities, IoError, RamBackend};
+use ublk_target::backend::{Backend, RamBackend};
 use ublk_target::cache::{self, CacheConfig, CacheMode, CachedBackend, WritebackPolicy};
 use ublk_target::qos::ManualClock;
 
@@ -18,53 +19,9 @@ const BLOCK: usize = 4096;
 const DEVICE_BYTES: u64 = 4 << 20;
 const STORE_BYTES: u64 = 64 * BLOCK as u64;
 
-/// A backing store whose next read, once armed, waits until the test opens the gate.
-#[derive(Clone)]
-struct GatedBackend {
-    inner: RamBackend,
-    armed: Arc<AtomicBool>,
-    gate: Receiver<()>,
-}
-
-impl Backend for GatedBackend {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    /// Reads first, then waits: what it returns may be outdated by the time it completes.
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.inner.read(offset, buf).await?;
-        if self.armed.swap(false, Ordering::SeqCst) {
-            self.gate.recv().await.expect("gate");
-        }
-        Ok(())
-    }
-
-    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
-        self.inner.write(offset, buf, fua).await
-    }
-
-    async fn flush(&self) -> Result<(), IoError> {
-        self.inner.flush().await
-    }
-
-    async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.inner.discard(offset, len).await
-    }
-
-    async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {
-        self.inner.write_zeroes(offset, len, unmap).await
-    }
-}
-
 struct Rig {
-    cache: CachedBackend<GatedBackend, RamBackend>,
-    armed: Arc<AtomicBool>,
-    open: Sender<()>,
+    cache: CachedBackend<Gated<RamBackend>, RamBackend>,
+    backing: Gated<RamBackend>,
 }
 
 fn rig(mode: CacheMode) -> Rig {
@@ -85,17 +42,10 @@ fn rig(mode: CacheMode) -> Rig {
     };
     let clock = Arc::new(ManualClock::new());
     let shared = block_on(cache::open(&inner, &store, &config, clock)).expect("open");
-    let (open, gate) = smol::channel::unbounded();
-    let armed = Arc::new(AtomicBool::new(false));
-    let backing = GatedBackend {
-        inner,
-        armed: armed.clone(),
-        gate,
-    };
+    let backing = Gated::new(inner);
     Rig {
-        cache: CachedBackend::new(shared, backing, store),
-        armed,
-        open,
+        cache: CachedBackend::new(shared, backing.clone(), store),
+        backing,
     }
 }
 
@@ -105,19 +55,21 @@ fn read(cache: &impl Backend, block: u64) -> Vec<u8> {
     buf
 }
 
-/// Starts a read of `block` that misses and parks in the backing read; `during` runs while it
-/// waits; then the read completes. Returns what it read.
+/// Starts a read of `block` that misses and parks once its backing read is done (what it read
+/// may be outdated by the time it completes); `during` runs while it waits; then the read
+/// completes. Returns what it read.
 fn parked_miss(rig: &Rig, block: u64, during: impl FnOnce()) -> Vec<u8> {
     let mut buf = vec![0; BLOCK];
-    rig.armed.store(true, Ordering::SeqCst);
+    let gate = rig.backing.trap_after(Kind::Read, 0..DEVICE_BYTES);
     {
         let mut miss = Box::pin(rig.cache.read(block * BLOCK as u64, &mut buf));
         assert!(
             block_on(poll_once(&mut miss)).is_none(),
             "parked in the backing read"
         );
+        assert!(gate.parked());
         during();
-        rig.open.try_send(()).expect("open the gate");
+        gate.open();
         block_on(miss).expect("read");
     }
     buf

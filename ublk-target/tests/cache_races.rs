@@ -5,15 +5,15 @@
 
 mod cache_support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
+use cache_support::gated::{Gated, Kind};
 use cache_support::{CrashChoice, CrashStore, Power};
 use smol::block_on;
-use smol::channel::{Receiver, Sender};
 use smol::future::poll_once;
-use ublk_target::backend::{Backend, Capabilities, IoError, RamBackend};
+use ublk_target::backend::{Backend, RamBackend};
 use ublk_target::cache::{self, CacheConfig, CacheMode, CachedBackend, WritebackPolicy};
 use ublk_target::qos::ManualClock;
 
@@ -25,120 +25,6 @@ const JOURNAL_BLOCKS: u64 = 16;
 const DATA: u64 = (2 + 2 * JOURNAL_BLOCKS) * BLOCK as u64;
 const JOURNAL: std::ops::Range<u64> = 2 * BLOCK as u64..DATA;
 const SLOTS: std::ops::Range<u64> = DATA..STORE_BLOCKS * BLOCK as u64;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Read,
-    Write,
-    Flush,
-}
-
-/// One parked operation: the first of `kind` whose offset lies in `range`.
-struct Trap {
-    kind: Kind,
-    range: std::ops::Range<u64>,
-    parked: Sender<()>,
-    release: Receiver<()>,
-}
-
-/// The test's side of a trap.
-struct Gate {
-    parked: Receiver<()>,
-    release: Sender<()>,
-}
-
-impl Gate {
-    /// Whether an operation is parked at the gate now.
-    fn parked(&self) -> bool {
-        self.parked.try_recv().is_ok()
-    }
-
-    fn open(&self) {
-        self.release.try_send(()).expect("open the gate");
-    }
-}
-
-/// A store whose operations can be parked (before they touch the data) and that counts
-/// flushes.
-#[derive(Clone)]
-struct Gated<B> {
-    inner: B,
-    traps: Arc<Mutex<Vec<Trap>>>,
-    flushes: Arc<AtomicU64>,
-}
-
-impl<B: Backend> Gated<B> {
-    fn new(inner: B) -> Self {
-        Gated {
-            inner,
-            traps: Arc::default(),
-            flushes: Arc::default(),
-        }
-    }
-
-    fn trap(&self, kind: Kind, range: std::ops::Range<u64>) -> Gate {
-        let (parked, parked_rx) = smol::channel::unbounded();
-        let (release_tx, release) = smol::channel::unbounded();
-        self.traps.lock().unwrap().push(Trap {
-            kind,
-            range,
-            parked,
-            release,
-        });
-        Gate {
-            parked: parked_rx,
-            release: release_tx,
-        }
-    }
-
-    async fn gate(&self, kind: Kind, offset: u64) {
-        let trap = {
-            let mut traps = self.traps.lock().unwrap();
-            let found = traps
-                .iter()
-                .position(|t| t.kind == kind && t.range.contains(&offset));
-            found.map(|n| traps.remove(n))
-        };
-        if let Some(trap) = trap {
-            trap.parked.try_send(()).expect("parked");
-            trap.release.recv().await.expect("released");
-        }
-    }
-}
-
-impl<B: Backend> Backend for Gated<B> {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.gate(Kind::Read, offset).await;
-        self.inner.read(offset, buf).await
-    }
-
-    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
-        self.gate(Kind::Write, offset).await;
-        self.inner.write(offset, buf, fua).await
-    }
-
-    async fn flush(&self) -> Result<(), IoError> {
-        self.gate(Kind::Flush, 0).await;
-        self.flushes.fetch_add(1, Ordering::SeqCst);
-        self.inner.flush().await
-    }
-
-    async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.inner.discard(offset, len).await
-    }
-
-    async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), IoError> {
-        self.inner.write_zeroes(offset, len, unmap).await
-    }
-}
 
 fn config(mode: CacheMode) -> CacheConfig {
     CacheConfig {

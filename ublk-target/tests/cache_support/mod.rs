@@ -1,4 +1,5 @@
-//! Test support for the cache tests: a store that simulates power loss.
+//! Test support for the cache tests: a store that simulates power loss, and ([`gated`]) a
+//! backend whose operations a test parks to force an interleaving.
 //!
 //! [`CrashStore`] is an in-memory [`Backend`] that remembers which writes are durable. A FLUSH
 //! makes every completed write durable; a FUA write is durable when it completes; any other
@@ -10,6 +11,8 @@
 //! ([`CrashStore::process_crash`]): then every completed write stays.
 
 #![allow(dead_code)] // each test binary uses part of it
+
+pub(crate) mod gated;
 
 use std::sync::{Arc, Mutex};
 
