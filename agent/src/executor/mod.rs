@@ -6,7 +6,7 @@
 //!
 //! - [`command`]: what a `TaskInfo` asks for: argv (shell or not), environment, user, limits,
 //!   kill grace period, the `ExecutorInfo` Mesos would make (pure).
-//! - [`env`]: the task's environment layers and stout durations (pure).
+//! - [`env`](mod@env): the task's environment layers and stout durations (pure).
 //! - [`cgroup`]: cgroup v2 `cpu.max`, `memory.max`, `io.max` under an injectable root.
 //! - [`launcher`]: `mesoblk-launcher`, the helper between the agent and a task, and its
 //!   protocol.

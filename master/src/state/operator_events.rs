@@ -1,5 +1,5 @@
 //! The operator API's event stream (`POST /api/v1` SUBSCRIBE) on the master's side: the one list
-//! of subscriber queues, [`Master::publish`] that fans an event out to them, the hooks the rest
+//! of subscriber queues, `Master::publish` that fans an event out to them, the hooks the rest
 //! of the state calls where frameworks, agents and tasks change, and the v1 views of one
 //! framework or agent that those events carry (GET_FRAMEWORKS and GET_AGENTS list the same).
 //!

@@ -11,7 +11,7 @@
 //! - [`policy`]: sequential cutoff and the writeback controller (pure, injected clock);
 //! - `engine`: [`CachedBackend`], the request path;
 //! - `writeback`: background writeback steps, draining, live mode changes;
-//! - `recovery`: [`open`], [`format`], and the operator's two choices for a cache that fails
+//! - `recovery`: [`open`], [`format`](fn@format), and the operator's two choices for a cache that fails
 //!   validation, [`flush_valid`] and [`discard`];
 //! - [`stats`]: counters and their snapshot.
 //!

@@ -21,7 +21,7 @@
 //! Per op type ([`Op`]) a device counts `ops` (every answered request, failed ones included),
 //! `errors` (the failed ones) and `bytes` (the length of the successful ones; for DISCARD and
 //! WRITE_ZEROES that is the range length, for FLUSH zero). A data-less WRITE is a flush (see
-//! [`Request::is_flush`]) and [`DeviceStats::record_request`] counts it as one.
+//! [`Request::is_flush`](crate::request::Request::is_flush)) and [`DeviceStats::record_request`] counts it as one.
 //!
 //! # Latency histogram
 //!

@@ -276,7 +276,7 @@ struct ServeArgs {
     /// Take over the quiesced device named by the spec's id.
     #[arg(long)]
     recover: bool,
-    /// This server's log file, renamed to <run-dir>/<id>.log once the id is known.
+    /// This server's log file, renamed to `<run-dir>/<id>.log` once the id is known.
     #[arg(long)]
     log_file: Option<PathBuf>,
 }
