@@ -402,3 +402,62 @@ fn a_writethrough_copy_cached_while_a_bypassing_write_ran_is_dropped_when_it_end
     assert_eq!(read(&backing, 1), bypassing);
     assert_eq!(read(&cache, 1), bypassing, "the cache kept an older copy");
 }
+
+#[test]
+fn a_fua_write_commits_its_invalidation_even_when_another_write_persisted_it_meanwhile() {
+    // Writeback with a one-block cutoff: the FUA write continues a stream, so it bypasses the
+    // cache and, its block holding a dirty copy, takes the path that holds the cache across
+    // the backing write.
+    let power = Power::new();
+    let backing = Gated::new(RamBackend::new(DEVICE_BYTES));
+    let store = CrashStore::new(STORE_BLOCKS * BLOCK as u64, Arc::clone(&power));
+    block_on(cache::format(&store, DEVICE_BYTES, Some(JOURNAL_BLOCKS))).expect("format");
+    let config = CacheConfig {
+        sequential_cutoff: BLOCK as u64,
+        ..config(CacheMode::Writeback)
+    };
+    let open = |store: &CrashStore| {
+        let clock = Arc::new(ManualClock::new());
+        let shared = block_on(cache::open(&backing, store, &config, clock)).expect("open");
+        CachedBackend::new(shared, backing.clone(), Gated::new(store.clone()))
+    };
+    let cache = open(&store);
+    write(&cache, 7, 1);
+    block_on(cache.flush()).expect("flush"); // block 7 dirty, committed
+    write(&cache, 6, 1); // starts the stream block 7 continues
+
+    // A write parks in its journal write, holding the journal; another queues behind it.
+    let journal = cache.store_backend().trap(Kind::Write, JOURNAL);
+    let data = tagged(5);
+    let mut first = Box::pin(cache.write(20 * BLOCK as u64, &data, false));
+    assert!(block_on(poll_once(&mut first)).is_none());
+    assert!(journal.parked());
+    let mut second = Box::pin(cache.write(30 * BLOCK as u64, &data, false));
+    assert!(block_on(poll_once(&mut second)).is_none());
+
+    // The FUA write drops block 7's copy (a record now pending) and parks in its backing write.
+    let gate = backing.trap(Kind::Write, block_range(7));
+    let new = tagged(2);
+    let mut fua = Box::pin(cache.write(7 * BLOCK as u64, &new, true));
+    assert!(block_on(poll_once(&mut fua)).is_none());
+    assert!(gate.parked());
+    // The queued write's journal write takes every pending record, the FUA write's included,
+    // and writes them uncommitted.
+    journal.open();
+    block_on(first).expect("first");
+    block_on(second).expect("second");
+    gate.open();
+    block_on(fua).expect("FUA write");
+
+    drop(cache);
+    store.crash(&CrashChoice {
+        seed: 3,
+        tear: false,
+    });
+    let reopened = open(&store);
+    assert_eq!(
+        read(&reopened, 7),
+        new,
+        "the FUA write was lost to the old dirty copy"
+    );
+}

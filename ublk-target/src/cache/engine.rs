@@ -605,7 +605,7 @@ impl<B: Backend, C: Backend> CachedBackend<B, C> {
                 drop(core);
                 return self.write_reserved(reservation, buf, fua).await;
             }
-        } else if core.index.blocks_in(first, first + count).is_empty() {
+        } else if !core.index.any_in(first, first + count) {
             self.begin_around(&mut core, first, first + count);
             drop(core);
             return self.write_around(first, buf, fua).await;

@@ -100,6 +100,11 @@ impl CacheIndex {
         self.entries.range(first..end).map(|(&b, _)| b).collect()
     }
 
+    /// Whether any block in `first..end` is cached.
+    pub(crate) fn any_in(&self, first: u64, end: u64) -> bool {
+        self.entries.range(first..end).next().is_some()
+    }
+
     fn unlink(&mut self, block: u64, entry: &Entry) {
         match entry.state {
             BlockState::Dirty { since } => {
